@@ -1,0 +1,1 @@
+"""Networks, action distributions and the PPO math. Imports neither `training` nor `launch`."""

@@ -1,0 +1,153 @@
+"""PPO (Schulman et al. 2017) with GAE (Schulman et al. 2016): the math, top to bottom.
+
+Names follow the papers and CleanRL's ppo.py. Arrays are time-major: [T, N] for T steps of N envs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    bootstrap_values: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and value targets (returns), both [T, N].
+
+    values[t] = V(s_t); last_values = V(s_T), the state after the rollout's last step.
+    When step t ends an episode, s_{t+1} in the arrays is already the next episode's first state, so:
+      - terminated[t]: the episode really ended, its future is worth 0 -> no bootstrap;
+      - truncated[t] (time limit): the episode was cut, not ended; its future is worth V(final obs),
+        which the rollout worker computed into bootstrap_values[t]. Treating a time limit as a terminal
+        state would teach the critic that the last states of long episodes are worthless.
+    In both cases the advantage recursion stops at the episode boundary.
+    """
+    T = rewards.shape[0]
+    advantages = np.zeros_like(rewards, dtype=np.float32)
+    last_gae = np.zeros_like(last_values, dtype=np.float32)
+    done = np.logical_or(terminated, truncated)
+    for t in reversed(range(T)):
+        next_values = last_values if t == T - 1 else values[t + 1]
+        # Value of what follows step t: V(s_{t+1}) inside an episode, V(final obs) after a truncation.
+        future = np.where(done[t], np.where(truncated[t] & ~terminated[t], bootstrap_values[t], 0.0), next_values)
+        delta = rewards[t] + gamma * future - values[t]
+        last_gae = delta + gamma * gae_lambda * (1.0 - done[t]) * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+@dataclass
+class PPOHyperparams:
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    norm_adv: bool = True
+    max_grad_norm: float = 0.5
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    target_kl: float | None = None
+
+
+def ppo_loss(
+    new_log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    entropy: torch.Tensor,
+    new_value: torch.Tensor,
+    old_value: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    hp: PPOHyperparams,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on one minibatch. Returns the scalar loss and detached statistics."""
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    with torch.no_grad():
+        # Schulman's unbiased low-variance estimator of KL(old || new): E[(r - 1) - log r].
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_frac = ((ratio - 1.0).abs() > hp.clip_coef).float().mean()
+
+    if hp.norm_adv:
+        # Per minibatch, as in the reference implementations; needs more than one sample.
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    # Clipped surrogate: the pessimistic (max of negatives) of the unclipped and clipped objectives.
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - hp.clip_coef, 1 + hp.clip_coef)).mean()
+
+    if hp.clip_vloss:
+        # Value clipping (PPO2 baselines): the new value may move at most clip_coef from the old one.
+        v_clipped = old_value + (new_value - old_value).clamp(-hp.clip_coef, hp.clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns).square(), (v_clipped - returns).square()).mean()
+    else:
+        v_loss = 0.5 * (new_value - returns).square().mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - hp.ent_coef * entropy_loss + hp.vf_coef * v_loss
+    stats = {
+        "policy_loss": pg_loss.detach(),
+        "value_loss": v_loss.detach(),
+        "entropy": entropy_loss.detach(),
+        "approx_kl": approx_kl,
+        "clipfrac": clip_frac,
+    }
+    return loss, stats
+
+
+def ppo_update(
+    agent: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor | dict[str, torch.Tensor]],
+    hp: PPOHyperparams,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Minibatch epochs over one flattened rollout batch.
+
+    batch holds "obs" (a dict of tensors), "actions", "log_probs", "values", "advantages", "returns",
+    each with the batch as first dim. `agent.evaluate_actions(obs, actions)` gives (log_prob, entropy,
+    value). The minibatch order comes from `generator`, so a resumed run repeats it exactly.
+    """
+    batch_size = batch["actions"].shape[0]
+    minibatch_size = batch_size // hp.num_minibatches
+    params = [p for p in agent.parameters() if p.requires_grad]
+    history: list[dict[str, torch.Tensor]] = []
+    epochs_done = 0
+    for _epoch in range(hp.update_epochs):
+        order = torch.randperm(batch_size, generator=generator).to(batch["actions"].device)
+        for start in range(0, batch_size - minibatch_size + 1, minibatch_size):
+            idx = order[start : start + minibatch_size]
+            new_log_prob, entropy, new_value = agent.evaluate_actions(
+                {k: v[idx] for k, v in batch["obs"].items()}, batch["actions"][idx]
+            )
+            loss, stats = ppo_loss(
+                new_log_prob, batch["log_probs"][idx], entropy, new_value,
+                batch["values"][idx], batch["advantages"][idx], batch["returns"][idx], hp,
+            )  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats["grad_norm"] = nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
+            optimizer.step()
+            history.append(stats)
+        epochs_done += 1
+        # Target-KL early stop (checked per epoch, on the last minibatch, as CleanRL does).
+        if hp.target_kl is not None and history[-1]["approx_kl"].item() > hp.target_kl:
+            break
+
+    mean_stats = {k: torch.stack([h[k] for h in history]).mean().item() for k in history[0]}
+    mean_stats["epochs"] = float(epochs_done)
+    return mean_stats
+
+
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """1 - Var[returns - values] / Var[returns]: 1 is a perfect critic, 0 no better than a constant."""
+    var_returns = np.var(returns)
+    return float("nan") if var_returns == 0 else float(1.0 - np.var(returns - values) / var_returns)

@@ -1,0 +1,125 @@
+"""The one env factory shared by PPO, MuZero, evaluation and the benchmark.
+
+`make_env` returns a picklable thunk so that the env is built inside whichever process steps it
+(worker processes, Ray actors; pysc2 needs that). `make_vector_env` fixes gymnasium's autoreset mode
+to SAME_STEP: on the step an episode ends, `info["final_obs"]` holds its last observation and the
+returned observation is already the next episode's first. The rollout code relies on that to
+bootstrap truncated episodes from V(final observation).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+# Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where
+# they exist; Acrobot and the Box envs use the thresholds the field reports against).
+SOLVED_RETURN: dict[str, float] = {
+    "CartPole-v1": 475.0,
+    "Acrobot-v1": -100.0,
+    "LunarLander-v3": 200.0,
+    "Pendulum-v1": -200.0,
+    "MountainCarContinuous-v0": 90.0,
+}
+
+# Which optional extra provides an env family, for the error a user sees when it is missing.
+_EXTRA_FOR_PREFIX = {
+    "ALE/": "atari",
+    "LunarLander": "box2d",
+    "BipedalWalker": "box2d",
+    "CarRacing": "box2d",
+}
+
+
+class EnvSpecError(ValueError):
+    """An env id that cannot be built here: unknown, or its optional extra is not installed."""
+
+
+def _extra_for(env_id: str) -> str | None:
+    return next((extra for prefix, extra in _EXTRA_FOR_PREFIX.items() if env_id.startswith(prefix)), None)
+
+
+def _missing_extra_error(env_id: str, extra: str) -> EnvSpecError:
+    return EnvSpecError(
+        f"env '{env_id}' needs the '{extra}' extra, which is not installed: run pip install -e '.[{extra}]'"
+    )
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise EnvSpecError (with close matches or the pip command to run) unless env_id can be made."""
+    if is_atari(env_id):
+        try:
+            import ale_py
+        except ImportError:
+            raise _missing_extra_error(env_id, "atari") from None
+        gym.register_envs(ale_py)
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise EnvSpecError(f"unknown env id '{env_id}'.{hint} (`python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them)")
+
+
+def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
+    check_env_id(env_id)
+    try:
+        if is_atari(env_id):
+            from envs.atari import make_atari_env
+
+            env = make_atari_env(env_id, render_mode=render_mode)
+        else:
+            # Records the true (unnormalised, unclipped) episode return and length in `info["episode"]`.
+            env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, render_mode=render_mode))
+    except gym.error.DependencyNotInstalled:
+        extra = _extra_for(env_id)
+        if extra is None:
+            raise
+        raise _missing_extra_error(env_id, extra) from None
+    env.action_space.seed(seed)
+    env.observation_space.seed(seed)
+    return env
+
+
+def make_env(env_id: str, seed: int, render_mode: str | None = None) -> Callable[[], gym.Env]:
+    """A picklable thunk that builds one wrapped env; call it in the process that will step it."""
+    return functools.partial(_build_env, env_id, seed, render_mode)
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+    """`num_envs` copies stepped in this process, SAME_STEP autoreset, env i seeded with seed + i.
+
+    In-process vectorisation is the fastest choice for cheap simulators (a process round trip costs
+    more than a CartPole step); heavy envs get parallelism from several rollout workers instead.
+    """
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, seed + i) for i in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.reset(seed=[seed + i for i in range(num_envs)])
+    return envs
+
+
+def probe_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """Observation and action space of one env, built and closed in this process."""
+    env = make_env(env_id, seed=0)()
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def episode_stats_from_info(info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of the episodes that ended this step (SAME_STEP autoreset info layout)."""
+    final = info.get("final_info")
+    if not final or "episode" not in final:
+        return np.empty(0, np.float32), np.empty(0, np.int64)
+    done = final["_episode"]
+    return final["episode"]["r"][done].astype(np.float32), final["episode"]["l"][done].astype(np.int64)

@@ -1,0 +1,34 @@
+"""Train PPO: `python launch/train_ppo.py` solves CartPole-v1; `--env-id`, `--preset` and `--help` for more."""
+
+from __future__ import annotations
+
+import sys
+
+from training.cli import run_cli
+from training.config import parse_ppo_config
+from training.ppo_trainer import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_ppo_config(argv)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:
+        print("\ninterrupted: a checkpoint was written; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    status = "solved" if result.solved else "finished"
+    ret = "n/a" if result.mean_return is None else f"{result.mean_return:.1f}"
+    print(
+        f"{status} {cfg.env_id} after {result.global_step} env steps in {result.seconds:.1f}s "
+        f"({result.sps:.0f} SPS; rollout {result.rollout_seconds:.1f}s, update {result.update_seconds:.1f}s); "
+        f"mean return of the last 100 episodes: {ret}\n"
+        f"  run folder:  {result.run_dir}\n"
+        f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}\n"
+        f"  checkpoint:  {result.checkpoint}\n"
+        f"  resume:      python launch/train_ppo.py --resume {result.run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

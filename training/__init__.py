@@ -1,0 +1,1 @@
+"""Rollout workers and executors, learner loops, logging, checkpoints: the wiring between agents and envs."""

@@ -1,0 +1,86 @@
+"""One checkpoint format for every algorithm: a dict of tensors and plain Python values.
+
+Written atomically (temp file in the same folder, fsync, rename, fsync the folder), so a run killed at
+any moment leaves the previous checkpoint intact. Read with `torch.load(weights_only=True)`, which
+refuses any pickle payload that would construct arbitrary objects or run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or not one of ours."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> Path:
+    """Write payload as run_dir/checkpoints/step_{step}.pt atomically; keep the newest `keep` files."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:012d}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(folder)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file path, a run folder (its newest checkpoint) or a checkpoints folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"no such run folder or checkpoint: {path}")
+    candidates = list_checkpoints(path.parent if path.name == CHECKPOINT_DIR else path)
+    if not candidates:
+        raise CheckpointError(f"{path} holds no checkpoint ({CHECKPOINT_DIR}/step_*.pt); was the run started with this project?")
+    return candidates[-1]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely; raise CheckpointError with the reason when it cannot be used."""
+    path = find_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        older = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
+        hint = f"; older checkpoints in the same folder: {', '.join(older)}" if older else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({reason[:200]}){hint}") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (format version {FORMAT_VERSION})")
+    return payload

@@ -1,0 +1,242 @@
+"""PPO's typed config, its presets, and the checks that reject settings which cannot work together.
+
+The command line is generated from `PPOConfig` by tyro: every field is a flag (`--env-id`,
+`--num-envs`, ...; CleanRL's names), and its docstring is the help text. The field defaults are
+CleanRL's ppo.py defaults; `--preset` (default: the env's own, when it has one) replaces them with
+settings tuned for one env, and any flag given on the command line still wins over the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together, or a value out of range."""
+
+
+@dataclass
+class PPOConfig:
+    env_id: str = "CartPole-v1"
+    """the Gymnasium env id (ALE/... needs the atari extra, LunarLander the box2d extra)"""
+    preset: str = "auto"
+    """tuned settings to start from: 'auto' (the env's own preset if it has one), 'cleanrl' (CleanRL's ppo.py defaults), or an env id with a preset"""
+    exp_name: str = "ppo"
+    """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
+    seed: int = 1
+    """seed of the experiment (envs, sampling, initialisation, minibatch order)"""
+    total_timesteps: int = 500_000
+    """env steps to train for, at most"""
+    stop_when_solved: bool = True
+    """stop once the mean return of the last 100 episodes reaches --stop-return"""
+    stop_return: float | None = None
+    """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
+    device: str = "auto"
+    """the learner's device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    torch_threads: int = 0
+    """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all cores for CNNs)"""
+
+    # Rollout workers
+    num_envs: int = 4
+    """parallel envs in total, across all rollout workers"""
+    num_steps: int = 128
+    """steps per env per rollout (the rollout is num_envs * num_steps env steps)"""
+    backend: Literal["auto", "inprocess", "multiprocess"] = "auto"
+    """where rollout workers run: 'inprocess' (in the learner's process), 'multiprocess' (one process per worker, data through shared memory); 'auto' picks what is fastest for the env"""
+    num_workers: int = 0
+    """rollout workers; 0 = auto (1 in-process, up to the CPU count for multiprocess); must divide num_envs"""
+
+    # PPO
+    learning_rate: float = 2.5e-4
+    """Adam's learning rate"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over total_timesteps"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE's lambda"""
+    num_minibatches: int = 4
+    """minibatches per epoch; must divide num_envs * num_steps"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss (PPO2 style)"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    target_kl: float | None = None
+    """stop an update's epochs early once the approximate KL exceeds this (None: never)"""
+    normalize_obs: bool = False
+    """normalise observations with running statistics (kept in the model and the checkpoint)"""
+    normalize_reward: bool = False
+    """scale rewards by the running std of the discounted return (statistics kept in the checkpoint)"""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and critic MLPs (vector observations)"""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """activation of the MLPs"""
+
+    # Logging and checkpoints
+    runs_dir: str = "runs"
+    """folder that holds the run folders"""
+    checkpoint_every: int = 50_000
+    """env steps between checkpoints (a killed run loses at most this much); the final one is always written"""
+    keep_checkpoints: int = 3
+    """periodic checkpoints kept on disk (newest first)"""
+    resume: str | None = None
+    """a run folder (or one of its checkpoint files) to continue from; its saved config is used"""
+    progress: bool = True
+    """show a progress bar (a log line every few seconds when stderr is not a terminal)"""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        return max(1, self.total_timesteps // self.batch_size)
+
+
+# Settings tuned on the 2-core CPU machine with launch/benchmark.py (see README.md's results).
+# Each is a set of overrides of the CleanRL defaults above.
+PRESETS: dict[str, dict] = {
+    "cleanrl": {},
+    "CartPole-v1": dict(
+        num_envs=8, num_steps=32, learning_rate=1e-3, gamma=0.98, gae_lambda=0.8,
+        num_minibatches=1, update_epochs=20, ent_coef=0.0, total_timesteps=100_000,
+    ),
+    "Acrobot-v1": dict(
+        num_envs=16, num_steps=256, gamma=0.99, gae_lambda=0.94, num_minibatches=4, update_epochs=4,
+        ent_coef=0.0, normalize_obs=True, total_timesteps=500_000,
+    ),
+    "LunarLander-v3": dict(
+        num_envs=16, num_steps=128, learning_rate=1e-3, gamma=0.999, gae_lambda=0.98, num_minibatches=4,
+        update_epochs=4, ent_coef=0.01, total_timesteps=1_000_000,
+    ),
+    "Pendulum-v1": dict(
+        num_envs=4, num_steps=1024, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, num_minibatches=64,
+        update_epochs=10, ent_coef=0.0, clip_vloss=False, normalize_obs=True, normalize_reward=True,
+        total_timesteps=200_000,
+    ),
+    "MountainCarContinuous-v0": dict(
+        num_envs=1, num_steps=8, learning_rate=7.77e-5, gamma=0.9999, gae_lambda=0.9, num_minibatches=1,
+        update_epochs=10, ent_coef=0.00429, clip_coef=0.1, max_grad_norm=5.0, vf_coef=0.19,
+        normalize_obs=True, normalize_reward=True, total_timesteps=50_000,
+    ),
+    "ALE/Breakout-v5": dict(
+        num_envs=8, num_steps=128, learning_rate=2.5e-4, num_minibatches=4, update_epochs=4, clip_coef=0.1,
+        ent_coef=0.01, total_timesteps=10_000_000, backend="multiprocess", checkpoint_every=500_000,
+    ),
+}  # fmt: skip
+
+
+def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
+    """cfg with a preset's settings (by default cfg.preset; 'auto' = cfg.env_id's preset, if any)."""
+    preset = preset or cfg.preset
+    if preset == "auto":
+        preset = cfg.env_id if cfg.env_id in PRESETS else "cleanrl"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: auto, {', '.join(PRESETS)}")
+    return dataclasses.replace(cfg, preset=preset, **PRESETS[preset])
+
+
+def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
+    """Parse the command line: the preset (chosen by --preset / --env-id) supplies the defaults that
+    `--help` shows, and every flag given explicitly overrides it."""
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env-id", "--env_id", default=PPOConfig.env_id)
+    pre.add_argument("--preset", default=PPOConfig.preset)
+    known, _ = pre.parse_known_args(argv)
+    defaults = apply_preset(PPOConfig(env_id=known.env_id, preset=known.preset))
+    return tyro.cli(PPOConfig, args=argv, default=defaults, description="Train PPO on a Gymnasium env.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device auto or cpu")
+    return device
+
+
+def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
+    """(backend, num_workers) after 'auto': worker processes only where stepping the env costs more than
+    a process round trip (pixel envs); cheap vector envs step fastest in-process."""
+    from envs.factory import is_atari
+
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "multiprocess" if is_atari(cfg.env_id) else "inprocess"
+    workers = cfg.num_workers
+    if workers == 0:
+        workers = 1 if backend == "inprocess" else math.gcd(cfg.num_envs, os.cpu_count() or 1)
+    return backend, workers
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Raise ConfigError naming the offending settings and what would work."""
+    problems = []
+    positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"]
+    problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
+    if cfg.num_workers < 0:
+        problems.append(f"--num-workers must be >= 0 (got {cfg.num_workers})")
+    if not problems:
+        if cfg.batch_size % cfg.num_minibatches:
+            divisors = [d for d in range(1, min(cfg.batch_size, 64) + 1) if cfg.batch_size % d == 0]
+            problems.append(
+                f"the batch (num_envs * num_steps = {cfg.num_envs} * {cfg.num_steps} = {cfg.batch_size}) does not "
+                f"split into --num-minibatches {cfg.num_minibatches}; choose one of {divisors}"
+            )
+        elif cfg.minibatch_size < 2 and cfg.norm_adv:
+            problems.append("minibatches of 1 sample cannot normalise advantages; use fewer --num-minibatches")
+        _, workers = resolve_backend(cfg)
+        if workers > cfg.num_envs:
+            problems.append(f"--num-workers {workers} is more than --num-envs {cfg.num_envs}: each worker needs at least one env")
+        elif cfg.num_envs % workers:
+            problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --num-workers {workers}")
+        if cfg.total_timesteps < cfg.batch_size:
+            problems.append(
+                f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"
+            )
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)})")
+    if cfg.learning_rate <= 0 or cfg.clip_coef <= 0:
+        problems.append("--learning-rate and --clip-coef must be > 0")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def config_to_dict(cfg: PPOConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> PPOConfig:
+    names = {f.name for f in dataclasses.fields(PPOConfig)}
+    data = {k: v for k, v in data.items() if k in names}
+    if "hidden_sizes" in data:
+        data["hidden_sizes"] = tuple(data["hidden_sizes"])
+    return PPOConfig(**data)
+
+
+__all__ = ["PPOConfig", "PRESETS", "ConfigError", "apply_preset", "parse_ppo_config", "validate"]

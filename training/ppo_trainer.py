@@ -1,0 +1,253 @@
+"""PPO's learner loop: collect a rollout through the executor, update, broadcast weights, log, save.
+
+The learner has one code path whatever runs the workers (in-process, worker processes, Ray actors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.networks import ActorCritic
+from agents.ppo import PPOHyperparams, compute_gae, explained_variance, ppo_update
+from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
+from training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from training.config import (
+    ConfigError,
+    PPOConfig,
+    config_from_dict,
+    config_to_dict,
+    resolve_backend,
+    resolve_device,
+    validate,
+)
+from training.executors import EXECUTORS
+from training.logger import Progress, RunLogger, run_name
+from training.normalization import RewardScaler
+from training.rollout import Rollout
+
+
+def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
+    return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs)
+
+
+def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
+    names = {f.name for f in dataclasses.fields(PPOHyperparams)}
+    return PPOHyperparams(**{n: getattr(cfg, n) for n in names})
+
+
+class PPOLearner:
+    """The agent, its optimizer, reward scaling and the minibatch RNG: everything an update changes."""
+
+    def __init__(self, agent: ActorCritic, cfg: PPOConfig, device: torch.device):
+        self.agent, self.cfg, self.device = agent, cfg, device
+        self.hp = hyperparams(cfg)
+        # Fused Adam: one kernel for all parameters instead of several small ops per tensor.
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+        self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        rewards = rollout.rewards
+        if self.reward_scaler is not None:
+            rewards = self.reward_scaler(rewards, rollout.terminated, rollout.truncated)
+        advantages, returns = compute_gae(
+            rewards, rollout.values, rollout.terminated.astype(bool), rollout.truncated.astype(bool),
+            rollout.bootstrap_values, rollout.last_values, self.cfg.gamma, self.cfg.gae_lambda,
+        )  # fmt: skip
+
+        def flat(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(x.reshape(-1, *x.shape[2:])).to(self.device)
+
+        obs = {k: flat(v) for k, v in rollout.obs.items()}
+        batch = {
+            "obs": obs,
+            "actions": flat(rollout.actions),
+            "log_probs": flat(rollout.log_probs),
+            "values": flat(rollout.values),
+            "advantages": flat(advantages),
+            "returns": flat(returns),
+        }
+        stats = ppo_update(self.agent, self.optimizer, batch, self.hp, self.generator)
+        stats["explained_variance"] = explained_variance(rollout.values.reshape(-1), returns.reshape(-1))
+        if self.agent.obs_normalizer is not None:
+            # After the update, so the update sees the same normalisation the rollout was acted with.
+            self.agent.obs_normalizer.update(obs[self.agent.obs_key])
+        return stats
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    global_step: int
+    seconds: float
+    solved: bool
+    mean_return: float | None
+    sps: float
+    rollout_seconds: float
+    update_seconds: float
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    """(env steps, wall seconds, mean return of the last 100 episodes) after each update"""
+
+
+def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
+    """The saved config of the run to resume (with this invocation's device/progress), its checkpoint
+    payload and its run folder."""
+    path = find_checkpoint(cfg.resume)
+    payload = load_checkpoint(path)
+    if payload.get("algo") != "ppo":
+        raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a PPO one")
+    saved = config_from_dict(json.loads(payload["config"]))
+    resumed = dataclasses.replace(saved, resume=str(cfg.resume), device=cfg.device, progress=cfg.progress)
+    return resumed, payload, path.parent.parent
+
+
+def train(cfg: PPOConfig) -> TrainResult:
+    payload, run_dir = None, None
+    if cfg.resume:
+        cfg, payload, run_dir = load_resume_config(cfg)
+    validate(cfg)
+    check_env_id(cfg.env_id)
+    device = resolve_device(cfg.device)
+    backend, num_workers = resolve_backend(cfg)
+    observation_space, action_space = probe_spaces(cfg.env_id)
+    is_image = isinstance(action_space, gym.Space) and len(getattr(observation_space, "shape", None) or ()) == 3
+    torch.set_num_threads(cfg.torch_threads or (torch.get_num_threads() if is_image else 1))
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    agent = build_agent(cfg, observation_space, action_space).to(device)
+    learner = PPOLearner(agent, cfg, device)
+
+    global_step, iteration, seconds_before = 0, 0, 0.0
+    recent_returns: deque[float] = deque(maxlen=100)
+    if payload is not None:
+        learner.load_state_dict(payload["learner"])
+        global_step, iteration = payload["global_step"], payload["iteration"]
+        seconds_before = payload["elapsed_seconds"]
+        recent_returns.extend(payload["recent_returns"].tolist())
+        torch.set_rng_state(payload["rng"]["torch"])
+        random.setstate(payload["rng"]["python"])
+    else:
+        run_dir = Path(cfg.runs_dir) / run_name(cfg.env_id, cfg.exp_name, cfg.seed)
+        run_dir.mkdir(parents=True, exist_ok=False)
+
+    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers}
+    logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+
+    def checkpoint() -> Path:
+        state = {
+            "algo": "ppo",
+            "config": json.dumps(config_to_dict(dataclasses.replace(cfg, resume=None))),
+            "global_step": global_step,
+            "iteration": iteration,
+            "elapsed_seconds": seconds_before + time.perf_counter() - start,
+            "learner": learner.state_dict(),
+            "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
+        return save_checkpoint(run_dir, state, global_step, cfg.keep_checkpoints)
+
+    # Envs restart from fresh episodes after a resume; a distinct seed keeps them off the old trajectories.
+    worker_seed = cfg.seed + 1_000_003 * iteration
+    start = time.perf_counter()
+    executor = EXECUTORS[backend](
+        cfg.env_id, observation_space, action_space, agent, cfg.num_envs, num_workers, cfg.num_steps, worker_seed
+    )
+    progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
+    rollout_seconds = update_seconds = 0.0
+    history: list[tuple[int, float, float]] = []
+    solved, last_checkpoint, next_checkpoint = False, None, (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    try:
+        executor.set_weights(agent.state_dict(), iteration)
+        steps_at_start = global_step
+        while global_step < cfg.total_timesteps:
+            lr = cfg.learning_rate
+            if cfg.anneal_lr:
+                lr *= 1.0 - iteration / cfg.num_iterations
+            t0 = time.perf_counter()
+            rollout = executor.collect()
+            t1 = time.perf_counter()
+            global_step += rollout.num_steps
+            iteration += 1
+            stats = learner.update(rollout, lr)
+            executor.set_weights(agent.state_dict(), iteration)
+            t2 = time.perf_counter()
+            rollout_seconds += t1 - t0
+            update_seconds += t2 - t1
+
+            for ret, length in zip(rollout.episode_returns, rollout.episode_lengths, strict=True):
+                logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
+            recent_returns.extend(rollout.episode_returns.tolist())
+            mean_return = float(np.mean(recent_returns)) if recent_returns else None
+            elapsed = time.perf_counter() - start
+            sps = (global_step - steps_at_start) / elapsed
+            logger.scalars({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")}, global_step)
+            logger.scalars({
+                "charts/learning_rate": lr,
+                "charts/SPS": sps,
+                "charts/update_epochs": stats["epochs"],
+                "charts/grad_norm": stats["grad_norm"],
+                "time/rollout_seconds": t1 - t0,
+                "time/update_seconds": t2 - t1,
+                "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),
+            }, global_step)  # fmt: skip
+            if mean_return is not None:
+                logger.scalars({"charts/mean_return_100": mean_return}, global_step)
+                history.append((global_step, seconds_before + elapsed, mean_return))
+            progress.update(global_step, sps, mean_return)
+
+            solved = (
+                cfg.stop_when_solved and threshold is not None and len(recent_returns) == recent_returns.maxlen
+                and mean_return >= threshold
+            )  # fmt: skip
+            if global_step >= next_checkpoint and not solved and global_step < cfg.total_timesteps:
+                last_checkpoint = checkpoint()
+                next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+            if solved:
+                break
+        last_checkpoint = checkpoint()
+    except KeyboardInterrupt:
+        last_checkpoint = checkpoint()
+        raise
+    finally:
+        progress.close()
+        executor.close()
+        logger.close()
+
+    elapsed = time.perf_counter() - start
+    mean_return = float(np.mean(recent_returns)) if recent_returns else None
+    return TrainResult(
+        run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
+        solved=bool(solved), mean_return=mean_return, sps=(global_step - steps_at_start) / elapsed,
+        rollout_seconds=rollout_seconds, update_seconds=update_seconds, history=history,
+    )  # fmt: skip

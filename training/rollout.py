@@ -1,0 +1,165 @@
+"""The rollout data contract and the worker that fills it.
+
+A `RolloutWorker` owns a vectorised env and a CPU copy of the policy. It writes T steps into arrays it
+is handed (plain numpy, or views of shared memory when it runs in another process) and returns only
+small statistics; the executor wraps the arrays as a `Rollout` for the learner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.networks import ActorCritic, obs_spaces
+from envs.factory import episode_stats_from_info, make_vector_env
+
+# Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
+STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
+
+
+def allocate_rollout_arrays(
+    observation_space: gym.Space, action_space: gym.Space, num_steps: int, num_envs: int, shared: bool = False
+) -> dict[str, torch.Tensor]:
+    """Zeroed tensors for one rollout; `shared=True` puts them in shared memory for worker processes."""
+    arrays: dict[str, torch.Tensor] = {}
+    for key, space in obs_spaces(observation_space).items():
+        dtype = torch.from_numpy(np.zeros(0, dtype=space.dtype)).dtype
+        arrays[f"obs/{key}"] = torch.zeros((num_steps, num_envs, *space.shape), dtype=dtype)
+    if isinstance(action_space, gym.spaces.Box):
+        arrays["actions"] = torch.zeros((num_steps, num_envs, *action_space.shape), dtype=torch.float32)
+    else:
+        arrays["actions"] = torch.zeros((num_steps, num_envs, *action_space.shape), dtype=torch.int64)
+    for name in STEP_FIELDS:
+        arrays[name] = torch.zeros((num_steps, num_envs), dtype=torch.float32)
+    arrays["last_values"] = torch.zeros(num_envs, dtype=torch.float32)
+    if shared:
+        for t in arrays.values():
+            t.share_memory_()
+    return arrays
+
+
+@dataclass
+class WorkerStats:
+    """What a worker sends back besides the arrays: a few numbers, never per-step data."""
+
+    episode_returns: np.ndarray
+    episode_lengths: np.ndarray
+    seconds: float
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs as plain arrays (picklable, no env objects). See agents.ppo.compute_gae for
+    how terminated / truncated / bootstrap_values are used."""
+
+    obs: dict[str, np.ndarray]  # [T, N, ...]
+    actions: np.ndarray  # [T, N, ...]
+    log_probs: np.ndarray  # [T, N]
+    values: np.ndarray  # [T, N]  V(s_t) by the acting policy
+    rewards: np.ndarray  # [T, N]
+    terminated: np.ndarray  # [T, N]  1.0 where the episode ended for real
+    truncated: np.ndarray  # [T, N]  1.0 where a time limit cut it
+    bootstrap_values: np.ndarray  # [T, N]  V(final obs) where truncated, else 0
+    last_values: np.ndarray  # [N]  V(s_T)
+    policy_version: int
+    episode_returns: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    episode_lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    @property
+    def num_steps(self) -> int:
+        return self.rewards.shape[0] * self.rewards.shape[1]
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, torch.Tensor], version: int, stats: list[WorkerStats]
+    ) -> Rollout:
+        np_arrays = {k: v.numpy() for k, v in arrays.items()}
+        return cls(
+            obs={k[4:]: v for k, v in np_arrays.items() if k.startswith("obs/")},
+            actions=np_arrays["actions"],
+            last_values=np_arrays["last_values"],
+            policy_version=version,
+            episode_returns=np.concatenate([s.episode_returns for s in stats]),
+            episode_lengths=np.concatenate([s.episode_lengths for s in stats]),
+            **{name: np_arrays[name] for name in STEP_FIELDS},
+        )
+
+
+def _stack_obs(items: list) -> dict[str, np.ndarray]:
+    if isinstance(items[0], dict):
+        return {k: np.stack([o[k] for o in items]) for k in items[0]}
+    return {"obs": np.stack(items)}
+
+
+def _as_dict(obs) -> dict[str, np.ndarray]:
+    return obs if isinstance(obs, dict) else {"obs": obs}
+
+
+class RolloutWorker:
+    """Steps `num_envs` envs (seeds seed .. seed+num_envs-1) with a CPU policy copy.
+
+    The same class runs in the learner's process (InProcessExecutor), in a worker process
+    (MultiprocessExecutor) and, later, inside a Ray actor.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, policy: ActorCritic, arrays: dict[str, torch.Tensor]):
+        self.envs = make_vector_env(env_id, num_envs, seed)
+        self.policy = policy
+        # Sampling noise depends on this worker's seed alone, so any executor reproduces the same data.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.arrays = {k: v.numpy() for k, v in arrays.items()}
+        self.num_steps = self.arrays["rewards"].shape[0]
+        space = self.envs.single_action_space
+        self.clip_actions = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
+        obs, _ = self.envs.reset(seed=[seed + i for i in range(num_envs)])
+        self.obs = _as_dict(obs)
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.policy.load_state_dict(state_dict)
+
+    def collect(self) -> WorkerStats:
+        start = time.perf_counter()
+        a, policy = self.arrays, self.policy
+        returns, lengths = [], []
+        for t in range(self.num_steps):
+            obs_t = {k: torch.from_numpy(v) for k, v in self.obs.items()}
+            action, log_prob, value = policy.act(obs_t, self.generator)
+            action_np = action.numpy()
+            for k, v in self.obs.items():
+                a[f"obs/{k}"][t] = v
+            a["actions"][t] = action_np
+            a["log_probs"][t] = log_prob.numpy()
+            a["values"][t] = value.numpy()
+
+            env_action = np.clip(action_np, *self.clip_actions) if self.clip_actions else action_np
+            next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            a["rewards"][t] = reward
+            a["terminated"][t] = terminated
+            a["truncated"][t] = truncated
+            a["bootstrap_values"][t] = 0.0
+            if "final_obs" in info:
+                ep_returns, ep_lengths = episode_stats_from_info(info)
+                returns.append(ep_returns)
+                lengths.append(ep_lengths)
+                cut = np.flatnonzero(truncated & ~terminated)
+                if cut.size:
+                    final = _stack_obs(list(info["final_obs"][cut]))
+                    with torch.inference_mode():
+                        v = policy.get_value({k: torch.from_numpy(x) for k, x in final.items()})
+                    a["bootstrap_values"][t, cut] = v.numpy()
+            self.obs = _as_dict(next_obs)
+
+        with torch.inference_mode():
+            a["last_values"][:] = policy.get_value({k: torch.from_numpy(v) for k, v in self.obs.items()}).numpy()
+        return WorkerStats(
+            episode_returns=np.concatenate(returns) if returns else np.empty(0, np.float32),
+            episode_lengths=np.concatenate(lengths) if lengths else np.empty(0, np.int64),
+            seconds=time.perf_counter() - start,
+        )
+
+    def close(self) -> None:
+        self.envs.close()
