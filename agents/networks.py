@@ -137,7 +137,8 @@ class ActorCritic(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[Distribution, torch.Tensor]:
         x = self._encode(obs)
-        dist = self.policy_head(self.actor_body(x), obs.get(MASK_KEY))
+        mask = obs.get(MASK_KEY)
+        dist = self.policy_head(self.actor_body(x), None if mask is None else mask.bool())
         return dist, self.value_head(self.critic_body(x)).squeeze(-1)
 
     def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:

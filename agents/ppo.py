@@ -121,17 +121,22 @@ def ppo_update(
     params = [p for p in agent.parameters() if p.requires_grad]
     history: list[dict[str, torch.Tensor]] = []
     epochs_done = 0
+    fields = ("actions", "log_probs", "values", "advantages", "returns")
     for _epoch in range(hp.update_epochs):
-        order = torch.randperm(batch_size, generator=generator).to(batch["actions"].device)
-        for start in range(0, batch_size - minibatch_size + 1, minibatch_size):
-            idx = order[start : start + minibatch_size]
-            new_log_prob, entropy, new_value = agent.evaluate_actions(
-                {k: v[idx] for k, v in batch["obs"].items()}, batch["actions"][idx]
+        if hp.num_minibatches == 1:
+            # One minibatch is the whole batch: the order does not matter, so skip the shuffle and gathers.
+            minibatches = [(batch["obs"], *(batch[f] for f in fields))]
+        else:
+            order = torch.randperm(batch_size, generator=generator).to(batch["actions"].device)
+            minibatches = (
+                ({k: v[idx] for k, v in batch["obs"].items()}, *(batch[f][idx] for f in fields))
+                for idx in order[: hp.num_minibatches * minibatch_size].split(minibatch_size)
             )
+        for obs, actions, old_log_prob, old_value, advantages, returns in minibatches:
+            new_log_prob, entropy, new_value = agent.evaluate_actions(obs, actions)
             loss, stats = ppo_loss(
-                new_log_prob, batch["log_probs"][idx], entropy, new_value,
-                batch["values"][idx], batch["advantages"][idx], batch["returns"][idx], hp,
-            )  # fmt: skip
+                new_log_prob, old_log_prob, entropy, new_value, old_value, advantages, returns, hp
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)

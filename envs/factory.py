@@ -77,7 +77,8 @@ def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
             env = make_atari_env(env_id, render_mode=render_mode)
         else:
             # Records the true (unnormalised, unclipped) episode return and length in `info["episode"]`.
-            env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, render_mode=render_mode))
+            kwargs = {"render_mode": render_mode} if render_mode else {}
+            env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, **kwargs))
     except gym.error.DependencyNotInstalled:
         extra = _extra_for(env_id)
         if extra is None:

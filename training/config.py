@@ -118,9 +118,11 @@ class PPOConfig:
 # Each is a set of overrides of the CleanRL defaults above.
 PRESETS: dict[str, dict] = {
     "cleanrl": {},
+    # rl-zoo's CartPole settings without value clipping (targets reach ~50 at gamma 0.98, and a critic
+    # clipped to 0.2 per update learns slowly), with fewer, larger steps: each Adam step costs ~1 ms here.
     "CartPole-v1": dict(
-        num_envs=8, num_steps=32, learning_rate=1e-3, gamma=0.98, gae_lambda=0.8,
-        num_minibatches=1, update_epochs=20, ent_coef=0.0, total_timesteps=100_000,
+        num_envs=8, num_steps=32, learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, num_minibatches=1,
+        update_epochs=12, ent_coef=0.0, clip_vloss=False, total_timesteps=100_000,
     ),
     "Acrobot-v1": dict(
         num_envs=16, num_steps=256, gamma=0.99, gae_lambda=0.94, num_minibatches=4, update_epochs=4,

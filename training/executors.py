@@ -13,6 +13,7 @@ interface with workers as actors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import traceback
 from abc import ABC, abstractmethod
@@ -162,10 +163,8 @@ class MultiprocessExecutor(Executor):
 
     def close(self) -> None:
         for conn in self.conns:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send("close")
-            except (BrokenPipeError, OSError):
-                pass
         for proc in self.processes:
             proc.join(timeout=5)
             if proc.is_alive():

@@ -1,0 +1,203 @@
+"""Benchmark PPO: env steps and wall seconds to solve each env, SPS and peak memory, per seed.
+
+    python launch/benchmark.py                                  # CartPole-v1, Acrobot-v1, LunarLander-v3 x 3 seeds
+    python launch/benchmark.py --envs CartPole-v1 --seeds 5 --json
+    python launch/benchmark.py --envs CartPole-v1 --preset cleanrl --no-stop --budget 100000   # SPS only
+
+Each run is a fresh process (so peak memory is the run's own). Prints one line per run (or one JSON
+object per run with --json), then writes a Markdown table and PNG plots (return vs env steps and vs wall
+time, mean and spread over seeds) into --out-dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+
+import tyro
+
+from envs.factory import SOLVED_RETURN
+from training.cli import run_cli
+from training.config import ConfigError, PPOConfig, apply_preset
+
+
+@dataclass
+class BenchmarkArgs:
+    envs: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1", "LunarLander-v3")
+    """env ids to benchmark"""
+    seeds: int = 3
+    """seeds per env (1 .. seeds)"""
+    budget: int | None = None
+    """env-step budget per run; default: each preset's total_timesteps"""
+    preset: str = "auto"
+    """preset for every run ('auto' = each env's own; 'cleanrl' = CleanRL's ppo.py defaults)"""
+    set: tuple[str, ...] = ()
+    """extra config overrides, KEY=VALUE with PPOConfig field names, e.g. --set num_envs=16 update_epochs=10"""
+    stop: bool = True
+    """stop each run once solved (--no-stop: run the whole budget, to measure SPS)"""
+    json: bool = False
+    """print one JSON object per run instead of a text line"""
+    out_dir: str = "docs/benchmark"
+    """where the Markdown table and the plots go ('' to write nothing)"""
+    label: str = ""
+    """name of this benchmark's table and plots (default: the preset)"""
+    runs_dir: str = "runs/benchmark"
+    """run folders of the benchmark runs"""
+
+
+@dataclass
+class RunResult:
+    env_id: str
+    seed: int
+    solved: bool
+    steps_to_solve: int | None
+    seconds_to_solve: float | None
+    total_steps: int
+    total_seconds: float
+    sps: float
+    rollout_seconds: float
+    update_seconds: float
+    peak_rss_mib: float
+    final_mean_return: float | None
+    history: list = field(default_factory=list)
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict:
+    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of PPOConfig's fields")
+        default = getattr(PPOConfig(), key)
+        if isinstance(default, bool):
+            out[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):
+            out[key] = tuple(int(x) for x in raw.split(","))
+        elif raw.lower() == "none":
+            out[key] = None
+        else:
+            out[key] = type(default)(raw) if default is not None else float(raw)
+    return out
+
+
+def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
+    from training.ppo_trainer import train
+
+    result = train(cfg)
+    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    queue.put(RunResult(
+        env_id=cfg.env_id, seed=cfg.seed, solved=first[0] is not None, steps_to_solve=first[0],
+        seconds_to_solve=first[1], total_steps=result.global_step, total_seconds=result.seconds, sps=result.sps,
+        rollout_seconds=result.rollout_seconds, update_seconds=result.update_seconds,
+        peak_rss_mib=rss_kib / 1024, final_mean_return=result.mean_return, history=result.history,
+    ))  # fmt: skip
+
+
+def run_benchmark(args: BenchmarkArgs) -> list[RunResult]:
+    overrides = _parse_overrides(args.set)
+    ctx = mp.get_context("spawn")
+    results = []
+    for env_id in args.envs:
+        for seed in range(1, args.seeds + 1):
+            cfg = apply_preset(PPOConfig(env_id=env_id, preset=args.preset))
+            cfg = dataclasses.replace(cfg, seed=seed, progress=False, exp_name="benchmark", runs_dir=args.runs_dir,
+                                      stop_when_solved=args.stop, **overrides)  # fmt: skip
+            if args.budget:
+                cfg = dataclasses.replace(cfg, total_timesteps=args.budget)
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_run_one, args=(cfg, queue))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                print(f"{env_id} seed {seed}: run failed (exit code {proc.exitcode})", file=sys.stderr)
+                continue
+            r = queue.get()
+            results.append(r)
+            if args.json:
+                print(json.dumps({k: v for k, v in dataclasses.asdict(r).items() if k != "history"}), flush=True)
+            else:
+                solve = (f"solved at {r.steps_to_solve} steps, {r.seconds_to_solve:.1f}s" if r.solved
+                         else f"not solved (last-100 mean {r.final_mean_return})")  # fmt: skip
+                print(f"{env_id:16s} seed {seed}: {solve}; {r.sps:.0f} SPS (rollout {r.rollout_seconds:.1f}s, "
+                      f"update {r.update_seconds:.1f}s), peak RSS {r.peak_rss_mib:.0f} MiB", flush=True)  # fmt: skip
+    return results
+
+
+def _fmt(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{median(values):.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
+    """Markdown table (median and range over seeds) and one PNG per env: return vs steps and vs seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"## {label}",
+        "",
+        "| env | solved | env steps to solve | wall s to solve | SPS | rollout / update s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for env_id in dict.fromkeys(r.env_id for r in results):
+        rs = [r for r in results if r.env_id == env_id]
+        ok = [r for r in rs if r.solved]
+        lines.append(
+            f"| {env_id} | {len(ok)}/{len(rs)} | {_fmt([r.steps_to_solve for r in ok])} | "
+            f"{_fmt([r.seconds_to_solve for r in ok], 1)} | {_fmt([r.sps for r in rs])} | "
+            f"{median(r.rollout_seconds for r in rs):.1f} / {median(r.update_seconds for r in rs):.1f} | "
+            f"{_fmt([r.peak_rss_mib for r in rs])} |"
+        )
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, col, xlabel in ((axes[0], 0, "env steps"), (axes[1], 1, "wall seconds")):
+            curves = [np.array(r.history) for r in rs if r.history]
+            x_max = max(c[-1, col] for c in curves)
+            grid = np.linspace(0, x_max, 200)
+            # Each seed's curve holds its last value once it has stopped (solved runs stop early).
+            ys = np.stack([np.interp(grid, c[:, col], c[:, 2], left=np.nan) for c in curves])
+            for y in ys:
+                ax.plot(grid, y, color="tab:blue", alpha=0.25, lw=1)
+            ax.plot(grid, np.nanmean(ys, 0), color="tab:blue", lw=2, label=f"mean of {len(curves)} seeds")
+            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color="tab:blue", alpha=0.15)
+            if env_id in SOLVED_RETURN:
+                ax.axhline(SOLVED_RETURN[env_id], color="gray", ls="--", lw=1, label="solved")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("mean return, last 100 episodes")
+            ax.grid(alpha=0.3)
+        axes[0].legend(loc="lower right")
+        fig.suptitle(f"PPO on {env_id} ({label})")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{label}_{env_id.replace('/', '-')}.png", dpi=90)
+        plt.close(fig)
+    table = out_dir / f"{label}.md"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(BenchmarkArgs, args=argv, description=__doc__.split("\n")[0])
+    results = run_benchmark(args)
+    if args.out_dir and results:
+        table = write_report(results, Path(args.out_dir), args.label or args.preset)
+        print(f"wrote {table} and its plots", file=sys.stderr)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

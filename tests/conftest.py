@@ -1,0 +1,43 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+
+class MaskedChoiceEnv(gym.Env):
+    """A 4-action bandit-like game whose observation carries an action mask; reward 1 for the highest
+    allowed action, 10 steps an episode. Used to check that masked actions are never taken."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Dict(
+            {"obs": gym.spaces.Box(0, 1, (4,), np.float32), "action_mask": gym.spaces.MultiBinary(4)}
+        )
+        self.action_space = gym.spaces.Discrete(4)
+        self.t = 0
+
+    def _obs(self):
+        mask = self.np_random.integers(0, 2, 4).astype(np.int8)
+        mask[self.np_random.integers(0, 4)] = 1
+        self.mask = mask
+        return {"obs": mask.astype(np.float32), "action_mask": mask}
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if not self.mask[action]:
+            raise AssertionError(f"masked action {action} taken with mask {self.mask}")
+        reward = float(action == np.flatnonzero(self.mask).max())
+        self.t += 1
+        return self._obs(), reward, self.t >= 10, False, {}
+
+
+if "tests/MaskedChoice-v0" not in gym.registry:
+    gym.register("tests/MaskedChoice-v0", entry_point=MaskedChoiceEnv)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(1)

@@ -1,0 +1,95 @@
+"""PPO math against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.ppo import PPOHyperparams, compute_gae, explained_variance, ppo_loss
+
+
+def test_gae_matches_hand_computation_with_termination_and_truncation():
+    # One env, 5 steps: step 1 terminates an episode, step 3 is cut by a time limit.
+    gamma, lam = 0.9, 0.8
+    rewards = np.array([[1.0], [2.0], [0.5], [1.0], [3.0]], np.float32)
+    values = np.array([[0.5], [1.0], [2.0], [1.5], [0.2]], np.float32)
+    terminated = np.array([[0], [1], [0], [0], [0]], bool)
+    truncated = np.array([[0], [0], [0], [1], [0]], bool)
+    bootstrap = np.array([[0], [0], [0], [4.0], [0]], np.float32)  # V(final obs) of the cut episode
+    last_values = np.array([0.7], np.float32)
+
+    adv, ret = compute_gae(rewards, values, terminated, truncated, bootstrap, last_values, gamma, lam)
+
+    # By hand, backwards. Step 4: inside an episode, bootstraps from last_values.
+    d4 = 3.0 + gamma * 0.7 - 0.2
+    a4 = d4
+    # Step 3: truncated -> bootstraps from V(final obs) = 4.0, and the recursion stops here.
+    d3 = 1.0 + gamma * 4.0 - 1.5
+    a3 = d3
+    # Step 2: normal step into step 3.
+    d2 = 0.5 + gamma * 1.5 - 2.0
+    a2 = d2 + gamma * lam * a3
+    # Step 1: terminated -> no bootstrap, recursion stops.
+    d1 = 2.0 - 1.0
+    a1 = d1
+    # Step 0: normal step into step 1.
+    d0 = 1.0 + gamma * 1.0 - 0.5
+    a0 = d0 + gamma * lam * a1
+    expected = np.array([[a0], [a1], [a2], [a3], [a4]], np.float32)
+    np.testing.assert_allclose(adv, expected, rtol=1e-6)
+    np.testing.assert_allclose(ret, expected + values, rtol=1e-6)
+
+
+def test_gae_truncated_and_terminated_same_step_does_not_bootstrap():
+    # A step that is both (the env terminated on the time limit's last step) is a real termination.
+    adv, _ = compute_gae(
+        np.array([[1.0]], np.float32), np.array([[0.5]], np.float32), np.array([[True]]), np.array([[True]]),
+        np.array([[9.0]], np.float32), np.array([5.0], np.float32), 0.99, 0.95,
+    )  # fmt: skip
+    assert adv[0, 0] == pytest.approx(0.5)
+
+
+def test_gae_lambda_one_gives_discounted_return_minus_value():
+    rewards = np.ones((4, 2), np.float32)
+    values = np.zeros((4, 2), np.float32)
+    zeros = np.zeros((4, 2), bool)
+    adv, ret = compute_gae(rewards, values, zeros, zeros, np.zeros((4, 2), np.float32), np.array([10.0, 0.0], np.float32), 0.5, 1.0)
+    assert ret[0, 0] == pytest.approx(1 + 0.5 + 0.25 + 0.125 + 0.0625 * 10)
+    assert ret[0, 1] == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+
+
+def test_ppo_loss_terms_on_tiny_batch():
+    hp = PPOHyperparams(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, norm_adv=False, clip_vloss=True)
+    old_lp = torch.log(torch.tensor([0.5, 0.5]))
+    new_lp = torch.log(torch.tensor([0.75, 0.25]))  # ratios 1.5 and 0.5
+    adv = torch.tensor([1.0, 1.0])
+    entropy = torch.tensor([0.6, 0.4])
+    old_v, new_v, returns = torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.1]), torch.tensor([1.0, 1.0])
+    loss, stats = ppo_loss(new_lp, old_lp, entropy, new_v, old_v, adv, returns, hp)
+
+    # Clipped surrogate: sample 0 ratio 1.5 clipped to 1.2 -> -1.2; sample 1 ratio 0.5 -> min(0.5, 0.8) = 0.5.
+    assert stats["policy_loss"].item() == pytest.approx(-(1.2 + 0.5) / 2)
+    # Value clipping: sample 0 moves 0.5 > 0.2, clipped value 0.2 -> max(0.25, 0.64) = 0.64; sample 1: 0.01.
+    assert stats["value_loss"].item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
+    assert stats["entropy"].item() == pytest.approx(0.5)
+    assert stats["clipfrac"].item() == pytest.approx(1.0)
+    kl = ((1.5 - 1) - math.log(1.5) + (0.5 - 1) - math.log(0.5)) / 2
+    assert stats["approx_kl"].item() == pytest.approx(kl, rel=1e-5)
+    expected = stats["policy_loss"] - 0.01 * 0.5 + 0.5 * stats["value_loss"]
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_ppo_loss_gradient_vanishes_outside_the_clip_range():
+    hp = PPOHyperparams(norm_adv=False, ent_coef=0.0, vf_coef=0.0)
+    new_lp = torch.log(torch.tensor([0.9])).requires_grad_()
+    loss, _ = ppo_loss(new_lp, torch.log(torch.tensor([0.5])), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                       torch.tensor([1.0]), torch.zeros(1), hp)  # fmt: skip
+    loss.backward()
+    assert new_lp.grad.item() == 0.0  # ratio 1.8 > 1.2 with a positive advantage: no incentive to go further
+
+
+def test_explained_variance():
+    r = np.array([1.0, 2.0, 3.0])
+    assert explained_variance(r, r) == pytest.approx(1.0)
+    assert explained_variance(np.full(3, 2.0), r) == pytest.approx(0.0)
