@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import gymnasium as gym
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from agents.distributions import ActionHead, Distribution
 
@@ -62,12 +63,24 @@ class ObsNormalizer(nn.Module):
         return ((x - mean) / std).clamp(-self.clip, self.clip)
 
 
-def mlp(in_features: int, hidden_sizes: Sequence[int], activation: type[nn.Module]) -> nn.Sequential:
-    layers, width = [], in_features
-    for h in hidden_sizes:
-        layers += [layer_init(nn.Linear(width, h)), activation()]
-        width = h
-    return nn.Sequential(*layers)
+class MLP(nn.Module):
+    """Linear layers, each followed by the activation, in one module call.
+
+    The loop calls F.linear on the layers' parameters instead of calling each submodule: for the small
+    networks of classic-control PPO, nn.Module's per-call overhead is a large part of the forward.
+    """
+
+    def __init__(self, in_features: int, hidden_sizes: Sequence[int], activation: str):
+        super().__init__()
+        widths = [in_features, *hidden_sizes]
+        self.layers = nn.ModuleList(layer_init(nn.Linear(a, b)) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.activation = {"tanh": torch.tanh, "relu": torch.relu}[activation]
+        self.out_features = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.activation(F.linear(x, layer.weight, layer.bias))
+        return x
 
 
 class NatureCNN(nn.Sequential):
@@ -113,8 +126,6 @@ class ActorCritic(nn.Module):
         self.obs_key = feature_keys[0]
         space = spaces[self.obs_key]
         self.is_image = len(space.shape) == 3
-        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
-
         self.obs_normalizer = ObsNormalizer(space.shape) if normalize_obs and not self.is_image else None
         if self.is_image:
             self.trunk = NatureCNN(space.shape[0])
@@ -122,18 +133,20 @@ class ActorCritic(nn.Module):
             self.actor_body = self.critic_body = nn.Identity()
         else:
             in_features = int(math.prod(space.shape))
-            self.trunk = nn.Flatten()
-            self.actor_body = mlp(in_features, hidden_sizes, act)
-            self.critic_body = mlp(in_features, hidden_sizes, act)
-            actor_out = critic_out = hidden_sizes[-1] if hidden_sizes else in_features
+            self.actor_body = MLP(in_features, hidden_sizes, activation)
+            self.critic_body = MLP(in_features, hidden_sizes, activation)
+            actor_out = critic_out = self.actor_body.out_features
         self.policy_head = ActionHead(actor_out, action_space)
         self.value_head = layer_init(nn.Linear(critic_out, 1), gain=1.0)
 
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = obs[self.obs_key]
+        if self.is_image:
+            return self.trunk(x)
+        x = x.float()
         if self.obs_normalizer is not None:
-            x = self.obs_normalizer(x.float())
-        return self.trunk(x if self.is_image else x.float())
+            x = self.obs_normalizer(x)
+        return x.flatten(1) if x.dim() > 2 else x
 
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[Distribution, torch.Tensor]:
         x = self._encode(obs)

@@ -1,0 +1,98 @@
+"""End to end: the real command as a subprocess, learning to the threshold, TensorBoard tags, kill -9 and resume."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(ROOT / "launch" / "train_ppo.py")]
+
+
+def _run(args, **kw):
+    return subprocess.run(TRAIN + args, capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    """`python launch/train_ppo.py` with no arguments but the runs folder: trains CartPole-v1 to solved."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = _run(["--runs-dir", str(runs)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, runs
+
+
+def test_default_command_solves_cartpole_within_budget(cartpole_run):
+    proc, runs = cartpole_run
+    m = re.search(r"solved CartPole-v1 after (\d+) env steps .* last 100 episodes: ([\d.]+)", proc.stdout)
+    assert m, proc.stdout
+    steps, mean_return = int(m.group(1)), float(m.group(2))
+    assert mean_return >= 475.0
+    assert steps <= 100_000  # the preset's budget; the benchmark reports the exact figure
+    (run_dir,) = runs.iterdir()
+    assert re.fullmatch(r"CartPole-v1__ppo__1__\d+", run_dir.name)
+    for what in ("run folder:", "TensorBoard: tensorboard --logdir", "checkpoint:", str(run_dir)):
+        assert what in proc.stdout
+    assert list((run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def test_event_file_holds_the_expected_tags(cartpole_run):
+    _, runs = cartpole_run
+    (run_dir,) = runs.iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {
+        "charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+        "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
+        "losses/explained_variance", "time/rollout_seconds", "time/update_seconds",
+    }  # fmt: skip
+    assert expected <= tags, expected - tags
+    assert max(e.value for e in acc.Scalars("charts/episodic_return")) == 500.0
+    assert "hyperparameters/text_summary" in acc.Tags()["tensors"]
+
+
+def test_help_lists_every_option_with_cleanrl_names():
+    proc = _run(["--help"])
+    assert proc.returncode == 0
+    for flag in ("--env-id", "--seed", "--total-timesteps", "--num-envs", "--learning-rate", "--preset",
+                 "--resume", "--device", "--backend", "--num-workers", "--target-kl"):  # fmt: skip
+        assert flag in proc.stdout, flag
+
+
+def test_bad_input_exits_2_with_one_line():
+    proc = _run(["--env-id", "CartPol-v1"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Did you mean 'CartPole-v1'" in proc.stderr
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    # A long, slow-to-finish run (no early stop) checkpointing often; kill -9 it after a checkpoint.
+    args = ["--runs-dir", str(tmp_path), "--total-timesteps", "400000", "--checkpoint-every", "4096",
+            "--no-stop-when-solved", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(TRAIN + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    ckpts = []
+    while time.time() < deadline and len(ckpts) < 2:
+        time.sleep(0.2)
+        ckpts = sorted(tmp_path.glob("*/checkpoints/step_*.pt"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(ckpts) >= 2, "no checkpoint appeared"
+    (run_dir,) = tmp_path.iterdir()
+    last = max(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt"))
+
+    resumed = _run(["--resume", str(run_dir), "--no-progress"], env={**os.environ})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # It continued the same run folder from the checkpoint's step to the end of the budget.
+    assert "finished CartPole-v1 after 400" in resumed.stdout and str(run_dir) in resumed.stdout
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("charts/SPS")]
+    assert steps == sorted(steps) and steps[-1] >= 400_000 and any(s > last for s in steps)
