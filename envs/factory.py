@@ -43,9 +43,10 @@ def _extra_for(env_id: str) -> str | None:
     return next((extra for prefix, extra in _EXTRA_FOR_PREFIX.items() if env_id.startswith(prefix)), None)
 
 
-def _missing_extra_error(env_id: str, extra: str) -> EnvSpecError:
+def _missing_extra_error(env_id: str, extra: str, detail: str = "") -> EnvSpecError:
+    because = f" ({detail})" if detail else ""
     return EnvSpecError(
-        f"env '{env_id}' needs the '{extra}' extra, which is not installed: run pip install -e '.[{extra}]'"
+        f"env '{env_id}' needs the '{extra}' extra, which is not installed{because}: run pip install -e '.[{extra}]'"
     )
 
 
@@ -79,11 +80,11 @@ def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
             # Records the true (unnormalised, unclipped) episode return and length in `info["episode"]`.
             kwargs = {"render_mode": render_mode} if render_mode else {}
             env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, **kwargs))
-    except gym.error.DependencyNotInstalled:
+    except gym.error.DependencyNotInstalled as e:
         extra = _extra_for(env_id)
         if extra is None:
             raise
-        raise _missing_extra_error(env_id, extra) from None
+        raise _missing_extra_error(env_id, extra, str(e).splitlines()[0]) from None
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env
