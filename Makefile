@@ -13,8 +13,8 @@ $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	@if $(PIP) show torch >/dev/null 2>&1; then :; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
-	else $(PIP) install --no-index torch==2.13.0 2>/dev/null \
-	  || $(PIP) install torch --index-url https://download.pytorch.org/whl/cpu; fi
+	elif $(PIP) install --no-index --no-deps torch==2.13.0 2>/dev/null; then $(PIP) install torch==2.13.0; \
+	else $(PIP) install torch --index-url https://download.pytorch.org/whl/cpu; fi
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml

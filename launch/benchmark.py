@@ -171,10 +171,12 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
             grid = np.linspace(0, x_max, 200)
             # Each seed's curve holds its last value once it has stopped (solved runs stop early).
             ys = np.stack([np.interp(grid, c[:, col], c[:, 2], left=np.nan) for c in curves])
+            # Mean and spread only where every seed has a value (before its first 100-episode window, none).
+            full = ~np.isnan(ys).any(0)
             for y in ys:
                 ax.plot(grid, y, color="tab:blue", alpha=0.25, lw=1)
-            ax.plot(grid, np.nanmean(ys, 0), color="tab:blue", lw=2, label=f"mean of {len(curves)} seeds")
-            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color="tab:blue", alpha=0.15)
+            ax.plot(grid[full], ys[:, full].mean(0), color="tab:blue", lw=2, label=f"mean of {len(curves)} seeds")
+            ax.fill_between(grid[full], ys[:, full].min(0), ys[:, full].max(0), color="tab:blue", alpha=0.15)
             if env_id in SOLVED_RETURN:
                 ax.axhline(SOLVED_RETURN[env_id], color="gray", ls="--", lw=1, label="solved")
             ax.set_xlabel(xlabel)

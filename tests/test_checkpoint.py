@@ -47,6 +47,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_loading_never_runs_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoints" / "step_000000000001.pt"

@@ -15,6 +15,19 @@ def run_name(env_id: str, exp_name: str, seed: int) -> str:
     return f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{int(time.time())}"
 
 
+def make_run_dir(runs_dir: Path, name: str) -> Path:
+    """Create runs_dir/name, or name-2, name-3, ... when runs started in the same second share a name."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = runs_dir / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many run folders named {name} in {runs_dir}")
+
+
 def config_markdown(config: dict) -> str:
     rows = "\n".join(f"|{k}|{v}|" for k, v in config.items())
     return f"|param|value|\n|-|-|\n{rows}"

@@ -31,7 +31,7 @@ from training.config import (
     validate,
 )
 from training.executors import EXECUTORS
-from training.logger import Progress, RunLogger, run_name
+from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.rollout import Rollout
 
@@ -157,8 +157,7 @@ def train(cfg: PPOConfig) -> TrainResult:
         torch.set_rng_state(payload["rng"]["torch"])
         random.setstate(payload["rng"]["python"])
     else:
-        run_dir = Path(cfg.runs_dir) / run_name(cfg.env_id, cfg.exp_name, cfg.seed)
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
 
     threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
     config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers}
