@@ -50,6 +50,12 @@ def _missing_extra_error(env_id: str, extra: str, detail: str = "") -> EnvSpecEr
     )
 
 
+def is_heavy(env_id: str) -> bool:
+    """Emulators and physics engines (Atari, Box2D): a step costs more than a process round trip, so
+    they gain from worker processes, unlike classic control, which steps fastest in-process."""
+    return _extra_for(env_id) is not None
+
+
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 

@@ -41,7 +41,7 @@ def _slice_arrays(arrays: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str
 
 
 class Executor(ABC):
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_steps: int, num_envs: int):
+    def __init__(self, num_steps: int, num_envs: int):
         self.num_envs, self.num_steps = num_envs, num_steps
         self.version = 0
 
@@ -67,7 +67,7 @@ class InProcessExecutor(Executor):
         self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
         num_envs: int, num_workers: int, num_steps: int, seed: int,
     ):  # fmt: skip
-        super().__init__(observation_space, action_space, num_steps, num_envs)
+        super().__init__(num_steps, num_envs)
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
         self.workers = [
             RolloutWorker(env_id, hi - lo, seed + lo, copy.deepcopy(policy).cpu(), _slice_arrays(self.arrays, lo, hi))
@@ -116,7 +116,7 @@ class MultiprocessExecutor(Executor):
         self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
         num_envs: int, num_workers: int, num_steps: int, seed: int,
     ):  # fmt: skip
-        super().__init__(observation_space, action_space, num_steps, num_envs)
+        super().__init__(num_steps, num_envs)
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=True)
         # Workers act with this shared-memory copy; set_weights writes into it in place between rollouts.
         self.policy = copy.deepcopy(policy).cpu().share_memory()
