@@ -138,13 +138,13 @@ def train(cfg: PPOConfig) -> TrainResult:
     device = resolve_device(cfg.device)
     backend, num_workers = resolve_backend(cfg)
     observation_space, action_space = probe_spaces(cfg.env_id)
-    is_image = isinstance(action_space, gym.Space) and len(getattr(observation_space, "shape", None) or ()) == 3
-    torch.set_num_threads(cfg.torch_threads or (torch.get_num_threads() if is_image else 1))
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     agent = build_agent(cfg, observation_space, action_space).to(device)
+    # One thread for MLPs (a second costs more in synchronisation than it gives); all cores for CNNs.
+    torch.set_num_threads(cfg.torch_threads or (torch.get_num_threads() if agent.is_image else 1))
     learner = PPOLearner(agent, cfg, device)
 
     global_step, iteration, seconds_before = 0, 0, 0.0
