@@ -25,6 +25,7 @@ import tyro
 from envs.factory import SOLVED_RETURN
 from training.cli import run_cli
 from training.config import ConfigError, PPOConfig, apply_preset
+from training.plots import plot_seed_band
 
 
 @dataclass
@@ -166,17 +167,8 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
         )
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, col, xlabel in ((axes[0], 0, "env steps"), (axes[1], 1, "wall seconds")):
-            curves = [np.array(r.history) for r in rs if r.history]
-            x_max = max(c[-1, col] for c in curves)
-            grid = np.linspace(0, x_max, 200)
-            # Each seed's curve holds its last value once it has stopped (solved runs stop early).
-            ys = np.stack([np.interp(grid, c[:, col], c[:, 2], left=np.nan) for c in curves])
-            # Mean and spread only where every seed has a value (before its first 100-episode window, none).
-            full = ~np.isnan(ys).any(0)
-            for y in ys:
-                ax.plot(grid, y, color="tab:blue", alpha=0.25, lw=1)
-            ax.plot(grid[full], ys[:, full].mean(0), color="tab:blue", lw=2, label=f"mean of {len(curves)} seeds")
-            ax.fill_between(grid[full], ys[:, full].min(0), ys[:, full].max(0), color="tab:blue", alpha=0.15)
+            # history rows are (env steps, wall seconds, last-100 mean return)
+            plot_seed_band(ax, [np.array(r.history)[:, [col, 2]] for r in rs if r.history])
             if env_id in SOLVED_RETURN:
                 ax.axhline(SOLVED_RETURN[env_id], color="gray", ls="--", lw=1, label="solved")
             ax.set_xlabel(xlabel)

@@ -41,3 +41,20 @@ if "tests/MaskedChoice-v0" not in gym.registry:
 @pytest.fixture(autouse=True)
 def _single_thread():
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def short_cartpole_run(tmp_path_factory):
+    """A short CartPole run (8 updates) with evaluation every 2048 steps and --capture-video every 4
+    updates: enough to hold checkpoints, a best checkpoint, videos and every dashboard tag."""
+    import dataclasses
+
+    from training.config import PPOConfig, apply_preset
+    from training.ppo_trainer import train
+
+    cfg = dataclasses.replace(
+        apply_preset(PPOConfig(env_id="CartPole-v1")), runs_dir=str(tmp_path_factory.mktemp("runs")),
+        total_timesteps=4096, num_envs=8, num_steps=64, eval_every=2048, eval_episodes=4, capture_video=True,
+        video_every=4, checkpoint_every=2048, stop_when_solved=False, progress=False,
+    )  # fmt: skip
+    return cfg, train(cfg)

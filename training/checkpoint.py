@@ -18,6 +18,7 @@ import torch
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+BEST_NAME = "best.pt"
 
 
 class CheckpointError(ValueError):
@@ -41,34 +42,59 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> Path:
-    """Write payload as run_dir/checkpoints/step_{step}.pt atomically; keep the newest `keep` files."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:012d}.pt"
-    tmp = folder / f".{path.name}.tmp"
+def _atomic_save(path: Path, payload: dict) -> Path:
+    tmp = path.parent / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save({"format_version": FORMAT_VERSION, **payload}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(folder)
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> Path:
+    """Write payload as run_dir/checkpoints/step_{step}.pt atomically; keep the newest `keep` files."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _atomic_save(folder / f"step_{step:012d}.pt", payload)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file from a file path, a run folder (its newest checkpoint) or a checkpoints folder."""
+def save_best_checkpoint(run_dir: Path, payload: dict) -> Path:
+    """Write payload as run_dir/checkpoints/best.pt (the best evaluation so far), atomically."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return _atomic_save(folder / BEST_NAME, payload)
+
+
+def find_checkpoint(path: str | Path, best: bool = False) -> Path:
+    """A checkpoint file from a file path, a run folder or a checkpoints folder: the newest periodic one,
+    or with best=True the one that scored best in evaluation."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.exists():
         raise CheckpointError(f"no such run folder or checkpoint: {path}")
-    candidates = list_checkpoints(path.parent if path.name == CHECKPOINT_DIR else path)
+    run_dir = path.parent if path.name == CHECKPOINT_DIR else path
+    if best:
+        if (run_dir / CHECKPOINT_DIR / BEST_NAME).is_file():
+            return run_dir / CHECKPOINT_DIR / BEST_NAME
+        raise CheckpointError(
+            f"{run_dir} has no best checkpoint ({CHECKPOINT_DIR}/{BEST_NAME}): it is written by training's "
+            "periodic evaluation (--eval-every > 0); leave out --best to use the newest checkpoint"
+        )
+    candidates = list_checkpoints(run_dir)
     if not candidates:
         raise CheckpointError(f"{path} holds no checkpoint ({CHECKPOINT_DIR}/step_*.pt); was the run started with this project?")
     return candidates[-1]
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder that holds a checkpoint file (run_dir/checkpoints/step_*.pt)."""
+    return Path(checkpoint).resolve().parent.parent
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -89,6 +89,16 @@ class PPOConfig:
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
 
+    # Evaluation and videos
+    eval_every: int = 25_000
+    """env steps between greedy evaluations (logged as eval/*; the best one is kept as checkpoints/best.pt); one more runs at the end; 0 = none"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    capture_video: bool = False
+    """record a greedy evaluation episode every --video-every updates and at the end: an MP4 in RUN_DIR/videos/ and a GIF in TensorBoard's Images tab"""
+    video_every: int = 50
+    """updates between recorded episodes, with --capture-video"""
+
     # Logging and checkpoints
     runs_dir: str = "runs"
     """folder that holds the run folders"""
@@ -129,12 +139,14 @@ PRESETS: dict[str, dict] = {
     "Acrobot-v1": dict(
         num_envs=16, num_steps=256, gamma=0.99, gae_lambda=0.94, num_minibatches=4, update_epochs=4,
         ent_coef=0.0, normalize_obs=True, clip_vloss=False, backend="multiprocess", total_timesteps=1_000_000,
+        eval_every=100_000,
     ),
     # rl-zoo's LunarLander settings without value clipping. Minibatches of 64 (64 Adam steps per 1000 env
     # steps) are what it takes: with 8-16 steps per 1000 the lander learns to hover and stalls near 150.
     "LunarLander-v3": dict(
         num_envs=16, num_steps=1024, learning_rate=3e-4, anneal_lr=False, gamma=0.999, gae_lambda=0.98,
         num_minibatches=256, update_epochs=4, ent_coef=0.01, clip_vloss=False, total_timesteps=2_000_000,
+        eval_every=100_000,
     ),
     "Pendulum-v1": dict(
         num_envs=4, num_steps=1024, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, num_minibatches=64,
@@ -149,6 +161,7 @@ PRESETS: dict[str, dict] = {
     "ALE/Breakout-v5": dict(
         num_envs=8, num_steps=128, learning_rate=2.5e-4, num_minibatches=4, update_epochs=4, clip_coef=0.1,
         ent_coef=0.01, total_timesteps=10_000_000, checkpoint_every=500_000,
+        eval_every=250_000, video_every=200,
     ),
 }  # fmt: skip
 
@@ -206,6 +219,10 @@ def validate(cfg: PPOConfig) -> None:
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
     if cfg.num_workers < 0:
         problems.append(f"--num-workers must be >= 0 (got {cfg.num_workers})")
+    if cfg.eval_every < 0:
+        problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
+    if cfg.eval_episodes < 1 or cfg.video_every < 1:
+        problems.append(f"--eval-episodes and --video-every must be >= 1 (got {cfg.eval_episodes}, {cfg.video_every})")
     if not problems:
         if cfg.batch_size % cfg.num_minibatches:
             divisors = [d for d in range(1, min(cfg.batch_size, 64) + 1) if cfg.batch_size % d == 0]

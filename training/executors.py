@@ -55,6 +55,10 @@ class Executor(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of workers that run outside the learner's process (for memory figures)."""
+        return []
+
     def __enter__(self) -> Executor:
         return self
 
@@ -154,6 +158,9 @@ class MultiprocessExecutor(Executor):
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.policy.load_state_dict(state_dict)
         self.version = version
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
 
     def collect(self) -> Rollout:
         for conn in self.conns:

@@ -3,11 +3,47 @@ process logs; workers return their statistics inside the rollout."""
 
 from __future__ import annotations
 
+import os
+import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+# TensorBoard's "Custom Scalars" tab: one page with the charts people read first, curves that belong
+# together drawn on the same axes (each entry is a regex over the tags of the same run).
+DASHBOARD_LAYOUT = {
+    "1. Return": {
+        "return: training episodes, last-100 mean, evaluation": [
+            "Multiline", ["charts/episodic_return", "charts/mean_return_100", "eval/episodic_return"],
+        ],
+        "episode length: training and evaluation": ["Multiline", ["charts/episodic_length", "eval/episodic_length"]],
+    },
+    "2. Losses": {
+        "policy and value loss": ["Multiline", ["losses/policy_loss", "losses/value_loss"]],
+        "entropy": ["Multiline", ["losses/entropy"]],
+    },
+    "3. Policy statistics": {
+        "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
+        "clip fraction": ["Multiline", ["losses/clipfrac"]],
+        "explained variance": ["Multiline", ["losses/explained_variance"]],
+        "gradient norm and learning rate": ["Multiline", ["charts/grad_norm", "charts/learning_rate"]],
+    },
+    "4. System": {
+        "env steps per second": ["Multiline", ["charts/SPS"]],
+        "seconds per rollout vs per update": ["Multiline", ["time/rollout_seconds", "time/update_seconds"]],
+        "rollout workers": ["Multiline", ["system/num_workers"]],
+        "memory (MiB)": ["Multiline", ["system/.*_mib"]],
+    },
+}  # fmt: skip
+
+# The figures that the HParams tab shows beside each run's hyperparameters (their latest values).
+HPARAM_METRICS = ("eval/episodic_return", "charts/mean_return_100", "charts/SPS")
 
 
 def run_name(env_id: str, exp_name: str, seed: int) -> str:
@@ -45,6 +81,37 @@ class RunLogger:
         if config is not None:
             self.writer.add_text("hyperparameters", config_markdown(config), global_step=purge_step or 0)
 
+    def dashboards(self, hparams: dict) -> None:
+        """The custom-scalars layout, and this run's hyperparameters for the HParams tab (where runs are
+        compared by HPARAM_METRICS). Values other than numbers, strings and booleans are shown as text."""
+        self.writer.add_custom_scalars(DASHBOARD_LAYOUT)
+        plain = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in hparams.items()}
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams_summaries(plain, dict.fromkeys(HPARAM_METRICS, 0.0)):
+            file_writer.add_summary(summary)
+
+    def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
+        """An animated GIF in the Images tab. torch's add_video needs moviepy 1.x (with moviepy 2 it warns
+        and writes nothing, pytorch issue 147317), so the GIF is encoded here with imageio."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from training.video import encode_gif
+
+        h, w = frames[0].shape[:2]
+        image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=encode_gif(frames, fps))
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def system(self, num_workers: int, worker_pids: Sequence[int], device: torch.device, step: int) -> None:
+        """Worker count and memory: resident memory of the learner and of the worker processes now, and
+        the GPU memory torch holds when the learner runs on CUDA."""
+        values = {"system/num_workers": num_workers, "system/learner_rss_mib": current_rss_mib()}
+        if worker_pids:
+            values["system/workers_rss_mib"] = sum(current_rss_mib(pid) for pid in worker_pids)
+        if device.type == "cuda":
+            values["system/gpu_memory_allocated_mib"] = torch.cuda.memory_allocated(device) / 2**20
+            values["system/gpu_memory_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        self.scalars(values, step)
+
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
@@ -54,6 +121,19 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def current_rss_mib(pid: int | None = None) -> float:
+    """Resident memory of a process (default: this one) now, from Linux's /proc; where /proc is missing,
+    this process's peak (and 0 for others)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        if pid is not None:
+            return 0.0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class Progress:

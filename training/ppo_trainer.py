@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from collections import deque
@@ -20,7 +21,7 @@ import torch
 from agents.networks import ActorCritic
 from agents.ppo import PPOHyperparams, compute_gae, explained_variance, ppo_update
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
-from training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
     ConfigError,
     PPOConfig,
@@ -30,6 +31,7 @@ from training.config import (
     resolve_device,
     validate,
 )
+from training.evaluation import TrainingEvaluator
 from training.executors import EXECUTORS
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
@@ -111,6 +113,8 @@ class TrainResult:
     solved: bool
     mean_return: float | None
     sps: float
+    eval_return: float | None
+    """mean return of the final greedy evaluation (None with --eval-every 0)"""
     rollout_seconds: float
     update_seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)
@@ -126,7 +130,7 @@ def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
         raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a PPO one")
     saved = config_from_dict(json.loads(payload["config"]))
     resumed = dataclasses.replace(saved, resume=str(cfg.resume), device=cfg.device, progress=cfg.progress)
-    return resumed, payload, path.parent.parent
+    return resumed, payload, run_dir_of(path)
 
 
 def train(cfg: PPOConfig) -> TrainResult:
@@ -162,9 +166,15 @@ def train(cfg: PPOConfig) -> TrainResult:
     threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
     config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers}
     logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+    if payload is None:
+        logger.dashboards(config_dict)
+    evaluator = TrainingEvaluator(
+        cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
+        cfg.video_every, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf,
+    )  # fmt: skip
 
-    def checkpoint() -> Path:
-        state = {
+    def checkpoint_state() -> dict:
+        return {
             "algo": "ppo",
             "config": json.dumps(config_to_dict(dataclasses.replace(cfg, resume=None))),
             "global_step": global_step,
@@ -173,8 +183,11 @@ def train(cfg: PPOConfig) -> TrainResult:
             "learner": learner.state_dict(),
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "best_eval_return": evaluator.best_return,
         }
-        return save_checkpoint(run_dir, state, global_step, cfg.keep_checkpoints)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
 
     # Envs restart from fresh episodes after a resume; a distinct seed keeps them off the old trajectories.
     worker_seed = cfg.seed + 1_000_003 * iteration
@@ -185,6 +198,7 @@ def train(cfg: PPOConfig) -> TrainResult:
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
     rollout_seconds = update_seconds = 0.0
     history: list[tuple[int, float, float]] = []
+    eval_return = None
     solved, last_checkpoint, next_checkpoint = False, None, (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     try:
         executor.set_weights(agent.state_dict(), iteration)
@@ -196,6 +210,7 @@ def train(cfg: PPOConfig) -> TrainResult:
             t0 = time.perf_counter()
             rollout = executor.collect()
             t1 = time.perf_counter()
+            step_before = global_step
             global_step += rollout.num_steps
             iteration += 1
             stats = learner.update(rollout, lr)
@@ -220,6 +235,7 @@ def train(cfg: PPOConfig) -> TrainResult:
                 "time/update_seconds": t2 - t1,
                 "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),
             }, global_step)  # fmt: skip
+            logger.system(num_workers, executor.worker_pids(), device, global_step)
             if mean_return is not None:
                 logger.scalars({"charts/mean_return_100": mean_return}, global_step)
                 history.append((global_step, seconds_before + elapsed, mean_return))
@@ -229,11 +245,21 @@ def train(cfg: PPOConfig) -> TrainResult:
                 cfg.stop_when_solved and threshold is not None and len(recent_returns) == recent_returns.maxlen
                 and mean_return >= threshold
             )  # fmt: skip
-            if global_step >= next_checkpoint and not solved and global_step < cfg.total_timesteps:
+            # Periodic evaluation and videos; the last of each runs after the loop, once training is over.
+            finished = solved or global_step >= cfg.total_timesteps
+            if evaluator.evaluation_due(step_before, global_step) and not finished:
+                evaluator.evaluate(agent, global_step, checkpoint_state)
+            if evaluator.video_due(iteration) and not finished:
+                evaluator.record_video(agent, global_step)
+            if global_step >= next_checkpoint and not finished:
                 last_checkpoint = checkpoint()
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
             if solved:
                 break
+        if cfg.eval_every > 0:
+            eval_return = evaluator.evaluate(agent, global_step, checkpoint_state).mean_return
+        if cfg.capture_video:
+            evaluator.record_video(agent, global_step)
         last_checkpoint = checkpoint()
     except KeyboardInterrupt:
         last_checkpoint = checkpoint()
@@ -247,6 +273,6 @@ def train(cfg: PPOConfig) -> TrainResult:
     mean_return = float(np.mean(recent_returns)) if recent_returns else None
     return TrainResult(
         run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
-        solved=bool(solved), mean_return=mean_return, sps=(global_step - steps_at_start) / elapsed,
+        solved=bool(solved), mean_return=mean_return, sps=(global_step - steps_at_start) / elapsed, eval_return=eval_return,
         rollout_seconds=rollout_seconds, update_seconds=update_seconds, history=history,
     )  # fmt: skip

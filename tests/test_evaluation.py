@@ -1,0 +1,120 @@
+"""Evaluation: fair episode counts, the best checkpoint, training's periodic evaluation and videos."""
+
+import gymnasium as gym
+import imageio
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.networks import ActorCritic
+from training.checkpoint import CheckpointError
+from training.evaluation import (
+    EVAL_SEED_OFFSET,
+    evaluate_policy,
+    load_trained_agent,
+    make_render_env,
+    play_episode,
+)
+
+
+class ConstantPolicy(torch.nn.Module):
+    """Always the same action: CartPole then falls after a number of steps set by its start state."""
+
+    def __init__(self, action: int = 0):
+        super().__init__()
+        self.action = action
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def act(self, obs, generator=None, deterministic=True):
+        n = next(iter(obs.values())).shape[0]
+        return torch.full((n,), self.action), torch.zeros(n), torch.zeros(n)
+
+
+def _sequential_returns(seed: int, episodes: int) -> list[float]:
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+    env.reset(seed=seed)
+    out = []
+    while len(out) < episodes:
+        _, _, terminated, truncated, info = env.step(0)
+        if terminated or truncated:
+            out.append(float(info["episode"]["r"]))
+            env.reset()
+    return out
+
+
+def test_each_env_plays_its_own_share_of_episodes():
+    # 7 episodes on 3 envs: envs 0, 1, 2 play 3, 2, 2 whole episodes in a row. Counting whichever episodes
+    # end first would favour short ones; the result must equal each env's own episodes played in order.
+    result = evaluate_policy(ConstantPolicy(), "CartPole-v1", episodes=7, seed=100, num_envs=3)
+    expected = _sequential_returns(100, 3) + _sequential_returns(101, 2) + _sequential_returns(102, 2)
+    assert sorted(result.returns.tolist()) == sorted(expected)
+    assert result.lengths.tolist() == [int(r) for r in result.returns]  # CartPole: +1 per step
+    assert len(set(expected)) > 1  # the starts differ, so the check has teeth
+
+
+def test_evaluation_is_reproducible_and_episodes_are_validated():
+    a = evaluate_policy(ConstantPolicy(1), "CartPole-v1", episodes=5, seed=3)
+    b = evaluate_policy(ConstantPolicy(1), "CartPole-v1", episodes=5, seed=3)
+    assert np.array_equal(a.returns, b.returns)
+    assert "over 5 episodes" in a.summary()
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        evaluate_policy(ConstantPolicy(), "CartPole-v1", episodes=0, seed=0)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "LunarLander-v3", "ALE/Breakout-v5"])
+def test_every_env_family_renders_frames_for_watching(env_id):
+    env = make_render_env(env_id, seed=0)
+    policy = ActorCritic(env.observation_space, env.action_space)
+    frames = []
+
+    def on_frame(frame, step, episode_return, value):
+        frames.append(frame)
+        return len(frames) < 5  # stop after 5 frames: the path, not a whole episode
+
+    episode = play_episode(policy, env, seed=0, on_frame=on_frame)
+    env.close()
+    assert not episode.completed and len(frames) == 5 and len(episode.values) == 5
+    assert frames[0].ndim == 3 and frames[0].shape[2] == 3 and frames[0].dtype == np.uint8
+
+
+def test_training_evaluates_keeps_the_best_and_logs_it(short_cartpole_run):
+    cfg, result = short_cartpole_run
+    best = load_trained_agent(result.run_dir, best=True)
+    assert best.checkpoint.name == "best.pt" and best.payload["eval_return"] >= result.eval_return - 1e-9
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    evals = acc.Scalars("eval/episodic_return")
+    assert [e.step for e in evals] == [2048, 4096]
+    assert evals[-1].value == pytest.approx(result.eval_return)
+    assert max(e.value for e in evals) == pytest.approx(best.payload["eval_return"])
+    assert {"system/num_workers", "system/learner_rss_mib", "eval/episodic_length"} <= set(acc.Tags()["scalars"])
+
+
+def test_capture_video_writes_files_and_tensorboard_gifs(short_cartpole_run):
+    cfg, result = short_cartpole_run
+    videos = sorted((result.run_dir / "videos").glob("train_step*.mp4"))
+    assert [v.name for v in videos] == ["train_step000002048.mp4", "train_step000004096.mp4"]
+    # The last video is the final policy's greedy episode from the evaluation seed: replaying it gives
+    # an episode exactly as long as the video.
+    final = load_trained_agent(result.run_dir)
+    env = make_render_env(cfg.env_id, cfg.seed + EVAL_SEED_OFFSET)
+    episode = play_episode(final.policy, env, cfg.seed + EVAL_SEED_OFFSET)
+    env.close()
+    assert imageio.get_reader(videos[-1]).count_frames() == episode.length
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    images = acc.Images("eval/video")
+    assert [e.step for e in images] == [2048, 4096]
+    gif = images[-1].encoded_image_string
+    assert gif[:6] == b"GIF89a" and imageio.v3.improps(gif, extension=".gif", index=None).shape[0] > 1
+
+
+def test_missing_best_checkpoint_says_how_to_get_one(tmp_path, short_cartpole_run):
+    _, result = short_cartpole_run
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / result.checkpoint.name).write_bytes(result.checkpoint.read_bytes())
+    assert load_trained_agent(run).global_step == 4096
+    with pytest.raises(CheckpointError, match="no best checkpoint.*--eval-every"):
+        load_trained_agent(run, best=True)

@@ -1,0 +1,292 @@
+"""Playing a trained policy: greedy (or sampled) evaluation over many episodes, and single episodes with
+their frames for watching and videos. Shared by training's periodic evaluation, `launch/evaluate.py`
+and `launch/watch.py`.
+
+A policy here is anything with `act(obs, generator, deterministic) -> (action, log_prob, value)` over a
+batch of observations as a dict of tensors (agents.networks.ActorCritic; MuZero's acting agent later).
+Returns are the true game scores that `RecordEpisodeStatistics` records (before reward clipping or
+scaling), so they compare across runs and with published numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.factory import is_atari, make_env, make_vector_env
+from training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    run_dir_of,
+    save_best_checkpoint,
+)
+from training.logger import RunLogger
+from training.video import (
+    LiveViewer,
+    PreviewFrames,
+    VideoWriter,
+    overlay_text,
+    use_dummy_video_driver_if_headless,
+)
+
+# Evaluation episodes start from seeds far from the training envs' (seed .. seed + num_envs - 1), so the
+# score is measured on starts the agent did not train on, and on the same starts at every evaluation.
+EVAL_SEED_OFFSET = 10_000_019
+
+
+@dataclass
+class EvalResult:
+    returns: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def mean_return(self) -> float:
+        return float(self.returns.mean())
+
+    @property
+    def std_return(self) -> float:
+        return float(self.returns.std())
+
+    def summary(self) -> str:
+        return (
+            f"mean return {self.mean_return:.2f} +- {self.std_return:.2f}, mean length {self.lengths.mean():.1f} "
+            f"+- {self.lengths.std():.1f} over {len(self.returns)} episodes"
+        )
+
+    def report(self, deterministic: bool, per_episode: bool = True) -> str:
+        """One line per episode (unless per_episode=False), then the summary, as the launch scripts print it."""
+        lines = [f"episode {i}: return {r:.2f}, length {n}" for i, (r, n) in enumerate(zip(self.returns, self.lengths, strict=True), 1)]
+        lines = lines if per_episode else []
+        return "\n".join([*lines, f"{'greedy' if deterministic else 'stochastic'}: {self.summary()}"])
+
+
+@dataclass
+class TrainedAgent:
+    """A run's policy loaded from one of its checkpoints, with the config that trained it."""
+
+    algo: str
+    config: Any
+    policy: torch.nn.Module
+    checkpoint: Path
+    run_dir: Path
+    global_step: int
+    payload: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def env_id(self) -> str:
+        return self.config.env_id
+
+    def describe(self) -> str:
+        return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
+
+
+def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
+    """The policy of a run folder's newest checkpoint (its best with best=True) or of a checkpoint file,
+    rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights."""
+    checkpoint = find_checkpoint(path, best=best)
+    payload = load_checkpoint(checkpoint)
+    algo = payload.get("algo")
+    if algo == "ppo":
+        from envs.factory import check_env_id, probe_spaces
+        from training.config import config_from_dict
+        from training.ppo_trainer import build_agent
+
+        cfg = config_from_dict(json.loads(payload["config"]))
+        check_env_id(cfg.env_id)
+        policy = build_agent(cfg, *probe_spaces(cfg.env_id))
+        policy.load_state_dict(payload["learner"]["model"])
+    else:
+        raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
+    policy.eval()
+    return TrainedAgent(algo, cfg, policy, checkpoint, run_dir_of(checkpoint), int(payload["global_step"]), payload)
+
+
+def _device(policy: torch.nn.Module) -> torch.device:
+    return next(policy.parameters()).device
+
+
+def _obs_batch(obs: Any, device: torch.device, add_batch_dim: bool = False) -> dict[str, torch.Tensor]:
+    obs = obs if isinstance(obs, dict) else {"obs": obs}
+    out = {k: torch.as_tensor(np.asarray(v)) for k, v in obs.items()}
+    return {k: (v.unsqueeze(0) if add_batch_dim else v).to(device) for k, v in out.items()}
+
+
+def _env_action(action: torch.Tensor, space: gym.Space) -> np.ndarray:
+    action = action.cpu().numpy()
+    return np.clip(action, space.low, space.high) if isinstance(space, gym.spaces.Box) else action
+
+
+def evaluate_policy(
+    policy: torch.nn.Module, env_id: str, episodes: int, seed: int, deterministic: bool = True, num_envs: int = 8
+) -> EvalResult:
+    """Play `episodes` whole episodes on `min(num_envs, episodes)` envs stepped together.
+
+    Each env plays a fixed share of the episodes (SB3's evaluate_policy does the same): counting the first
+    episodes to finish, whichever env they come from, would favour short episodes.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1 (got {episodes})")
+    n = min(num_envs, episodes)
+    targets = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    counts = np.zeros(n, dtype=np.int64)
+    returns: list[float] = []
+    lengths: list[int] = []
+    generator = torch.Generator().manual_seed(seed)
+    device = _device(policy)
+    envs = make_vector_env(env_id, n, seed)
+    try:
+        obs, _ = envs.reset(seed=[seed + i for i in range(n)])
+        while (counts < targets).any():
+            action, _, _ = policy.act(_obs_batch(obs, device), generator, deterministic)
+            obs, _, _, _, info = envs.step(_env_action(action, envs.single_action_space))
+            final = info.get("final_info")
+            if final and "episode" in final:
+                for i in np.flatnonzero(final["_episode"]):
+                    if counts[i] < targets[i]:
+                        returns.append(float(final["episode"]["r"][i]))
+                        lengths.append(int(final["episode"]["l"][i]))
+                        counts[i] += 1
+    finally:
+        envs.close()
+    return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
+
+
+def make_render_env(env_id: str, seed: int) -> gym.Env:
+    """One env that renders RGB frames (off-screen where there is no display)."""
+    use_dummy_video_driver_if_headless()
+    return make_env(env_id, seed, render_mode="rgb_array")()
+
+
+def video_fps(env: gym.Env, env_id: str) -> float:
+    """Frames per second at which one frame per agent step plays in real time."""
+    if is_atari(env_id):
+        return 15.0  # the Atari 2600 draws 60 frames/s and the agent acts every 4th (frame skip 4)
+    return float(env.metadata.get("render_fps") or 30)
+
+
+@dataclass
+class Episode:
+    episode_return: float
+    length: int
+    completed: bool
+    """False when on_frame stopped it early (a closed window)"""
+    values: list[float]
+
+
+def play_episode(
+    policy: torch.nn.Module,
+    env: gym.Env,
+    seed: int,
+    deterministic: bool = True,
+    generator: torch.Generator | None = None,
+    on_frame: Callable[[np.ndarray, int, float, float], bool | None] | None = None,
+) -> Episode:
+    """Play one episode on a rendering env. Before each action, on_frame(frame, step, return so far,
+    value estimate) sees the state the agent acts in, so an episode of length T gives T frames;
+    on_frame returning False ends the episode early."""
+    device = _device(policy)
+    obs, _ = env.reset(seed=seed)
+    episode_return, step, values = 0.0, 0, []
+    while True:
+        action, _, value = policy.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)
+        values.append(float(value[0]))
+        if on_frame is not None and on_frame(env.render(), step, episode_return, values[-1]) is False:
+            return Episode(episode_return, step, False, values)
+        obs, reward, terminated, truncated, info = env.step(_env_action(action, env.action_space)[0])
+        step += 1
+        # The running score before reward clipping (Atari) where RecordEpisodeStatistics keeps it.
+        try:
+            episode_return = float(env.get_wrapper_attr("episode_returns"))
+        except AttributeError:
+            episode_return += float(reward)
+        if terminated or truncated:
+            if "episode" in info:
+                episode_return = float(info["episode"]["r"])
+            # The length in agent steps (= frames); Atari's info["episode"]["l"] counts emulator frames.
+            return Episode(episode_return, step, True, values)
+
+
+def record_episode(
+    policy: torch.nn.Module, env_id: str, seed: int, path: Path, deterministic: bool = True, overlay: bool = False,
+    preview: PreviewFrames | None = None, viewer: LiveViewer | None = None,
+    generator: torch.Generator | None = None, fps: float | None = None,
+) -> tuple[Episode, Path | None, float]:
+    """Play one episode on a rendering env and send its frames to a video file (MP4 or GIF by path's
+    suffix; None for none), a dashboard preview and a live window. Returns the episode, the file
+    written, and the frame rate used. Closing the window ends the episode early."""
+    env = make_render_env(env_id, seed)
+    fps = fps or video_fps(env, env_id)
+    if viewer is not None:
+        viewer.fps = fps
+    writer = VideoWriter(path, fps) if path is not None else None
+
+    def on_frame(frame: np.ndarray, step: int, episode_return: float, value: float) -> bool:
+        if overlay:
+            frame = overlay_text(frame, [f"step {step}", f"return {episode_return:.1f}", f"value {value:.2f}"])
+        if writer is not None:
+            writer.append(frame)
+        if preview is not None:
+            preview.append(frame)
+        return viewer.show(frame) if viewer is not None else True
+
+    try:
+        episode = play_episode(policy, env, seed, deterministic, generator, on_frame)
+    finally:
+        env.close()
+        if writer is not None:
+            writer.close()
+    return episode, (writer.path if writer is not None else None), fps
+
+
+class TrainingEvaluator:
+    """Training's periodic greedy evaluation (logged as eval/*), the best checkpoint it keeps
+    (checkpoints/best.pt), and the recorded evaluation episodes of --capture-video (an MP4 under
+    RUN_DIR/videos/ and a GIF in TensorBoard's Images tab). Any learner loop can use it."""
+
+    def __init__(
+        self, env_id: str, run_dir: Path, logger: RunLogger, seed: int, episodes: int, eval_every: int,
+        capture_video: bool, video_every: int, best_return: float = -math.inf,
+    ):  # fmt: skip
+        self.env_id, self.run_dir, self.logger = env_id, Path(run_dir), logger
+        self.seed = seed + EVAL_SEED_OFFSET
+        self.episodes, self.eval_every = episodes, eval_every
+        self.capture_video, self.video_every = capture_video, video_every
+        self.best_return = best_return
+
+    def evaluation_due(self, step_before: int, step_after: int) -> bool:
+        """Whether an update that moved training from step_before to step_after crossed a multiple of
+        eval_every."""
+        return self.eval_every > 0 and step_after // self.eval_every > step_before // self.eval_every
+
+    def video_due(self, iteration: int) -> bool:
+        return self.capture_video and iteration % self.video_every == 0
+
+    def evaluate(self, policy: torch.nn.Module, global_step: int, checkpoint_state: Callable[[], dict]) -> EvalResult:
+        """Greedy episodes, logged; a new best score saves checkpoint_state() as checkpoints/best.pt."""
+        result = evaluate_policy(policy, self.env_id, self.episodes, self.seed, num_envs=min(self.episodes, 16))
+        self.logger.scalars({
+            "eval/episodic_return": result.mean_return,
+            "eval/episodic_return_std": result.std_return,
+            "eval/episodic_length": float(result.lengths.mean()),
+        }, global_step)  # fmt: skip
+        if result.mean_return > self.best_return:
+            self.best_return = result.mean_return
+            save_best_checkpoint(self.run_dir, {**checkpoint_state(), "eval_return": result.mean_return})
+        return result
+
+    def record_video(self, policy: torch.nn.Module, global_step: int) -> Path:
+        path = self.run_dir / "videos" / f"train_step{global_step:09d}.mp4"
+        preview = PreviewFrames()
+        _, path, fps = record_episode(policy, self.env_id, self.seed, path, preview=preview)
+        frames = preview.result()
+        self.logger.video("eval/video", frames, fps * len(frames) / max(1, preview.seen), global_step)
+        return path
