@@ -18,13 +18,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     status = "solved" if result.solved else "finished"
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.1f}"
+    evaluation = "" if result.eval_return is None else f"; greedy evaluation: {result.eval_return:.1f}"
     print(
         f"{status} {cfg.env_id} after {result.global_step} env steps in {result.seconds:.1f}s "
         f"({result.sps:.0f} SPS; rollout {result.rollout_seconds:.1f}s, update {result.update_seconds:.1f}s); "
-        f"mean return of the last 100 episodes: {ret}\n"
+        f"mean return of the last 100 episodes: {ret}{evaluation}\n"
         f"  run folder:  {result.run_dir}\n"
         f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}\n"
         f"  checkpoint:  {result.checkpoint}\n"
+        f"  watch:       python launch/watch.py {result.run_dir}\n"
         f"  resume:      python launch/train_ppo.py --resume {result.run_dir}"
     )
     return 0

@@ -75,7 +75,7 @@ def test_bad_input_exits_2_with_one_line():
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     # A long, slow-to-finish run (no early stop) checkpointing often; kill -9 it after a checkpoint.
     args = ["--runs-dir", str(tmp_path), "--total-timesteps", "400000", "--checkpoint-every", "4096",
-            "--no-stop-when-solved", "--no-progress"]  # fmt: skip
+            "--no-stop-when-solved", "--no-progress", "--eval-every", "100000"]  # fmt: skip
     proc = subprocess.Popen(TRAIN + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     ckpts = []

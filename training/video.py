@@ -158,7 +158,7 @@ class LiveViewer:
         pg = self.pygame
         frame = _as_rgb([frame])[0]
         surface = pg.surfarray.make_surface(frame.swapaxes(0, 1))
-        scale = max(1, -(-self.min_side // min(frame.shape[:2])))
+        scale = max(1, self.min_side // min(frame.shape[:2]))
         size = (frame.shape[1] * scale, frame.shape[0] * scale)
         if self.screen is None or self.screen.get_size() != size:
             self.screen = pg.display.set_mode(size)
