@@ -118,3 +118,22 @@ def test_missing_best_checkpoint_says_how_to_get_one(tmp_path, short_cartpole_ru
     assert load_trained_agent(run).global_step == 4096
     with pytest.raises(CheckpointError, match="no best checkpoint.*--eval-every"):
         load_trained_agent(run, best=True)
+
+
+def test_resume_keeps_the_best_evaluation_score(short_cartpole_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    from training.checkpoint import load_checkpoint
+    from training.ppo_trainer import train
+
+    cfg, result = short_cartpole_run
+    run = shutil.copytree(result.run_dir, tmp_path / result.run_dir.name)
+    best_before = load_checkpoint(run / "checkpoints" / "best.pt")
+    mtime = (run / "checkpoints" / "best.pt").stat().st_mtime_ns
+    # The run had finished: resuming it evaluates the same final policy again, which cannot beat the
+    # restored best score, so best.pt stays as it was.
+    resumed = train(dataclasses.replace(cfg, resume=str(run)))
+    assert resumed.eval_return == pytest.approx(result.eval_return)
+    assert (run / "checkpoints" / "best.pt").stat().st_mtime_ns == mtime
+    assert load_checkpoint(resumed.checkpoint)["best_eval_return"] == best_before["eval_return"]
