@@ -46,6 +46,10 @@ def compute_gae(
     return advantages, advantages + values
 
 
+class NonFiniteUpdate(ArithmeticError):
+    """A minibatch's loss or gradient norm was NaN or inf: stepping would poison the weights."""
+
+
 @dataclass
 class PPOHyperparams:
     clip_coef: float = 0.2
@@ -140,6 +144,10 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = nn.utils.clip_grad_norm_(params, hp.max_grad_norm, foreach=True)
+            # A NaN or inf (a NaN reward, an exploding critic) would spread through Adam's moments into
+            # every weight; refuse the step and let the caller drop the whole update.
+            if not torch.isfinite(loss.detach() + stats["grad_norm"]):
+                raise NonFiniteUpdate(f"loss {loss.item()}, gradient norm {stats['grad_norm'].item()}")
             optimizer.step()
             history.append(stats)
         epochs_done += 1

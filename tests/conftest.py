@@ -58,3 +58,30 @@ def short_cartpole_run(tmp_path_factory):
         video_every=4, checkpoint_every=2048, stop_when_solved=False, progress=False,
     )  # fmt: skip
     return cfg, train(cfg)
+
+
+class NaNRewardEnv(gym.Env):
+    """10-step episodes paying 1 a step, except the steps nan_from .. nan_until - 1 of the env's life
+    (counted across episodes), which pay NaN: a broken reward for the NaN guard."""
+
+    def __init__(self, nan_from: int = 0, nan_until: int = 10**12):
+        self.observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.nan_from, self.nan_until = nan_from, nan_until
+        self.life = self.t = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        reward = float("nan") if self.nan_from <= self.life < self.nan_until else 1.0
+        self.life += 1
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), reward, self.t >= 10, False, {}
+
+
+for _id, _kwargs in (("tests/NaNRewardAlways-v0", {}), ("tests/NaNRewardOnce-v0", {"nan_from": 300, "nan_until": 301})):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=NaNRewardEnv, kwargs=_kwargs)

@@ -89,6 +89,10 @@ class PPOConfig:
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
 
+    # Faults
+    max_bad_updates: int = 5
+    """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
+
     # Evaluation and videos
     eval_every: int = 25_000
     """env steps between greedy evaluations (logged as eval/*; the best one is kept as checkpoints/best.pt); one more runs at the end; 0 = none"""
@@ -215,7 +219,8 @@ def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
 def validate(cfg: PPOConfig) -> None:
     """Raise ConfigError naming the offending settings and what would work."""
     problems = []
-    positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every"]
+    positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every",
+                "max_bad_updates"]  # fmt: skip
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
     if cfg.num_workers < 0:
         problems.append(f"--num-workers must be >= 0 (got {cfg.num_workers})")

@@ -40,6 +40,9 @@ DASHBOARD_LAYOUT = {
         "rollout workers": ["Multiline", ["system/num_workers"]],
         "memory (MiB)": ["Multiline", ["system/.*_mib"]],
     },
+    "5. Faults": {
+        "skipped updates, worker and env restarts, dropped episodes": ["Multiline", ["faults/.*"]],
+    },
 }  # fmt: skip
 
 # The figures that the HParams tab shows beside each run's hyperparameters (their latest values).

@@ -5,6 +5,7 @@ The learner has one code path whatever runs the workers (in-process, worker proc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from agents.networks import ActorCritic
-from agents.ppo import PPOHyperparams, compute_gae, explained_variance, ppo_update
+from agents.ppo import NonFiniteUpdate, PPOHyperparams, compute_gae, explained_variance, ppo_update
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
@@ -47,8 +48,16 @@ def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
     return PPOHyperparams(**{n: getattr(cfg, n) for n in names})
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many updates in a row had a NaN or inf loss or gradient; the run stops."""
+
+
 class PPOLearner:
-    """The agent, its optimizer, reward scaling and the minibatch RNG: everything an update changes."""
+    """The agent, its optimizer, reward scaling and the minibatch RNG: everything an update changes.
+
+    An update whose loss or gradient turns NaN or inf is undone entirely (weights, optimizer, reward
+    statistics and minibatch RNG as they were before it) and reported as skipped.
+    """
 
     def __init__(self, agent: ActorCritic, cfg: PPOConfig, device: torch.device):
         self.agent, self.cfg, self.device = agent, cfg, device
@@ -57,8 +66,23 @@ class PPOLearner:
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.skipped_updates = 0
+        self.skipped_in_a_row = 0
 
-    def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float]:
+    def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
+        """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite."""
+        before = copy.deepcopy(self.state_dict())
+        try:
+            stats = self._update(rollout, learning_rate)
+        except NonFiniteUpdate:
+            self.load_state_dict(before)
+            self.skipped_updates += 1
+            self.skipped_in_a_row += 1
+            return None
+        self.skipped_in_a_row = 0
+        return stats
+
+    def _update(self, rollout: Rollout, learning_rate: float) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         rewards = rollout.rewards
@@ -214,6 +238,13 @@ def train(cfg: PPOConfig) -> TrainResult:
             global_step += rollout.num_steps
             iteration += 1
             stats = learner.update(rollout, lr)
+            if stats is None and learner.skipped_in_a_row >= cfg.max_bad_updates:
+                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+                raise TrainingDiverged(
+                    f"{learner.skipped_in_a_row} updates in a row had a NaN or inf loss or gradient, so the run "
+                    f"stopped at env step {global_step}; {kept}. Look for NaN/inf in the env's rewards and "
+                    "observations, or lower --learning-rate"
+                )
             executor.set_weights(agent.state_dict(), iteration)
             t2 = time.perf_counter()
             rollout_seconds += t1 - t0
@@ -225,12 +256,13 @@ def train(cfg: PPOConfig) -> TrainResult:
             mean_return = float(np.mean(recent_returns)) if recent_returns else None
             elapsed = time.perf_counter() - start
             sps = (global_step - steps_at_start) / elapsed
-            logger.scalars({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")}, global_step)
+            if stats is not None:
+                logger.scalars({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")}, global_step)
+                logger.scalars({"charts/update_epochs": stats["epochs"], "charts/grad_norm": stats["grad_norm"]}, global_step)
             logger.scalars({
                 "charts/learning_rate": lr,
                 "charts/SPS": sps,
-                "charts/update_epochs": stats["epochs"],
-                "charts/grad_norm": stats["grad_norm"],
+                "faults/skipped_updates": learner.skipped_updates,
                 "time/rollout_seconds": t1 - t0,
                 "time/update_seconds": t2 - t1,
                 "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),
