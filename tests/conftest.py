@@ -85,3 +85,31 @@ class NaNRewardEnv(gym.Env):
 for _id, _kwargs in (("tests/NaNRewardAlways-v0", {}), ("tests/NaNRewardOnce-v0", {"nan_from": 300, "nan_until": 301})):
     if _id not in gym.registry:
         gym.register(_id, entry_point=NaNRewardEnv, kwargs=_kwargs)
+
+
+class CrashingEnv(gym.Env):
+    """CartPole-like 1-step-reward env that raises in step once `crash_at` steps of its life have passed
+    (a crashed emulator or game); each new instance starts its life again."""
+
+    def __init__(self, crash_at: int = 40):
+        self.observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.crash_at, self.life, self.t = crash_at, 0, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), {}
+
+    def step(self, action):
+        if self.life >= self.crash_at:
+            raise RuntimeError("the game crashed")
+        self.life += 1
+        self.t += 1
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), 1.0, False, self.t >= 25, {}
+
+
+for _id, _kwargs in (("tests/CrashingEnv-v0", {}), ("tests/AlwaysCrashingEnv-v0", {"crash_at": 0}),
+                     ("tests/NeverCrashingEnv-v0", {"crash_at": 10**12})):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=CrashingEnv, kwargs=_kwargs)

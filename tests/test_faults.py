@@ -66,3 +66,80 @@ def test_max_bad_updates_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="--max-bad-updates must be > 0"):
         validate(dataclasses.replace(_cfg(tmp_path, "CartPole-v1"), max_bad_updates=0))
+
+
+def _worker(env_id, num_envs=2, num_steps=64, seed=0):
+    from agents.networks import ActorCritic
+    from training.rollout import RolloutWorker, allocate_rollout_arrays
+
+    obs_space, act_space = probe_spaces(env_id)
+    arrays = allocate_rollout_arrays(obs_space, act_space, num_steps, num_envs)
+    torch.manual_seed(0)
+    return RolloutWorker(env_id, num_envs, seed, ActorCritic(obs_space, act_space), arrays), arrays
+
+
+def test_an_env_that_raises_is_rebuilt_and_its_episodes_dropped():
+    # The envs crash on their 41st step: the worker rebuilds them and redoes that step from new episodes.
+    worker, arrays = _worker("tests/CrashingEnv-v0")
+    stats = worker.collect()
+    a = {k: v.numpy() for k, v in arrays.items()}
+    assert stats.env_restarts == 1 and stats.dropped_episodes == 2 and worker.env_restarts == 1
+    # Episodes last 25 steps: one ended at step 24 (reported), the one in progress at the crash was cut
+    # at step 39 (truncated, bootstrapped from V(s_40)) and is not reported; the rebuilt envs' episodes
+    # run from step 40 (their first 24 steps end at step 64, so none is reported yet).
+    assert stats.episode_lengths.tolist() == [25, 25]
+    np.testing.assert_array_equal(a["truncated"][39], [1.0, 1.0])
+    # V(s_40) of the crashed episodes: the same worker on envs that do not crash reaches the same s_40.
+    reference, ref_arrays = _worker("tests/NeverCrashingEnv-v0")
+    reference.collect()
+    np.testing.assert_array_equal(ref_arrays["obs/obs"][:40].numpy(), a["obs/obs"][:40])
+    np.testing.assert_array_equal(a["bootstrap_values"][39], ref_arrays["values"][40].numpy())
+    assert a["truncated"].sum() == 4 and a["terminated"].sum() == 0
+    assert (a["rewards"] == 1.0).all()  # every stored step is a real transition
+
+
+def test_an_env_that_keeps_raising_is_an_error():
+    worker, _ = _worker("tests/AlwaysCrashingEnv-v0")
+    with pytest.raises(RuntimeError, match="the game crashed"):
+        worker.collect()
+
+
+def _multiprocess(worker_timeout=60.0):
+    from agents.networks import ActorCritic
+    from training.executors import MultiprocessExecutor
+
+    obs_space, act_space = probe_spaces("CartPole-v1")
+    torch.manual_seed(0)
+    agent = ActorCritic(obs_space, act_space)
+    return MultiprocessExecutor("CartPole-v1", obs_space, act_space, agent, 4, 2, 32, 0, worker_timeout=worker_timeout)
+
+
+def test_a_killed_worker_process_is_replaced_and_counted():
+    import os
+    import signal
+
+    with _multiprocess() as ex:
+        ex.collect()
+        victim = ex.worker_pids()[1]
+        os.kill(victim, signal.SIGKILL)
+        rollout = ex.collect()
+        assert rollout.num_steps == 128 and rollout.obs["obs"].shape == (32, 4, 4)
+        assert ex.worker_restarts == 1 and ex.dropped_episodes == 2
+        assert victim not in ex.worker_pids() and len(ex.worker_pids()) == 2
+        # The replacement acts on new env seeds: its slice differs from what the old worker would give.
+        assert ex.worker_seed(1) != ex.worker_seed(0) + 2
+        ex.collect()
+
+
+def test_a_hung_worker_process_is_replaced_after_the_timeout():
+    import os
+    import signal
+    import time
+
+    with _multiprocess(worker_timeout=3.0) as ex:
+        ex.collect()
+        os.kill(ex.worker_pids()[0], signal.SIGSTOP)  # alive but silent
+        start = time.perf_counter()
+        rollout = ex.collect()
+        assert 3.0 <= time.perf_counter() - start < 30 and ex.worker_restarts == 1
+        assert rollout.num_steps == 128

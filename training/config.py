@@ -48,10 +48,14 @@ class PPOConfig:
     """parallel envs in total, across all rollout workers"""
     num_steps: int = 128
     """steps per env per rollout (the rollout is num_envs * num_steps env steps)"""
-    backend: Literal["auto", "inprocess", "multiprocess"] = "auto"
-    """where rollout workers run: 'inprocess' (in the learner's process), 'multiprocess' (one process per worker, data through shared memory); 'auto' picks what is fastest for the env"""
+    backend: Literal["auto", "inprocess", "multiprocess", "ray"] = "auto"
+    """where rollout workers run: 'inprocess' (in the learner's process), 'multiprocess' (one process per worker, data through shared memory), 'ray' (Ray actors, on this machine or a cluster: needs the ray extra); 'auto' picks inprocess or multiprocess, whichever is fastest for the env"""
     num_workers: int = 0
-    """rollout workers; 0 = auto (1 in-process, up to the CPU count for multiprocess); must divide num_envs"""
+    """rollout workers; 0 = auto (1 in-process, up to the CPU count otherwise); must divide num_envs"""
+    ray_address: str | None = None
+    """with --backend ray: a running cluster to join ('auto', or HOST:PORT of `ray start --head`); default: start Ray on this machine"""
+    worker_timeout: float = 300.0
+    """seconds a worker process or actor may take for its share of one rollout before it counts as hung and is replaced"""
 
     # PPO
     learning_rate: float = 2.5e-4
@@ -226,6 +230,8 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--num-workers must be >= 0 (got {cfg.num_workers})")
     if cfg.eval_every < 0:
         problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
+    if cfg.worker_timeout <= 0:
+        problems.append(f"--worker-timeout must be > 0 seconds (got {cfg.worker_timeout})")
     if cfg.eval_episodes < 1 or cfg.video_every < 1:
         problems.append(f"--eval-episodes and --video-every must be >= 1 (got {cfg.eval_episodes}, {cfg.video_every})")
     if not problems:
@@ -237,7 +243,9 @@ def validate(cfg: PPOConfig) -> None:
             )
         elif cfg.minibatch_size < 2 and cfg.norm_adv:
             problems.append("minibatches of 1 sample cannot normalise advantages; use fewer --num-minibatches")
-        _, workers = resolve_backend(cfg)
+        backend, workers = resolve_backend(cfg)
+        if cfg.ray_address and backend != "ray":
+            problems.append(f"--ray-address is for --backend ray (the backend is {backend})")
         if workers > cfg.num_envs:
             problems.append(f"--num-workers {workers} is more than --num-envs {cfg.num_envs}: each worker needs at least one env")
         elif cfg.num_envs % workers:

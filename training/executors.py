@@ -7,14 +7,19 @@
 CartPole, where a process round trip costs more than the simulator, and easiest to debug).
 `MultiprocessExecutor` runs each worker in its own process: observations, actions and the rest are
 written straight into shared memory, the policy copy lives in shared memory too, and the pipe carries
-only a command and a few statistics per rollout. A Ray executor (a later issue) implements the same
-interface with workers as actors.
+only a command and a few statistics per rollout. `RayExecutor` (training/ray_executor.py) runs them as
+Ray actors, on this machine or a cluster.
+
+Workers outside the learner's process can die or hang (a segfaulting emulator, a game that stops
+answering). `ReplacingExecutor` replaces such a worker with a fresh one on new env seeds and collects its
+share of the rollout again; training goes on, and the replacements are counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import traceback
 from abc import ABC, abstractmethod
 from multiprocessing.connection import Connection
@@ -27,7 +32,17 @@ from training.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollo
 
 
 class WorkerError(RuntimeError):
-    """A rollout worker failed; the message carries its traceback."""
+    """A rollout worker failed and could not be replaced; the message carries its traceback."""
+
+
+class WorkerLost(Exception):
+    """A worker outside the learner's process died, hung past the timeout, or raised."""
+
+
+# A worker slot whose replacements keep failing is broken (a bad env, a bug), not unlucky.
+MAX_REPLACEMENTS_IN_A_ROW = 3
+# Replacement workers' envs get seeds this far from the originals', so they do not replay the same episodes.
+WORKER_RESTART_SEED_STRIDE = 7_000_003
 
 
 def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
@@ -44,6 +59,10 @@ class Executor(ABC):
     def __init__(self, num_steps: int, num_envs: int):
         self.num_envs, self.num_steps = num_envs, num_steps
         self.version = 0
+        self.worker_restarts = 0
+        """workers replaced so far"""
+        self.dropped_episodes = 0
+        """episodes lost with the replaced workers"""
 
     @abstractmethod
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None: ...
@@ -115,68 +134,171 @@ def _worker_process(
             worker.close()
 
 
-class MultiprocessExecutor(Executor):
+class ReplacingExecutor(Executor):
+    """Workers outside the learner's process, each owning a contiguous slice of the envs.
+
+    A worker that dies, stays silent for `worker_timeout` seconds, or raises is stopped and replaced by a
+    fresh one (new env seeds), which collects that slice of the rollout again. At start-up a failure is
+    raised at once instead: it is a setup problem (a bad env id, a missing extra), not bad luck.
+    Subclasses say how to start, ask, hear from and stop worker i.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, num_workers: int, seed: int, worker_timeout: float):
+        super().__init__(num_steps, num_envs)
+        self.slices = env_slices(num_envs, num_workers)
+        self.base_seed, self.worker_timeout = seed, worker_timeout
+        self.slot_restarts = [0] * num_workers
+
+    def worker_seed(self, i: int) -> int:
+        return self.base_seed + self.slices[i][0] + WORKER_RESTART_SEED_STRIDE * self.slot_restarts[i]
+
+    @abstractmethod
+    def _start(self, i: int) -> None:
+        """Start worker i (without waiting for it)."""
+
+    @abstractmethod
+    def _wait_ready(self, i: int) -> None:
+        """Return once worker i has built its envs; raise WorkerLost if it cannot."""
+
+    @abstractmethod
+    def _request(self, i: int) -> None:
+        """Ask worker i for its share of a rollout (with the current weights)."""
+
+    @abstractmethod
+    def _receive(self, i: int) -> WorkerStats:
+        """Worker i's statistics once its share of the rollout is in self.arrays; WorkerLost if not."""
+
+    @abstractmethod
+    def _stop(self, i: int) -> None:
+        """Stop worker i for good, whatever state it is in."""
+
+    def _start_all(self) -> None:
+        for i in range(len(self.slices)):
+            self._start(i)
+        try:
+            for i in range(len(self.slices)):
+                self._wait_ready(i)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, WorkerLost):
+                raise WorkerError(f"rollout worker {i} could not start: {e}") from None
+            raise
+
+    def collect(self) -> Rollout:
+        for i in range(len(self.slices)):
+            self._request(i)
+        stats = [self._receive_or_replace(i) for i in range(len(self.slices))]
+        return Rollout.from_arrays(self.arrays, self.version, stats)
+
+    def _receive_or_replace(self, i: int) -> WorkerStats:
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    self._wait_ready(i)
+                    self._request(i)
+                return self._receive(i)
+            except WorkerLost as lost:
+                failures += 1
+                if failures > MAX_REPLACEMENTS_IN_A_ROW:
+                    raise WorkerError(f"rollout worker {i} failed {failures} times in a row; the last time it {lost}") from None
+                print(f"rollout worker {i} {str(lost).splitlines()[0]}; replacing it", file=sys.stderr)
+                self._stop(i)
+                self.worker_restarts += 1
+                self.slot_restarts[i] += 1
+                self.dropped_episodes += self.slices[i][1] - self.slices[i][0]
+                self._start(i)
+
+
+class MultiprocessExecutor(ReplacingExecutor):
     def __init__(
         self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
-        num_envs: int, num_workers: int, num_steps: int, seed: int,
+        num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
     ):  # fmt: skip
-        super().__init__(num_steps, num_envs)
+        super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout)
+        self.env_id = env_id
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=True)
         # Workers act with this shared-memory copy; set_weights writes into it in place between rollouts.
         self.policy = copy.deepcopy(policy).cpu().share_memory()
         # spawn, not fork: forking a process whose OpenMP pool is running can deadlock the child.
-        ctx = torch.multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.processes = []
-        for lo, hi in env_slices(num_envs, num_workers):
-            parent_conn, child_conn = ctx.Pipe()
-            args = (env_id, hi - lo, seed + lo, self.policy, _slice_arrays(self.arrays, lo, hi), child_conn)
-            proc = ctx.Process(target=_worker_process, args=args, daemon=True, name=f"rollout-worker-{lo}")
-            proc.start()
-            child_conn.close()
-            self.conns.append(parent_conn)
-            self.processes.append(proc)
-        try:
-            self._gather()  # "ready" from every worker, or the first one's error
-        except BaseException:
-            self.close()
-            raise
+        self.ctx = torch.multiprocessing.get_context("spawn")
+        self.conns: list[Connection | None] = [None] * num_workers
+        self.processes: list = [None] * num_workers
+        self._start_all()
 
-    def _gather(self) -> list:
-        replies = []
-        for i, conn in enumerate(self.conns):
-            try:
-                kind, payload = conn.recv()
-            except EOFError:
-                code = self.processes[i].exitcode
-                raise WorkerError(f"rollout worker {i} died (exit code {code})") from None
-            if kind == "error":
-                raise WorkerError(f"rollout worker {i} failed:\n{payload}")
-            replies.append(payload)
-        return replies
+    def _start(self, i: int) -> None:
+        lo, hi = self.slices[i]
+        parent_conn, child_conn = self.ctx.Pipe()
+        args = (self.env_id, hi - lo, self.worker_seed(i), self.policy, _slice_arrays(self.arrays, lo, hi), child_conn)
+        proc = self.ctx.Process(target=_worker_process, args=args, daemon=True, name=f"rollout-worker-{lo}")
+        proc.start()
+        child_conn.close()
+        self.conns[i], self.processes[i] = parent_conn, proc
+
+    def _reply(self, i: int, expected: str):
+        conn = self.conns[i]
+        try:
+            if not conn.poll(self.worker_timeout):
+                raise WorkerLost(f"hung (no reply within {self.worker_timeout:g}s, --worker-timeout)")
+            kind, payload = conn.recv()
+        except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
+            raise WorkerLost(f"died (exit code {self.processes[i].exitcode})") from None
+        if kind == "error":
+            raise WorkerLost(f"raised:\n{payload}")
+        assert kind == expected, (kind, expected)
+        return payload
+
+    def _wait_ready(self, i: int) -> None:
+        self._reply(i, "ready")
+
+    def _request(self, i: int) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):  # a dead worker: _receive finds out, replaces it
+            self.conns[i].send("collect")
+
+    def _receive(self, i: int) -> WorkerStats:
+        return self._reply(i, "ok")
+
+    def _stop(self, i: int) -> None:
+        proc, conn = self.processes[i], self.conns[i]
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        if conn is not None:
+            conn.close()
 
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.policy.load_state_dict(state_dict)
         self.version = version
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
-
-    def collect(self) -> Rollout:
-        for conn in self.conns:
-            conn.send("collect")
-        stats: list[WorkerStats] = self._gather()
-        return Rollout.from_arrays(self.arrays, self.version, stats)
+        return [p.pid for p in self.processes if p is not None and p.pid is not None]
 
     def close(self) -> None:
         for conn in self.conns:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send("close")
+            if conn is not None:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    conn.send("close")
         for proc in self.processes:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+            if proc is not None:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
         self.conns, self.processes = [], []
 
 
-EXECUTORS = {"inprocess": InProcessExecutor, "multiprocess": MultiprocessExecutor}
+def make_executor(
+    backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
+    num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
+    ray_address: str | None = None,
+) -> Executor:  # fmt: skip
+    """The executor of a backend ('inprocess', 'multiprocess', 'ray'); Ray is imported only for 'ray'."""
+    args = (env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps, seed)
+    if backend == "inprocess":
+        return InProcessExecutor(*args)
+    if backend == "multiprocess":
+        return MultiprocessExecutor(*args, worker_timeout=worker_timeout)
+    if backend == "ray":
+        from training.ray_executor import RayExecutor
+
+        return RayExecutor(*args, worker_timeout=worker_timeout, address=ray_address)
+    raise ValueError(f"unknown backend {backend!r}")

@@ -33,7 +33,7 @@ from training.config import (
     validate,
 )
 from training.evaluation import TrainingEvaluator
-from training.executors import EXECUTORS
+from training.executors import make_executor
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.rollout import Rollout
@@ -177,7 +177,12 @@ def train(cfg: PPOConfig) -> TrainResult:
 
     global_step, iteration, seconds_before = 0, 0, 0.0
     recent_returns: deque[float] = deque(maxlen=100)
+    env_restarts = dropped_episodes = worker_restarts_before = 0
     if payload is not None:
+        faults = payload.get("faults", {})
+        learner.skipped_updates = faults.get("skipped_updates", 0)
+        env_restarts, worker_restarts_before = faults.get("env_restarts", 0), faults.get("worker_restarts", 0)
+        dropped_episodes = faults.get("dropped_episodes", 0)
         learner.load_state_dict(payload["learner"])
         global_step, iteration = payload["global_step"], payload["iteration"]
         seconds_before = payload["elapsed_seconds"]
@@ -208,6 +213,12 @@ def train(cfg: PPOConfig) -> TrainResult:
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "best_eval_return": evaluator.best_return,
+            "faults": {
+                "skipped_updates": learner.skipped_updates,
+                "env_restarts": env_restarts,
+                "worker_restarts": worker_restarts_before + executor.worker_restarts,
+                "dropped_episodes": dropped_episodes + executor.dropped_episodes,
+            },
         }
 
     def checkpoint() -> Path:
@@ -216,9 +227,10 @@ def train(cfg: PPOConfig) -> TrainResult:
     # Envs restart from fresh episodes after a resume; a distinct seed keeps them off the old trajectories.
     worker_seed = cfg.seed + 1_000_003 * iteration
     start = time.perf_counter()
-    executor = EXECUTORS[backend](
-        cfg.env_id, observation_space, action_space, agent, cfg.num_envs, num_workers, cfg.num_steps, worker_seed
-    )
+    executor = make_executor(
+        backend, cfg.env_id, observation_space, action_space, agent, cfg.num_envs, num_workers, cfg.num_steps,
+        worker_seed, cfg.worker_timeout, cfg.ray_address,
+    )  # fmt: skip
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
     rollout_seconds = update_seconds = 0.0
     history: list[tuple[int, float, float]] = []
@@ -253,6 +265,8 @@ def train(cfg: PPOConfig) -> TrainResult:
             for ret, length in zip(rollout.episode_returns, rollout.episode_lengths, strict=True):
                 logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
             recent_returns.extend(rollout.episode_returns.tolist())
+            env_restarts += rollout.env_restarts
+            dropped_episodes += rollout.dropped_episodes
             mean_return = float(np.mean(recent_returns)) if recent_returns else None
             elapsed = time.perf_counter() - start
             sps = (global_step - steps_at_start) / elapsed
@@ -263,6 +277,9 @@ def train(cfg: PPOConfig) -> TrainResult:
                 "charts/learning_rate": lr,
                 "charts/SPS": sps,
                 "faults/skipped_updates": learner.skipped_updates,
+                "faults/env_restarts": env_restarts,
+                "faults/worker_restarts": worker_restarts_before + executor.worker_restarts,
+                "faults/dropped_episodes": dropped_episodes + executor.dropped_episodes,
                 "time/rollout_seconds": t1 - t0,
                 "time/update_seconds": t2 - t1,
                 "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),

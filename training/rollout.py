@@ -7,6 +7,7 @@ small statistics; the executor wraps the arrays as a `Rollout` for the learner.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,12 @@ def allocate_rollout_arrays(
     return arrays
 
 
+# Envs that fail this many steps in a row, each time rebuilt, are broken rather than unlucky.
+MAX_ENV_FAILURES_IN_A_ROW = 3
+# Rebuilt envs get seeds this far apart, so they do not replay the episodes that failed.
+RESTART_SEED_STRIDE = 1_000_033
+
+
 @dataclass
 class WorkerStats:
     """What a worker sends back besides the arrays: a few numbers, never per-step data."""
@@ -49,6 +56,10 @@ class WorkerStats:
     episode_returns: np.ndarray
     episode_lengths: np.ndarray
     seconds: float
+    env_restarts: int = 0
+    """times an env raised and this worker's envs were rebuilt, during this rollout"""
+    dropped_episodes: int = 0
+    """episodes cut short by those rebuilds (their statistics are not reported)"""
 
 
 @dataclass
@@ -68,6 +79,8 @@ class Rollout:
     policy_version: int
     episode_returns: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     episode_lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    env_restarts: int = 0
+    dropped_episodes: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -85,6 +98,8 @@ class Rollout:
             policy_version=version,
             episode_returns=np.concatenate([s.episode_returns for s in stats]),
             episode_lengths=np.concatenate([s.episode_lengths for s in stats]),
+            env_restarts=sum(s.env_restarts for s in stats),
+            dropped_episodes=sum(s.dropped_episodes for s in stats),
             **{name: np_arrays[name] for name in STEP_FIELDS},
         )
 
@@ -103,11 +118,14 @@ class RolloutWorker:
     """Steps `num_envs` envs (seeds seed .. seed+num_envs-1) with a CPU policy copy.
 
     The same class runs in the learner's process (InProcessExecutor), in a worker process
-    (MultiprocessExecutor) and, later, inside a Ray actor.
+    (MultiprocessExecutor) and inside a Ray actor (RayExecutor). An env that raises in `step` gets all
+    of this worker's envs rebuilt; the episodes in progress are dropped (see collect).
     """
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy: ActorCritic, arrays: dict[str, torch.Tensor]):
-        self.envs = make_vector_env(env_id, num_envs, seed)
+        self.env_id, self.num_envs, self.seed = env_id, num_envs, seed
+        self.env_restarts = 0
+        self._start_envs(seed)
         self.policy = policy
         # Sampling noise depends on this worker's seed alone, so any executor reproduces the same data.
         self.generator = torch.Generator().manual_seed(seed)
@@ -115,8 +133,17 @@ class RolloutWorker:
         self.num_steps = self.arrays["rewards"].shape[0]
         space = self.envs.single_action_space
         self.clip_actions = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
-        obs, _ = self.envs.reset(seed=[seed + i for i in range(num_envs)])
+
+    def _start_envs(self, seed: int) -> None:
+        self.envs = make_vector_env(self.env_id, self.num_envs, seed)
+        obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
         self.obs = _as_dict(obs)
+
+    def _restart_envs(self) -> None:
+        with contextlib.suppress(Exception):
+            self.envs.close()
+        self.env_restarts += 1
+        self._start_envs(self.seed + RESTART_SEED_STRIDE * self.env_restarts)
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)
@@ -125,7 +152,9 @@ class RolloutWorker:
         start = time.perf_counter()
         a, policy = self.arrays, self.policy
         returns, lengths = [], []
-        for t in range(self.num_steps):
+        restarts = failures_in_a_row = 0
+        t = 0
+        while t < self.num_steps:
             obs_t = {k: torch.from_numpy(v) for k, v in self.obs.items()}
             action, log_prob, value = policy.act(obs_t, self.generator)
             action_np = action.numpy()
@@ -136,7 +165,23 @@ class RolloutWorker:
             a["values"][t] = value.numpy()
 
             env_action = np.clip(action_np, *self.clip_actions) if self.clip_actions else action_np
-            next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            try:
+                next_obs, reward, terminated, truncated, info = self.envs.step(env_action)
+            except Exception:
+                failures_in_a_row += 1
+                if failures_in_a_row >= MAX_ENV_FAILURES_IN_A_ROW:
+                    raise
+                self._restart_envs()
+                restarts += 1
+                if t > 0:
+                    # The interrupted episodes end at s_t as if a time limit had cut them there: the
+                    # previous step bootstraps from V(s_t), already in values[t]. Step t is then redone
+                    # from the rebuilt envs' first observations, so no made-up transition enters the data.
+                    cut = (a["terminated"][t - 1] == 0) & (a["truncated"][t - 1] == 0)
+                    a["truncated"][t - 1, cut] = 1.0
+                    a["bootstrap_values"][t - 1, cut] = a["values"][t, cut]
+                continue
+            failures_in_a_row = 0
             a["rewards"][t] = reward
             a["terminated"][t] = terminated
             a["truncated"][t] = truncated
@@ -152,6 +197,7 @@ class RolloutWorker:
                         v = policy.get_value({k: torch.from_numpy(x) for k, x in final.items()})
                     a["bootstrap_values"][t, cut] = v.numpy()
             self.obs = _as_dict(next_obs)
+            t += 1
 
         with torch.inference_mode():
             a["last_values"][:] = policy.get_value({k: torch.from_numpy(v) for k, v in self.obs.items()}).numpy()
@@ -159,6 +205,8 @@ class RolloutWorker:
             episode_returns=np.concatenate(returns) if returns else np.empty(0, np.float32),
             episode_lengths=np.concatenate(lengths) if lengths else np.empty(0, np.int64),
             seconds=time.perf_counter() - start,
+            env_restarts=restarts,
+            dropped_episodes=restarts * self.num_envs,
         )
 
     def close(self) -> None:
