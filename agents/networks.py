@@ -165,10 +165,3 @@ class ActorCritic(nn.Module):
         dist, value = self(obs)
         action = dist.mode() if deterministic else dist.sample(generator)
         return action, dist.log_prob(action), value
-
-    def evaluate_actions(
-        self, obs: dict[str, torch.Tensor], actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probability and entropy of given actions, and the value estimate (the learner's forward)."""
-        dist, value = self(obs)
-        return dist.log_prob(actions), dist.entropy(), value

@@ -5,6 +5,7 @@ Names follow the papers and CleanRL's ppo.py. Arrays are time-major: [T, N] for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,12 +114,16 @@ def ppo_update(
     batch: dict[str, torch.Tensor | dict[str, torch.Tensor]],
     hp: PPOHyperparams,
     generator: torch.Generator,
+    mean_over_learners: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> dict[str, float]:
     """Minibatch epochs over one flattened rollout batch.
 
     batch holds "obs" (a dict of tensors), "actions", "log_probs", "values", "advantages", "returns",
-    each with the batch as first dim. `agent.evaluate_actions(obs, actions)` gives (log_prob, entropy,
-    value). The minibatch order comes from `generator`, so a resumed run repeats it exactly.
+    each with the batch as first dim. `agent(obs)` gives (action distribution, value); agent may be a
+    DistributedDataParallel wrapper, which averages the gradients of data-parallel learners in backward.
+    The minibatch order comes from `generator`, so a resumed run repeats it exactly. Data-parallel
+    learners take the target-KL decision on the KL averaged over them (mean_over_learners), so that
+    all of them stop after the same epoch.
     """
     batch_size = batch["actions"].shape[0]
     minibatch_size = batch_size // hp.num_minibatches
@@ -137,7 +142,8 @@ def ppo_update(
                 for idx in order[: hp.num_minibatches * minibatch_size].split(minibatch_size)
             )
         for obs, actions, old_log_prob, old_value, advantages, returns in minibatches:
-            new_log_prob, entropy, new_value = agent.evaluate_actions(obs, actions)
+            dist, new_value = agent(obs)
+            new_log_prob, entropy = dist.log_prob(actions), dist.entropy()
             loss, stats = ppo_loss(
                 new_log_prob, old_log_prob, entropy, new_value, old_value, advantages, returns, hp
             )
@@ -152,7 +158,7 @@ def ppo_update(
             history.append(stats)
         epochs_done += 1
         # Target-KL early stop (checked per epoch, on the last minibatch, as CleanRL does).
-        if hp.target_kl is not None and history[-1]["approx_kl"].item() > hp.target_kl:
+        if hp.target_kl is not None and mean_over_learners(history[-1]["approx_kl"]).item() > hp.target_kl:
             break
 
     mean_stats = {k: torch.stack([h[k] for h in history]).mean().item() for k in history[0]}

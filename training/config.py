@@ -40,6 +40,8 @@ class PPOConfig:
     """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
     device: str = "auto"
     """the learner's device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    num_learners: int = 0
+    """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
     torch_threads: int = 0
     """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all cores for CNNs)"""
 
@@ -206,6 +208,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_num_learners(cfg: PPOConfig) -> int:
+    if cfg.num_learners:
+        return cfg.num_learners
+    return max(1, torch.cuda.device_count()) if resolve_device(cfg.device).type == "cuda" else 1
+
+
 def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
     """(backend, num_workers) after 'auto': worker processes where stepping the env costs more than a
     process round trip (Atari, Box2D) and there are cores to run them; cheap envs step fastest in-process."""
@@ -226,8 +234,8 @@ def validate(cfg: PPOConfig) -> None:
     positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every",
                 "max_bad_updates"]  # fmt: skip
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
-    if cfg.num_workers < 0:
-        problems.append(f"--num-workers must be >= 0 (got {cfg.num_workers})")
+    if cfg.num_workers < 0 or cfg.num_learners < 0:
+        problems.append(f"--num-workers and --num-learners must be >= 0 (got {cfg.num_workers}, {cfg.num_learners})")
     if cfg.eval_every < 0:
         problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
     if cfg.worker_timeout <= 0:
@@ -246,10 +254,21 @@ def validate(cfg: PPOConfig) -> None:
         backend, workers = resolve_backend(cfg)
         if cfg.ray_address and backend != "ray":
             problems.append(f"--ray-address is for --backend ray (the backend is {backend})")
-        if workers > cfg.num_envs:
-            problems.append(f"--num-workers {workers} is more than --num-envs {cfg.num_envs}: each worker needs at least one env")
-        elif cfg.num_envs % workers:
-            problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --num-workers {workers}")
+        # Each data-parallel learner gets num_envs / learners envs, split again over its workers.
+        learners = resolve_num_learners(cfg)
+        if workers * learners > cfg.num_envs:
+            problems.append(
+                f"--num-workers {workers} x --num-learners {learners} is more than --num-envs {cfg.num_envs}: "
+                "each worker needs at least one env"
+            )
+        elif cfg.num_envs % (workers * learners):
+            problems.append(
+                f"--num-envs {cfg.num_envs} does not split evenly over --num-learners {learners} x --num-workers {workers}"
+            )
+        elif learners > 1 and (cfg.num_envs // learners * cfg.num_steps) % cfg.num_minibatches:
+            problems.append(
+                f"each learner's batch (num_envs / num_learners * num_steps) does not split into --num-minibatches {cfg.num_minibatches}"
+            )
         if cfg.total_timesteps < cfg.batch_size:
             problems.append(
                 f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"

@@ -253,10 +253,12 @@ class TrainingEvaluator:
     RUN_DIR/videos/ and a GIF in TensorBoard's Images tab). Any learner loop can use it."""
 
     def __init__(
-        self, env_id: str, run_dir: Path, logger: RunLogger, seed: int, episodes: int, eval_every: int,
+        self, env_id: str, run_dir: Path | None, logger: RunLogger, seed: int, episodes: int, eval_every: int,
         capture_video: bool, video_every: int, best_return: float = -math.inf,
     ):  # fmt: skip
-        self.env_id, self.run_dir, self.logger = env_id, Path(run_dir), logger
+        # run_dir None: a learner that does not write (data-parallel ranks other than 0).
+        self.env_id, self.logger = env_id, logger
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed + EVAL_SEED_OFFSET
         self.episodes, self.eval_every = episodes, eval_every
         self.capture_video, self.video_every = capture_video, video_every

@@ -7,13 +7,18 @@ and checkpoints get it with the weights; reward scaling only matters to the lear
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 
 class RewardScaler:
-    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8):
-        self.gamma, self.eps = gamma, eps
+    """`gather` combines the returns of data-parallel learners, so that all of them scale alike."""
+
+    def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8,
+                 gather: Callable[[np.ndarray], np.ndarray] = lambda x: x):  # fmt: skip
+        self.gamma, self.eps, self.gather = gamma, eps, gather
         self.discounted_return = np.zeros(num_envs, dtype=np.float64)
         self.mean, self.var, self.count = 0.0, 1.0, eps
 
@@ -32,7 +37,7 @@ class RewardScaler:
             self.discounted_return = self.discounted_return * self.gamma + rewards[t]
             returns[t] = self.discounted_return
             self.discounted_return[done[t]] = 0.0
-        self._update(returns)
+        self._update(self.gather(returns))
         return (rewards / np.sqrt(self.var + self.eps)).astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -30,8 +30,10 @@ from training.config import (
     config_to_dict,
     resolve_backend,
     resolve_device,
+    resolve_num_learners,
     validate,
 )
+from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.evaluation import TrainingEvaluator
 from training.executors import make_executor
 from training.logger import Progress, RunLogger, make_run_dir, run_name
@@ -59,12 +61,15 @@ class PPOLearner:
     statistics and minibatch RNG as they were before it) and reported as skipped.
     """
 
-    def __init__(self, agent: ActorCritic, cfg: PPOConfig, device: torch.device):
-        self.agent, self.cfg, self.device = agent, cfg, device
+    def __init__(self, agent: ActorCritic, cfg: PPOConfig, device: torch.device, parallel: DataParallel = SINGLE):
+        self.agent, self.cfg, self.device, self.parallel = agent, cfg, device, parallel
+        # What the update runs through: the agent itself, or its DDP wrapper with several learners.
+        self.model = parallel.wrap(agent, device)
         self.hp = hyperparams(cfg)
         # Fused Adam: one kernel for all parameters instead of several small ops per tensor.
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-        self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma) if cfg.normalize_reward else None
+        local_envs = cfg.num_envs // parallel.world_size
+        self.reward_scaler = RewardScaler(local_envs, cfg.gamma, gather=parallel.gather) if cfg.normalize_reward else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
@@ -105,11 +110,15 @@ class PPOLearner:
             "advantages": flat(advantages),
             "returns": flat(returns),
         }
-        stats = ppo_update(self.agent, self.optimizer, batch, self.hp, self.generator)
+        stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
         stats["explained_variance"] = explained_variance(rollout.values.reshape(-1), returns.reshape(-1))
         if self.agent.obs_normalizer is not None:
             # After the update, so the update sees the same normalisation the rollout was acted with.
-            self.agent.obs_normalizer.update(obs[self.agent.obs_key])
+            # Data-parallel learners update theirs with everybody's observations, so they stay equal.
+            raw = obs[self.agent.obs_key]
+            if self.parallel.enabled:
+                raw = torch.as_tensor(self.parallel.gather(raw.cpu().numpy())).to(self.device)
+            self.agent.obs_normalizer.update(raw)
         return stats
 
     def state_dict(self) -> dict:
@@ -157,14 +166,36 @@ def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
     return resumed, payload, run_dir_of(path)
 
 
+class _NullLogger:
+    """What data-parallel learners other than rank 0 log to: nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def train(cfg: PPOConfig) -> TrainResult:
+    """Train PPO; with several learners (--num-learners, or one per GPU), in that many data-parallel
+    processes, returning rank 0's result."""
+    resolved = load_resume_config(cfg)[0] if cfg.resume else cfg
+    validate(resolved)
+    learners = resolve_num_learners(resolved)
+    if learners > 1:
+        return run_data_parallel(_train, (cfg,), learners, use_cuda=resolve_device(resolved.device).type == "cuda")
+    return _train(cfg, SINGLE)
+
+
+def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     payload, run_dir = None, None
     if cfg.resume:
         cfg, payload, run_dir = load_resume_config(cfg)
     validate(cfg)
     check_env_id(cfg.env_id)
     device = resolve_device(cfg.device)
+    if parallel.enabled and device.type == "cuda":
+        device = torch.device("cuda", parallel.rank)  # one GPU per learner
+    main = parallel.is_main
     backend, num_workers = resolve_backend(cfg)
+    local_envs = cfg.num_envs // parallel.world_size
     observation_space, action_space = probe_spaces(cfg.env_id)
 
     random.seed(cfg.seed)
@@ -173,7 +204,7 @@ def train(cfg: PPOConfig) -> TrainResult:
     agent = build_agent(cfg, observation_space, action_space).to(device)
     # One thread for MLPs (a second costs more in synchronisation than it gives); all cores for CNNs.
     torch.set_num_threads(cfg.torch_threads or (torch.get_num_threads() if agent.is_image else 1))
-    learner = PPOLearner(agent, cfg, device)
+    learner = PPOLearner(agent, cfg, device, parallel)
 
     global_step, iteration, seconds_before = 0, 0, 0.0
     recent_returns: deque[float] = deque(maxlen=100)
@@ -189,14 +220,18 @@ def train(cfg: PPOConfig) -> TrainResult:
         recent_returns.extend(payload["recent_returns"].tolist())
         torch.set_rng_state(payload["rng"]["torch"])
         random.setstate(payload["rng"]["python"])
-    else:
+    elif main:
         run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
 
     threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
-    config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers}
-    logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
-    if payload is None:
-        logger.dashboards(config_dict)
+    config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers,
+                   "resolved_num_learners": parallel.world_size}  # fmt: skip
+    if main:
+        logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+        if payload is None:
+            logger.dashboards(config_dict)
+    else:
+        logger = _NullLogger()
     evaluator = TrainingEvaluator(
         cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
         cfg.video_every, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf,
@@ -221,17 +256,18 @@ def train(cfg: PPOConfig) -> TrainResult:
             },
         }
 
-    def checkpoint() -> Path:
-        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+    def checkpoint() -> Path | None:
+        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints) if main else None
 
     # Envs restart from fresh episodes after a resume; a distinct seed keeps them off the old trajectories.
-    worker_seed = cfg.seed + 1_000_003 * iteration
+    # Each data-parallel learner steps its own envs, seeded after those of the learners before it.
+    worker_seed = cfg.seed + 1_000_003 * iteration + parallel.rank * local_envs
     start = time.perf_counter()
     executor = make_executor(
-        backend, cfg.env_id, observation_space, action_space, agent, cfg.num_envs, num_workers, cfg.num_steps,
+        backend, cfg.env_id, observation_space, action_space, agent, local_envs, num_workers, cfg.num_steps,
         worker_seed, cfg.worker_timeout, cfg.ray_address,
     )  # fmt: skip
-    progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
+    progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress and main)
     rollout_seconds = update_seconds = 0.0
     history: list[tuple[int, float, float]] = []
     eval_return = None
@@ -247,7 +283,7 @@ def train(cfg: PPOConfig) -> TrainResult:
             rollout = executor.collect()
             t1 = time.perf_counter()
             step_before = global_step
-            global_step += rollout.num_steps
+            global_step += rollout.num_steps * parallel.world_size
             iteration += 1
             stats = learner.update(rollout, lr)
             if stats is None and learner.skipped_in_a_row >= cfg.max_bad_updates:
@@ -262,9 +298,13 @@ def train(cfg: PPOConfig) -> TrainResult:
             rollout_seconds += t1 - t0
             update_seconds += t2 - t1
 
-            for ret, length in zip(rollout.episode_returns, rollout.episode_lengths, strict=True):
+            # Every learner sees every learner's episodes, so all take the same stop decision.
+            episodes = parallel.gather_objects((rollout.episode_returns, rollout.episode_lengths))
+            episode_returns = np.concatenate([r for r, _ in episodes])
+            episode_lengths = np.concatenate([n for _, n in episodes])
+            for ret, length in zip(episode_returns, episode_lengths, strict=True):
                 logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
-            recent_returns.extend(rollout.episode_returns.tolist())
+            recent_returns.extend(episode_returns.tolist())
             env_restarts += rollout.env_restarts
             dropped_episodes += rollout.dropped_episodes
             mean_return = float(np.mean(recent_returns)) if recent_returns else None
@@ -296,18 +336,18 @@ def train(cfg: PPOConfig) -> TrainResult:
             )  # fmt: skip
             # Periodic evaluation and videos; the last of each runs after the loop, once training is over.
             finished = solved or global_step >= cfg.total_timesteps
-            if evaluator.evaluation_due(step_before, global_step) and not finished:
+            if main and evaluator.evaluation_due(step_before, global_step) and not finished:
                 evaluator.evaluate(agent, global_step, checkpoint_state)
-            if evaluator.video_due(iteration) and not finished:
+            if main and evaluator.video_due(iteration) and not finished:
                 evaluator.record_video(agent, global_step)
             if global_step >= next_checkpoint and not finished:
                 last_checkpoint = checkpoint()
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
             if solved:
                 break
-        if cfg.eval_every > 0:
+        if main and cfg.eval_every > 0:
             eval_return = evaluator.evaluate(agent, global_step, checkpoint_state).mean_return
-        if cfg.capture_video:
+        if main and cfg.capture_video:
             evaluator.record_video(agent, global_step)
         last_checkpoint = checkpoint()
     except KeyboardInterrupt:
