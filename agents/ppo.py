@@ -47,6 +47,52 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def compute_vtrace(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    bootstrap_values: np.ndarray,
+    last_values: np.ndarray,
+    log_rhos: np.ndarray,
+    gamma: float,
+    lambda_: float = 1.0,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-trace (Espeholt et al. 2018, IMPALA) value targets v_s and policy-gradient advantages, both [T, N],
+    for data that a slightly older policy mu collected while the learner's policy pi moved on.
+
+    log_rhos[t] = log pi(a_t|s_t) - log mu(a_t|s_t); values[t] = V(s_t) by the learner's critic. The
+    truncated importance weights rho_t = min(rho_bar, pi/mu) and c_t = lambda * min(c_bar, pi/mu) keep the
+    variance bounded; with pi = mu (no lag) v_s is exactly the lambda-return of GAE. Episode ends are
+    handled as in compute_gae: no bootstrap after a termination, V(final obs) after a truncation.
+
+        v_s = V(s_t) + sum_k gamma^(k-t) (prod_{i<k} c_i) rho_k delta_k,
+        delta_k = r_k + gamma V(s_{k+1}) - V(s_k),   advantage_t = rho_t (r_t + gamma v_{t+1} - V(s_t)).
+    """
+    T = rewards.shape[0]
+    rhos = np.exp(log_rhos)
+    clipped_rhos, cs = np.minimum(rho_bar, rhos), lambda_ * np.minimum(c_bar, rhos)
+    done = np.logical_or(terminated, truncated)
+    # What follows step t: V(s_{t+1}) inside an episode, V(final obs) after a truncation, 0 after a termination.
+    end_values = np.where(truncated & ~terminated, bootstrap_values, 0.0)
+    next_values = np.concatenate([values[1:], last_values[None]])
+    future = np.where(done, end_values, next_values)
+    deltas = clipped_rhos * (rewards + gamma * future - values)
+
+    vs_minus_v = np.zeros_like(values, dtype=np.float32)
+    acc = np.zeros_like(last_values, dtype=np.float32)
+    for t in reversed(range(T)):
+        acc = deltas[t] + gamma * cs[t] * (1.0 - done[t]) * acc
+        vs_minus_v[t] = acc
+    vs = values + vs_minus_v
+    # The advantage bootstraps from v_{s+1}, the corrected target of the next state, where there is one.
+    next_vs = np.where(done, end_values, np.concatenate([vs[1:], last_values[None]]))
+    advantages = clipped_rhos * (rewards + gamma * next_vs - values)
+    return vs.astype(np.float32), advantages.astype(np.float32)
+
+
 class NonFiniteUpdate(ArithmeticError):
     """A minibatch's loss or gradient norm was NaN or inf: stepping would poison the weights."""
 

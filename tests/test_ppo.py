@@ -93,3 +93,36 @@ def test_explained_variance():
     r = np.array([1.0, 2.0, 3.0])
     assert explained_variance(r, r) == pytest.approx(1.0)
     assert explained_variance(np.full(3, 2.0), r) == pytest.approx(0.0)
+
+
+def test_vtrace_without_lag_gives_the_gae_lambda_returns():
+    from agents.ppo import compute_gae, compute_vtrace
+
+    rng = np.random.default_rng(0)
+    T, N = 7, 3
+    rewards, values = rng.normal(size=(T, N)).astype(np.float32), rng.normal(size=(T, N)).astype(np.float32)
+    terminated = np.zeros((T, N), bool)
+    truncated = np.zeros((T, N), bool)
+    terminated[2, 0], truncated[4, 1] = True, True
+    bootstrap = np.where(truncated, 0.7, 0.0).astype(np.float32)
+    last = rng.normal(size=N).astype(np.float32)
+    _, gae_returns = compute_gae(rewards, values, terminated, truncated, bootstrap, last, 0.9, 0.8)
+    vs, _ = compute_vtrace(rewards, values, terminated, truncated, bootstrap, last, np.zeros((T, N)), 0.9, 0.8)
+    np.testing.assert_allclose(vs, gae_returns, rtol=1e-5, atol=1e-6)
+
+
+def test_vtrace_by_hand_on_one_env():
+    from agents.ppo import compute_vtrace
+
+    # Two steps, then the rollout ends (bootstrap from last_values = 2). gamma 0.5, lambda 1.
+    # pi/mu = 2 at t=0 (clipped to 1 by rho_bar and c_bar), 0.5 at t=1.
+    r, v = np.array([[1.0], [0.0]]), np.array([[0.0], [1.0]])
+    no = np.zeros((2, 1), bool)
+    log_rhos = np.log(np.array([[2.0], [0.5]]))
+    vs, adv = compute_vtrace(r, v, no, no, np.zeros((2, 1)), np.array([2.0]), log_rhos, 0.5)
+    delta1 = 0.5 * (0.0 + 0.5 * 2.0 - 1.0)  # rho_1 = 0.5: 0
+    vs1 = 1.0 + delta1
+    delta0 = 1.0 * (1.0 + 0.5 * 1.0 - 0.0)  # rho_0 = min(1, 2) = 1: 1.5
+    vs0 = 0.0 + delta0 + 0.5 * 1.0 * delta1  # c_0 = min(1, 2) = 1
+    np.testing.assert_allclose(vs[:, 0], [vs0, vs1])
+    np.testing.assert_allclose(adv[:, 0], [1.0 * (1.0 + 0.5 * vs1 - 0.0), 0.5 * (0.0 + 0.5 * 2.0 - 1.0)])

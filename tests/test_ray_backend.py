@@ -110,3 +110,16 @@ def test_ray_address_needs_the_ray_backend():
 
     with pytest.raises(ConfigError, match="--ray-address is for --backend ray"):
         validate(PPOConfig(backend="inprocess", ray_address="auto"))
+
+
+def test_ray_async_collection_lags_one_version(ray_head):
+    from test_rollout import _check_async_versions
+
+    from training.ray_executor import RayExecutor
+
+    obs_space, act_space = probe_spaces("CartPole-v1")
+    torch.manual_seed(0)
+    agent = ActorCritic(obs_space, act_space)
+    args = ("CartPole-v1", obs_space, act_space, agent, 4, 2, 64, 3)
+    with RayExecutor(*args, worker_timeout=60, address=ray_head, asynchronous=True) as ex:
+        _check_async_versions(ex, agent)

@@ -72,3 +72,35 @@ def test_masked_actions_never_reach_the_env():
         r = ex.collect()
     mask = r.obs["action_mask"].astype(bool)
     assert mask[np.arange(200)[:, None], np.arange(4)[None, :], r.actions].all()
+
+
+def _check_async_versions(ex, agent):
+    """collect_next hands out the rollout collected while the learner worked: the first two were acted
+    by version 0, then each by the version before the learner's, never by half-copied weights."""
+    from copy import deepcopy
+
+    snapshots = {}
+    versions = []
+    for version in range(4):
+        snapshots[version] = deepcopy(agent.state_dict())
+        ex.set_weights(agent.state_dict(), version)
+        rollout = ex.collect_next()
+        versions.append(rollout.policy_version)
+        # Recompute the log-probs under the weights the rollout says acted: they must match exactly.
+        acting = deepcopy(agent)
+        acting.load_state_dict(snapshots[rollout.policy_version])
+        with torch.no_grad():
+            dist, _ = acting({"obs": torch.as_tensor(rollout.obs["obs"]).reshape(-1, 4)})
+            log_probs = dist.log_prob(torch.as_tensor(rollout.actions).reshape(-1))
+        np.testing.assert_allclose(log_probs.numpy(), rollout.log_probs.reshape(-1), rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # the learner's update
+            agent.policy_head.linear.weight.add_(0.3)
+    assert versions == [0, 0, 1, 2]
+
+
+def test_async_collection_lags_one_version_and_acts_with_whole_weights():
+    obs_space, act_space = probe_spaces("CartPole-v1")
+    torch.manual_seed(0)
+    agent = ActorCritic(obs_space, act_space)
+    with MultiprocessExecutor("CartPole-v1", obs_space, act_space, agent, 4, 2, 64, 3, asynchronous=True) as ex:
+        _check_async_versions(ex, agent)

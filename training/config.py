@@ -56,6 +56,8 @@ class PPOConfig:
     """rollout workers; 0 = auto (1 in-process, up to the CPU count otherwise); must divide num_envs"""
     ray_address: str | None = None
     """with --backend ray: a running cluster to join ('auto', or HOST:PORT of `ray start --head`); default: start Ray on this machine"""
+    async_rollouts: bool = False
+    """collect the next rollout while the learner updates (workers never wait; the data lags the learner by at most one policy version, corrected with V-trace targets and a PPO ratio clipped around the acting policy, as in APPO); needs --backend multiprocess or ray"""
     worker_timeout: float = 300.0
     """seconds a worker process or actor may take for its share of one rollout before it counts as hung and is replaced"""
 
@@ -252,6 +254,8 @@ def validate(cfg: PPOConfig) -> None:
         elif cfg.minibatch_size < 2 and cfg.norm_adv:
             problems.append("minibatches of 1 sample cannot normalise advantages; use fewer --num-minibatches")
         backend, workers = resolve_backend(cfg)
+        if cfg.async_rollouts and backend == "inprocess":
+            problems.append("--async-rollouts needs workers outside the learner: --backend multiprocess or ray")
         if cfg.ray_address and backend != "ray":
             problems.append(f"--ray-address is for --backend ray (the backend is {backend})")
         # Each data-parallel learner gets num_envs / learners envs, split again over its workers.

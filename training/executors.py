@@ -71,6 +71,13 @@ class Executor(ABC):
     def collect(self) -> Rollout:
         """T steps of all envs. The arrays are reused by the next collect(): consume them first."""
 
+    def collect_next(self) -> Rollout:
+        """Asynchronous collection: the rollout that was collected while the learner updated, having
+        asked for the next one already (with the weights set so far), so that the workers never wait
+        for the learner. The rollout's policy_version says which weights acted; the learner's version
+        is at most one ahead. Executors without workers of their own collect synchronously."""
+        return self.collect()
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -111,17 +118,20 @@ class InProcessExecutor(Executor):
 
 
 def _worker_process(
-    env_id: str, num_envs: int, seed: int, policy: ActorCritic, arrays: dict[str, torch.Tensor], conn: Connection
-) -> None:
+    env_id: str, num_envs: int, seed: int, policies: list[ActorCritic], buffers: list[dict[str, torch.Tensor]],
+    conn: Connection,
+) -> None:  # fmt: skip
     # One intra-op thread per worker: the workers themselves are the parallelism.
     torch.set_num_threads(1)
     worker = None
+    views = [{k: v.numpy() for k, v in arrays.items()} for arrays in buffers]
     try:
-        worker = RolloutWorker(env_id, num_envs, seed, policy, arrays)
+        worker = RolloutWorker(env_id, num_envs, seed, policies[0], buffers[0])
         conn.send(("ready", None))
         while True:
-            command = conn.recv()
+            command, buffer = conn.recv()
             if command == "collect":
+                worker.retarget(views[buffer], policies[buffer])
                 conn.send(("ok", worker.collect()))
             elif command == "close":
                 break
@@ -143,11 +153,18 @@ class ReplacingExecutor(Executor):
     Subclasses say how to start, ask, hear from and stop worker i.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, num_workers: int, seed: int, worker_timeout: float):
+    def __init__(self, num_steps: int, num_envs: int, num_workers: int, seed: int, worker_timeout: float,
+                 asynchronous: bool):  # fmt: skip
         super().__init__(num_steps, num_envs)
         self.slices = env_slices(num_envs, num_workers)
         self.base_seed, self.worker_timeout = seed, worker_timeout
         self.slot_restarts = [0] * num_workers
+        # Rollout buffers: one, or two for asynchronous collection (the workers fill one while the
+        # learner reads the other). Subclasses allocate them.
+        self.num_buffers = 2 if asynchronous else 1
+        self.buffers: list[dict[str, torch.Tensor]] = []
+        self.buffer_versions = [0] * self.num_buffers
+        self.in_flight: int | None = None
 
     def worker_seed(self, i: int) -> int:
         return self.base_seed + self.slices[i][0] + WORKER_RESTART_SEED_STRIDE * self.slot_restarts[i]
@@ -160,13 +177,16 @@ class ReplacingExecutor(Executor):
     def _wait_ready(self, i: int) -> None:
         """Return once worker i has built its envs; raise WorkerLost if it cannot."""
 
-    @abstractmethod
-    def _request(self, i: int) -> None:
-        """Ask worker i for its share of a rollout (with the current weights)."""
+    def _prepare(self, buffer: int) -> None:
+        """Before a rollout into buffer is asked for: make the latest weights available to it."""
 
     @abstractmethod
-    def _receive(self, i: int) -> WorkerStats:
-        """Worker i's statistics once its share of the rollout is in self.arrays; WorkerLost if not."""
+    def _request(self, i: int, buffer: int) -> None:
+        """Ask worker i for its share of a rollout into buffer (with the latest weights)."""
+
+    @abstractmethod
+    def _receive(self, i: int, buffer: int) -> WorkerStats:
+        """Worker i's statistics once its share of the rollout is in buffer; WorkerLost if not."""
 
     @abstractmethod
     def _stop(self, i: int) -> None:
@@ -185,19 +205,38 @@ class ReplacingExecutor(Executor):
             raise
 
     def collect(self) -> Rollout:
-        for i in range(len(self.slices)):
-            self._request(i)
-        stats = [self._receive_or_replace(i) for i in range(len(self.slices))]
-        return Rollout.from_arrays(self.arrays, self.version, stats)
+        self._request_all(0)
+        return self._receive_all(0)
 
-    def _receive_or_replace(self, i: int) -> WorkerStats:
+    def collect_next(self) -> Rollout:
+        if self.num_buffers < 2:
+            return self.collect()
+        if self.in_flight is None:
+            self._request_all(0)
+        buffer = self.in_flight
+        rollout = self._receive_all(buffer)
+        self._request_all(1 - buffer)
+        return rollout
+
+    def _request_all(self, buffer: int) -> None:
+        self.in_flight, self.buffer_versions[buffer] = buffer, self.version
+        self._prepare(buffer)
+        for i in range(len(self.slices)):
+            self._request(i, buffer)
+
+    def _receive_all(self, buffer: int) -> Rollout:
+        stats = [self._receive_or_replace(i, buffer) for i in range(len(self.slices))]
+        self.in_flight = None
+        return Rollout.from_arrays(self.buffers[buffer], self.buffer_versions[buffer], stats)
+
+    def _receive_or_replace(self, i: int, buffer: int) -> WorkerStats:
         failures = 0
         while True:
             try:
                 if failures:
                     self._wait_ready(i)
-                    self._request(i)
-                return self._receive(i)
+                    self._request(i, buffer)
+                return self._receive(i, buffer)
             except WorkerLost as lost:
                 failures += 1
                 if failures > MAX_REPLACEMENTS_IN_A_ROW:
@@ -214,12 +253,18 @@ class MultiprocessExecutor(ReplacingExecutor):
     def __init__(
         self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
         num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
+        asynchronous: bool = False,
     ):  # fmt: skip
-        super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout)
+        super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout, asynchronous)
         self.env_id = env_id
-        self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=True)
-        # Workers act with this shared-memory copy; set_weights writes into it in place between rollouts.
-        self.policy = copy.deepcopy(policy).cpu().share_memory()
+        self.buffers = [
+            allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=True)
+            for _ in range(self.num_buffers)
+        ]
+        # Workers act with shared-memory copies of the policy, one per buffer: the latest weights are
+        # written into a buffer's copy just before a rollout into it is asked for, never while one runs.
+        self.policies = [copy.deepcopy(policy).cpu().share_memory() for _ in range(self.num_buffers)]
+        self.latest_weights: dict[str, torch.Tensor] | None = None
         # spawn, not fork: forking a process whose OpenMP pool is running can deadlock the child.
         self.ctx = torch.multiprocessing.get_context("spawn")
         self.conns: list[Connection | None] = [None] * num_workers
@@ -229,7 +274,8 @@ class MultiprocessExecutor(ReplacingExecutor):
     def _start(self, i: int) -> None:
         lo, hi = self.slices[i]
         parent_conn, child_conn = self.ctx.Pipe()
-        args = (self.env_id, hi - lo, self.worker_seed(i), self.policy, _slice_arrays(self.arrays, lo, hi), child_conn)
+        buffers = [_slice_arrays(arrays, lo, hi) for arrays in self.buffers]
+        args = (self.env_id, hi - lo, self.worker_seed(i), self.policies, buffers, child_conn)
         proc = self.ctx.Process(target=_worker_process, args=args, daemon=True, name=f"rollout-worker-{lo}")
         proc.start()
         child_conn.close()
@@ -251,11 +297,15 @@ class MultiprocessExecutor(ReplacingExecutor):
     def _wait_ready(self, i: int) -> None:
         self._reply(i, "ready")
 
-    def _request(self, i: int) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):  # a dead worker: _receive finds out, replaces it
-            self.conns[i].send("collect")
+    def _prepare(self, buffer: int) -> None:
+        if self.latest_weights is not None:
+            self.policies[buffer].load_state_dict(self.latest_weights)
 
-    def _receive(self, i: int) -> WorkerStats:
+    def _request(self, i: int, buffer: int) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):  # a dead worker: _receive finds out, replaces it
+            self.conns[i].send(("collect", buffer))
+
+    def _receive(self, i: int, buffer: int) -> WorkerStats:
         return self._reply(i, "ok")
 
     def _stop(self, i: int) -> None:
@@ -267,8 +317,8 @@ class MultiprocessExecutor(ReplacingExecutor):
             conn.close()
 
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        self.policy.load_state_dict(state_dict)
-        self.version = version
+        # Kept by reference and copied when the next rollout is asked for, which is after this update.
+        self.latest_weights, self.version = state_dict, version
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.processes if p is not None and p.pid is not None]
@@ -277,7 +327,7 @@ class MultiprocessExecutor(ReplacingExecutor):
         for conn in self.conns:
             if conn is not None:
                 with contextlib.suppress(BrokenPipeError, OSError):
-                    conn.send("close")
+                    conn.send(("close", None))
         for proc in self.processes:
             if proc is not None:
                 proc.join(timeout=5)
@@ -289,16 +339,16 @@ class MultiprocessExecutor(ReplacingExecutor):
 def make_executor(
     backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
     num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-    ray_address: str | None = None,
+    ray_address: str | None = None, asynchronous: bool = False,
 ) -> Executor:  # fmt: skip
     """The executor of a backend ('inprocess', 'multiprocess', 'ray'); Ray is imported only for 'ray'."""
     args = (env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps, seed)
     if backend == "inprocess":
         return InProcessExecutor(*args)
     if backend == "multiprocess":
-        return MultiprocessExecutor(*args, worker_timeout=worker_timeout)
+        return MultiprocessExecutor(*args, worker_timeout=worker_timeout, asynchronous=asynchronous)
     if backend == "ray":
         from training.ray_executor import RayExecutor
 
-        return RayExecutor(*args, worker_timeout=worker_timeout, address=ray_address)
+        return RayExecutor(*args, worker_timeout=worker_timeout, address=ray_address, asynchronous=asynchronous)
     raise ValueError(f"unknown backend {backend!r}")

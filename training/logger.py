@@ -33,6 +33,7 @@ DASHBOARD_LAYOUT = {
         "clip fraction": ["Multiline", ["losses/clipfrac"]],
         "explained variance": ["Multiline", ["losses/explained_variance"]],
         "gradient norm and learning rate": ["Multiline", ["charts/grad_norm", "charts/learning_rate"]],
+        "policy lag of the data (versions; > 0 with --async-rollouts)": ["Multiline", ["charts/policy_lag"]],
     },
     "4. System": {
         "env steps per second": ["Multiline", ["charts/SPS"]],

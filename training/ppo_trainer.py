@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from agents.networks import ActorCritic
-from agents.ppo import NonFiniteUpdate, PPOHyperparams, compute_gae, explained_variance, ppo_update
+from agents.ppo import (
+    NonFiniteUpdate,
+    PPOHyperparams,
+    compute_gae,
+    compute_vtrace,
+    explained_variance,
+    ppo_update,
+)
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
@@ -93,25 +100,41 @@ class PPOLearner:
         rewards = rollout.rewards
         if self.reward_scaler is not None:
             rewards = self.reward_scaler(rewards, rollout.terminated, rollout.truncated)
-        advantages, returns = compute_gae(
-            rewards, rollout.values, rollout.terminated.astype(bool), rollout.truncated.astype(bool),
-            rollout.bootstrap_values, rollout.last_values, self.cfg.gamma, self.cfg.gae_lambda,
-        )  # fmt: skip
 
         def flat(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(x.reshape(-1, *x.shape[2:])).to(self.device)
 
-        obs = {k: flat(v) for k, v in rollout.obs.items()}
+        obs, actions = {k: flat(v) for k, v in rollout.obs.items()}, flat(rollout.actions)
+        terminated, truncated = rollout.terminated.astype(bool), rollout.truncated.astype(bool)
+        values = rollout.values
+        if self.cfg.async_rollouts:
+            # The rollout was acted by the previous weights (mu) while these (pi) were being computed:
+            # V-trace targets from the current critic, weighted by pi/mu. The PPO ratio below is taken
+            # against mu's log-probabilities and clipped around it, as in APPO.
+            with torch.no_grad():
+                dist, current_values = self.agent(obs)
+                log_rhos = (dist.log_prob(actions) - flat(rollout.log_probs)).cpu().numpy().reshape(values.shape)
+            values = current_values.cpu().numpy().reshape(values.shape)
+            returns, advantages = compute_vtrace(
+                rewards, values, terminated, truncated, rollout.bootstrap_values, rollout.last_values, log_rhos,
+                self.cfg.gamma, self.cfg.gae_lambda,
+            )  # fmt: skip
+        else:
+            advantages, returns = compute_gae(
+                rewards, values, terminated, truncated, rollout.bootstrap_values, rollout.last_values,
+                self.cfg.gamma, self.cfg.gae_lambda,
+            )  # fmt: skip
+
         batch = {
             "obs": obs,
-            "actions": flat(rollout.actions),
+            "actions": actions,
             "log_probs": flat(rollout.log_probs),
-            "values": flat(rollout.values),
+            "values": flat(values),
             "advantages": flat(advantages),
             "returns": flat(returns),
         }
         stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
-        stats["explained_variance"] = explained_variance(rollout.values.reshape(-1), returns.reshape(-1))
+        stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
         if self.agent.obs_normalizer is not None:
             # After the update, so the update sees the same normalisation the rollout was acted with.
             # Data-parallel learners update theirs with everybody's observations, so they stay equal.
@@ -265,7 +288,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     start = time.perf_counter()
     executor = make_executor(
         backend, cfg.env_id, observation_space, action_space, agent, local_envs, num_workers, cfg.num_steps,
-        worker_seed, cfg.worker_timeout, cfg.ray_address,
+        worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts,
     )  # fmt: skip
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress and main)
     rollout_seconds = update_seconds = 0.0
@@ -280,8 +303,9 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
             if cfg.anneal_lr:
                 lr *= 1.0 - iteration / cfg.num_iterations
             t0 = time.perf_counter()
-            rollout = executor.collect()
+            rollout = executor.collect_next() if cfg.async_rollouts else executor.collect()
             t1 = time.perf_counter()
+            policy_lag = iteration - rollout.policy_version
             step_before = global_step
             global_step += rollout.num_steps * parallel.world_size
             iteration += 1
@@ -316,6 +340,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
             logger.scalars({
                 "charts/learning_rate": lr,
                 "charts/SPS": sps,
+                "charts/policy_lag": policy_lag,
                 "faults/skipped_updates": learner.skipped_updates,
                 "faults/env_restarts": env_restarts,
                 "faults/worker_restarts": worker_restarts_before + executor.worker_restarts,

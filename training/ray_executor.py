@@ -71,9 +71,9 @@ class RayExecutor(ReplacingExecutor):
     def __init__(
         self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
         num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-        address: str | None = None, cpus_per_worker: float = 1.0,
+        address: str | None = None, cpus_per_worker: float = 1.0, asynchronous: bool = False,
     ):  # fmt: skip
-        super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout)
+        super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout, asynchronous)
         ray = self.ray = _import_ray(on_loopback=not address or _is_loopback(address), joining=bool(address))
         self.started_ray = not ray.is_initialized()
         # Process ids mean something here only when the actors run on this machine.
@@ -95,7 +95,10 @@ class RayExecutor(ReplacingExecutor):
         self.actor_class = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(RayRolloutWorker)
         self.env_id, self.observation_space, self.action_space = env_id, observation_space, action_space
         self.policy = copy.deepcopy(policy).cpu()
-        self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
+        self.buffers = [
+            allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
+            for _ in range(self.num_buffers)
+        ]
         self.weights_ref = ray.put(self.policy.state_dict())
         self.actors: list = [None] * num_workers
         self.ready: list = [None] * num_workers
@@ -127,13 +130,13 @@ class RayExecutor(ReplacingExecutor):
     def _wait_ready(self, i: int) -> None:
         self.pids[i] = self._get(self.ready[i], "starting")
 
-    def _request(self, i: int) -> None:
+    def _request(self, i: int, buffer: int) -> None:
         self.pending[i] = self.actors[i].collect.remote(self.weights_ref, self.version)
 
-    def _receive(self, i: int) -> WorkerStats:
+    def _receive(self, i: int, buffer: int) -> WorkerStats:
         arrays, stats = self._get(self.pending[i], "collecting")
         lo, hi = self.slices[i]
-        for key, target in _slice_arrays(self.arrays, lo, hi).items():
+        for key, target in _slice_arrays(self.buffers[buffer], lo, hi).items():
             target.numpy()[...] = arrays[key]
         return stats
 

@@ -148,6 +148,11 @@ class RolloutWorker:
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)
 
+    def retarget(self, arrays: dict[str, np.ndarray], policy: ActorCritic) -> None:
+        """Write the next rollouts into other arrays, acting with another policy copy (the double
+        buffers of asynchronous collection)."""
+        self.arrays, self.policy = arrays, policy
+
     def collect(self) -> WorkerStats:
         start = time.perf_counter()
         a, policy = self.arrays, self.policy
