@@ -3,6 +3,7 @@
     python launch/benchmark.py                                  # CartPole-v1, Acrobot-v1, LunarLander-v3 x 3 seeds
     python launch/benchmark.py --envs CartPole-v1 --seeds 5 --json
     python launch/benchmark.py --envs CartPole-v1 --preset cleanrl --no-stop --budget 100000   # SPS only
+    python launch/benchmark.py --envs LunarLander-v3 --budget 163840 --sweep-backends inprocess multiprocess ray
 
 Each run is a fresh process (so peak memory is the run's own). Prints one line per run (or one JSON
 object per run with --json), then writes a Markdown table and PNG plots (return vs env steps and vs wall
@@ -50,6 +51,10 @@ class BenchmarkArgs:
     """name of this benchmark's table and plots (default: the preset)"""
     runs_dir: str = "runs/benchmark"
     """run folders of the benchmark runs"""
+    sweep_backends: tuple[str, ...] = ()
+    """measure SPS (whole budget, no early stop) for each of these backends (inprocess, multiprocess, ray) x --sweep-workers, instead of the learning benchmark"""
+    sweep_workers: tuple[int, ...] = (1, 2)
+    """worker counts for --sweep-backends (in-process runs use 1)"""
 
 
 @dataclass
@@ -184,8 +189,30 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
     return table
 
 
+def sweep_backends(args: BenchmarkArgs) -> list[str]:
+    """SPS per env, backend and worker count (one seed each, the whole budget): Markdown table rows."""
+    rows = ["| env | backend | workers | SPS | rollout / update s |", "|---|---|---|---|---|"]
+    for backend in args.sweep_backends:
+        for workers in (1,) if backend == "inprocess" else args.sweep_workers:
+            combo = dataclasses.replace(args, seeds=1, stop=False, set=(*args.set, f"backend={backend}",
+                                        f"num_workers={workers}", "eval_every=0"))  # fmt: skip
+            for r in run_benchmark(combo):
+                rows.append(f"| {r.env_id} | {backend} | {workers} | {r.sps:.0f} | "
+                            f"{r.rollout_seconds:.1f} / {r.update_seconds:.1f} |")  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(BenchmarkArgs, args=argv, description=__doc__.split("\n")[0])
+    if args.sweep_backends:
+        rows = sweep_backends(args)
+        print("\n".join(rows))
+        if args.out_dir:
+            table = Path(args.out_dir) / f"{args.label or 'backends'}.md"
+            table.parent.mkdir(parents=True, exist_ok=True)
+            table.write_text("\n".join(rows) + "\n")
+            print(f"wrote {table}", file=sys.stderr)
+        return 0 if len(rows) > 2 else 1
     results = run_benchmark(args)
     if args.out_dir and results:
         table = write_report(results, Path(args.out_dir), args.label or args.preset)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Annotated
 
 import tyro
 
@@ -17,7 +18,7 @@ from training.plots import find_run_dirs, group_name, plot_seed_band, read_scala
 
 @dataclass
 class PlotArgs:
-    runs: tyro.conf.Positional[tuple[str, ...]]
+    runs: Annotated[tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="RUN")]
     """run folders, or folders of run folders (such as runs/)"""
     tag: str = "charts/mean_return_100"
     """the scalar to draw: charts/mean_return_100 (last-100-episode mean), charts/episodic_return, eval/episodic_return, ..."""

@@ -12,20 +12,14 @@ import tyro
 
 from training.cli import run_cli
 from training.config import ConfigError
-from training.evaluation import EVAL_SEED_OFFSET, evaluate_policy, load_trained_agent, record_episode
+from training.evaluation import PolicyArgs, evaluate_policy, record_episode
 from training.video import LiveViewer, has_display
 
 
 @dataclass
-class WatchArgs:
-    run: tyro.conf.Positional[str]
-    """a run folder (its newest checkpoint is used) or a checkpoint file"""
+class WatchArgs(PolicyArgs):
     episodes: int = 3
     """episodes to play"""
-    best: bool = False
-    """use the run's best checkpoint by training-time evaluation (checkpoints/best.pt)"""
-    stochastic: bool = False
-    """sample actions from the policy instead of taking the most likely one"""
     save: bool = False
     """write a video file per episode under RUN_DIR/videos/ (always done when there is no display)"""
     gif: bool = False
@@ -38,16 +32,13 @@ class WatchArgs:
     """--no-render: play without frames and print mean +- std of return and length, as evaluate.py does"""
     fps: float | None = None
     """frames per second of the window and the videos; default: real time for the env"""
-    seed: int | None = None
-    """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed"""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(WatchArgs, args=argv, description=__doc__.split("\n")[0])
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1 (got {args.episodes})")
-    trained = load_trained_agent(args.run, best=args.best)
-    seed = args.seed if args.seed is not None else trained.config.seed + EVAL_SEED_OFFSET
+    trained, seed = args.load()
     deterministic = not args.stochastic
     print(trained.describe())
     if not args.render:

@@ -15,11 +15,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 
 from envs.factory import is_atari, make_env, make_vector_env
 from training.checkpoint import (
@@ -87,6 +88,25 @@ class TrainedAgent:
 
     def describe(self) -> str:
         return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
+
+
+@dataclass
+class PolicyArgs:
+    """The command-line options that say which trained policy to play and how (watch.py, evaluate.py)."""
+
+    run: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN")]
+    """a run folder (its newest checkpoint is used) or a checkpoint file"""
+    best: bool = False
+    """use the run's best checkpoint by training-time evaluation (checkpoints/best.pt)"""
+    stochastic: bool = False
+    """sample actions from the policy instead of taking the most likely one"""
+    seed: int | None = None
+    """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
+
+    def load(self) -> tuple[TrainedAgent, int]:
+        """The trained agent and the seed of the first episode."""
+        trained = load_trained_agent(self.run, best=self.best)
+        return trained, self.seed if self.seed is not None else trained.config.seed + EVAL_SEED_OFFSET
 
 
 def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
