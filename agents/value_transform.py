@@ -1,0 +1,45 @@
+"""MuZero's value and reward representation (Schrittwieser et al. 2020, appendix F; Pohlen et al. 2018).
+
+Values and rewards are predicted as categorical distributions over an integer support [-S, S] of the
+transformed scalar h(x) = sign(x)(sqrt(|x| + 1) - 1) + eps * x. The transform squashes large returns
+(a CartPole value of 100 becomes ~9) so one support of 2S + 1 bins covers them, and a cross-entropy loss on
+the bins is scale-free, unlike a squared error on raw returns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 0.001
+
+
+def h(x: torch.Tensor) -> torch.Tensor:
+    """The invertible squashing transform h(x) = sign(x)(sqrt(|x| + 1) - 1) + eps x."""
+    return torch.sign(x) * (torch.sqrt(x.abs() + 1) - 1) + EPS * x
+
+
+def h_inverse(y: torch.Tensor) -> torch.Tensor:
+    """The exact inverse of h (solving the quadratic in sqrt(|x| + 1))."""
+    root = (torch.sqrt(1 + 4 * EPS * (y.abs() + 1 + EPS)) - 1) / (2 * EPS)
+    return torch.sign(y) * (root.square() - 1)
+
+
+def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:
+    """Two-hot targets [..., 2S + 1] of h(x): the probability mass sits on the two bins around h(x), in
+    proportion to closeness, so that the expectation over the support is exactly h(x) (clipped to +-S)."""
+    y = h(x).clamp(-support_size, support_size)
+    low = y.floor()
+    upper_weight = y - low
+    out = torch.zeros(*x.shape, 2 * support_size + 1, dtype=x.dtype, device=x.device)
+    low_index = (low + support_size).long()
+    out.scatter_(-1, low_index.unsqueeze(-1), (1 - upper_weight).unsqueeze(-1))
+    # At the top bin upper_weight is 0; clamp the index so the (zero) mass lands inside the support.
+    high_index = (low_index + 1).clamp(max=2 * support_size)
+    out.scatter_add_(-1, high_index.unsqueeze(-1), upper_weight.unsqueeze(-1))
+    return out
+
+
+def support_to_scalar(logits: torch.Tensor, support_size: int) -> torch.Tensor:
+    """The scalar a categorical prediction [..., 2S + 1] stands for: h^-1 of its expected bin."""
+    support = torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
+    return h_inverse((logits.softmax(-1) * support).sum(-1))

@@ -1,0 +1,97 @@
+"""MuZero's batched search: a hand-computed small tree, known best moves with exact models, masking."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.mcts import SearchConfig, run_search
+
+EXACT = dict(root_exploration_fraction=0.0, discount=1.0)
+
+
+def _bandit_fn(embeddings, actions):
+    """Any state: action 0 pays 1, action 1 pays 0; the model prefers action 0 slightly and values 0."""
+    n = len(actions)
+    logits = np.tile([0.1, 0.0], (n, 1))
+    return (actions == 0).double().numpy(), embeddings, logits, np.zeros(n)
+
+
+def test_three_simulations_by_hand():
+    cfg = SearchConfig(num_simulations=3, **EXACT)
+    result = run_search(torch.zeros(1, 1), np.array([[0.0, 0.1]]), np.array([0.0]), _bandit_fn, cfg,
+                        np.random.default_rng(0))  # fmt: skip
+    # Sim 1: the root (1 visit) follows the prior to action 1 (P 0.525): reward 0, value 0.
+    # Sim 2: Q(1) = 0, the unvisited action 0 scores its prior term 0.475 sqrt(2) c > 0.525 sqrt(2) / 2 c:
+    #        reward 1 -> Q(0) = 1, the root's value sum 0 + 0 + 1.
+    # Sim 3: normalised Q(0) = 1, Q(1) = 0: action 0 again, then its child by the model's prior (action 0,
+    #        reward 1): the child of action 0 gets 0 + 1 over 2 visits, Q(0) = 1 + 0.5 = 1.5.
+    assert result.visit_counts.tolist() == [[2, 1]]
+    np.testing.assert_allclose(result.q_values, [[1.5, 0.0]])
+    np.testing.assert_allclose(result.root_value, [(0 + 0 + 1 + 2) / 4])
+    np.testing.assert_allclose(result.policy, [[2 / 3, 1 / 3]])
+    tree = result.tree
+    assert (tree.min_q[0], tree.max_q[0]) == (0.0, 1.5)
+    assert tree.children[0, 0].tolist() == [2, 1] and tree.children[0, 2].tolist() == [3, -1]
+
+
+def _jackpot_fn(embeddings, actions):
+    """Single-player game: action 2 pays 1 and ends the game (absorbing state 1); others pay 0."""
+    ended = embeddings[:, 0] > 0
+    win = (actions == 2) & ~ended
+    next_embeddings = (ended | win).double().unsqueeze(-1)
+    n = len(actions)
+    return win.double().numpy(), next_embeddings, np.zeros((n, 4)), np.zeros(n)
+
+
+def test_search_finds_the_winning_move_for_every_root_in_the_batch():
+    cfg = SearchConfig(num_simulations=16, discount=0.99)
+    result = run_search(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8), _jackpot_fn, cfg, np.random.default_rng(1))
+    assert (result.visit_counts.argmax(-1) == 2).all()
+    assert result.visit_counts.sum(-1).tolist() == [16] * 8
+
+
+LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
+
+
+def _tictactoe_fn(embeddings, actions):
+    """An exact TicTacToe model. Embedding: 9 cells from the mover's view (+1 mine, -1 theirs) and a
+    game-over flag. Rewards go to the player who moved; an occupied cell loses at once."""
+    n = len(actions)
+    rewards, out = np.zeros(n), embeddings.clone()
+    for i in range(n):
+        board, over, a = embeddings[i, :9].clone(), embeddings[i, 9] > 0, int(actions[i])
+        if over:
+            continue
+        if board[a] != 0:
+            rewards[i], out[i, 9] = -1.0, 1.0
+            continue
+        board[a] = 1.0
+        if any(all(board[c] == 1 for c in line) for line in LINES):
+            rewards[i], out[i, 9] = 1.0, 1.0
+        elif (board != 0).all():
+            out[i, 9] = 1.0
+        out[i, :9] = -board  # the other player's view
+    return rewards, out, np.zeros((n, 9)), np.zeros(n)
+
+
+def _root(cells: str):
+    """'XX.OO....' with X to move -> the root embedding and its legal moves."""
+    board = torch.tensor([{"X": 1.0, "O": -1.0, ".": 0.0}[c] for c in cells] + [0.0]).unsqueeze(0)
+    return board.double(), (board[:, :9] == 0).numpy()
+
+
+@pytest.mark.parametrize("cells, best", [("XX.OO....", 2), ("OO..X..X.", 2)], ids=["win in one", "block in one"])
+def test_search_finds_the_best_tictactoe_move(cells, best):
+    embedding, legal = _root(cells)
+    cfg = SearchConfig(num_simulations=400, discount=1.0, two_player=True, root_exploration_fraction=0.0)
+    result = run_search(embedding, np.zeros((1, 9)), np.zeros(1), _tictactoe_fn, cfg, np.random.default_rng(0), legal)
+    assert result.visit_counts[0].argmax() == best, result.visit_counts
+
+
+def test_invalid_actions_get_no_visits_even_with_root_noise():
+    legal = np.array([[True, False, True, False]] * 4)
+    cfg = SearchConfig(num_simulations=30, root_exploration_fraction=0.5, dirichlet_alpha=0.3)
+    result = run_search(torch.zeros(4, 1), np.array([[0.0, 5.0, 0.0, 5.0]] * 4), np.zeros(4), _jackpot_fn, cfg,
+                        np.random.default_rng(2), legal)  # fmt: skip
+    assert (result.visit_counts[:, [1, 3]] == 0).all() and (result.visit_counts.sum(-1) == 30).all()
+    assert (result.tree.prior[:, 0, [1, 3]] == 0).all()

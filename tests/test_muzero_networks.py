@@ -1,0 +1,36 @@
+"""MuZero's networks: shapes, scaled hidden states, a neutral start, and use as the search's model."""
+
+import numpy as np
+import torch
+
+from agents.mcts import SearchConfig, run_search
+from agents.muzero_networks import MuZeroMLP, root_inference, scale_hidden_state, search_callback
+
+
+def test_hidden_states_are_scaled_to_the_unit_interval_per_sample():
+    s = scale_hidden_state(torch.tensor([[1.0, 3.0, 2.0], [-5.0, -5.0, 5.0]]))
+    torch.testing.assert_close(s, torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]))
+
+
+def test_inference_shapes_and_a_neutral_start():
+    torch.manual_seed(0)
+    model = MuZeroMLP(obs_dim=4, num_actions=2, hidden_state=16, support_size=10, reward_support_size=5)
+    state, policy, value = model.initial_inference(torch.randn(7, 4))
+    assert state.shape == (7, 16) and policy.shape == (7, 2) and value.shape == (7, 21)
+    assert state.min() >= 0.0 and state.max() <= 1.0
+    next_state, reward, policy2, value2 = model.recurrent_inference(state, torch.tensor([0, 1, 0, 1, 0, 1, 1]))
+    assert next_state.shape == (7, 16) and reward.shape == (7, 11)
+    # Zero-initialised heads: uniform policy, value and reward 0, until training moves them.
+    assert torch.equal(policy, torch.zeros(7, 2)) and torch.equal(reward, torch.zeros(7, 11))
+    loss = value2.sum() + reward.sum() + policy2.sum()
+    loss.backward()  # every function is differentiable through the unroll
+    assert model.representation[0].weight.grad is not None
+
+
+def test_the_model_drives_a_batched_search():
+    model = MuZeroMLP(obs_dim=4, num_actions=2)
+    state, logits, value = root_inference(model, np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    result = run_search(state, logits, value, search_callback(model), SearchConfig(num_simulations=10),
+                        np.random.default_rng(0))  # fmt: skip
+    assert result.visit_counts.shape == (16, 2) and (result.visit_counts.sum(-1) == 10).all()
+    assert result.tree.embeddings.shape == (16, 11, 64)
