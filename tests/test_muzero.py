@@ -1,0 +1,87 @@
+"""MuZero's n-step targets (hand-computed, with episode ends inside the unroll) and its unrolled loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.muzero import make_targets, muzero_loss
+from agents.muzero_networks import MuZeroMLP
+
+REWARDS = np.array([1.0, 0.0, 2.0, 3.0])
+POLICIES = np.eye(4)[[0, 1, 2, 3]] * 0.5 + 0.125
+ACTIONS = np.array([3, 2, 1, 0])
+
+
+def _targets(final_value, terminated, **kw):
+    root_values = np.array([10.0, 20.0, 30.0, 40.0, final_value])
+    args = dict(start=2, unroll_steps=3, td_steps=2, discount=0.5, rng=np.random.default_rng(0))
+    return make_targets(REWARDS, root_values, POLICIES, ACTIONS, terminated, **{**args, **kw})
+
+
+def test_n_step_targets_across_a_real_end():
+    t = _targets(0.0, terminated=True)
+    # k=0 (position 2): r2 + 0.5 r3 + 0.25 * 0; k=1: r3 + 0.5 * 0; k=2 (after the last move): 0; k=3: absorbing.
+    np.testing.assert_allclose(t.value, [3.5, 3.0, 0.0, 0.0])
+    np.testing.assert_allclose(t.value_mask, [1, 1, 1, 1])
+    np.testing.assert_allclose(t.reward, [0.0, 2.0, 3.0, 0.0])
+    np.testing.assert_allclose(t.reward_mask, [0, 1, 1, 1])
+    np.testing.assert_allclose(t.policy_mask, [1, 1, 0, 0])
+    np.testing.assert_allclose(t.policy[:2], POLICIES[2:4])
+    assert t.actions[:2].tolist() == [1, 0] and 0 <= t.actions[2] < 4
+
+
+def test_n_step_targets_across_a_time_limit_bootstrap_and_mask():
+    t = _targets(8.0, terminated=False)
+    np.testing.assert_allclose(t.value[:3], [3.5 + 0.25 * 8, 3.0 + 0.5 * 8, 8.0])
+    np.testing.assert_allclose(t.value_mask, [1, 1, 1, 0])
+    np.testing.assert_allclose(t.reward_mask, [0, 1, 1, 0])
+
+
+def test_n_step_targets_in_the_middle_bootstrap_from_the_root_value():
+    t = _targets(0.0, terminated=True, start=0, unroll_steps=1)
+    np.testing.assert_allclose(t.value, [1.0 + 0.0 + 0.25 * 30.0, 0.0 + 0.5 * 2.0 + 0.25 * 40.0])
+
+
+def test_two_player_targets_alternate_sign():
+    # Three moves, the third wins: good for the players who moved at 0 and 2, bad for the one at 1.
+    t = make_targets(np.array([0.0, 0.0, 1.0]), np.zeros(4), np.full((3, 9), 1 / 9), np.array([4, 0, 8]), True,
+                     start=0, unroll_steps=2, td_steps=9, discount=1.0, rng=np.random.default_rng(0), two_player=True)  # fmt: skip
+    np.testing.assert_allclose(t.value, [1.0, -1.0, 1.0])
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    ts = [_targets(0.0, True), _targets(8.0, False, start=1)]
+    fields = {k: torch.as_tensor(np.stack([getattr(t, k) for t in ts])) for k in
+              ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
+    fields = {k: v.float() if v.dtype == torch.float64 else v for k, v in fields.items()}
+    return torch.as_tensor(rng.normal(size=(2, 4)), dtype=torch.float32), fields
+
+
+def test_masked_targets_do_not_change_the_loss():
+    torch.manual_seed(0)
+    model = MuZeroMLP(4, 4)
+    obs, targets = _batch()
+    loss, stats, priorities = muzero_loss(model, obs, targets, torch.ones(2))
+    padded = {k: v.clone() for k, v in targets.items()}
+    padded["policy"][padded["policy_mask"] == 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    padded["value"][padded["value_mask"] == 0] = 123.0
+    padded["reward"][padded["reward_mask"] == 0] = -7.0
+    loss2, _, _ = muzero_loss(model, obs, padded, torch.ones(2))
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert priorities.shape == (2,) and (priorities >= 0).all() and set(stats) == {"value_loss", "reward_loss", "policy_loss"}
+
+
+def test_the_unrolled_loss_trains_the_model():
+    torch.manual_seed(0)
+    model = MuZeroMLP(4, 4)
+    obs, targets = _batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, _, _ = muzero_loss(model, obs, targets, torch.ones(2))
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first
