@@ -9,6 +9,11 @@ Python loops only over simulations and tree depth; everything inside them is arr
 
 Values are from the perspective of the player to move. In two-player zero-sum games (`two_player=True`)
 the players alternate, so a child's value counts negatively for its parent: the discount is -gamma.
+
+With `gumbel=True` the search is Gumbel MuZero's (Danihelka et al. 2022): the root samples m actions without
+replacement by Gumbel-top-k, shares the simulations among them by sequential halving, and returns an
+improved policy softmax(logits + sigma(completed Q)) that improves on the prior even with 2-4 simulations;
+interior nodes pick deterministically the action whose visit share lags that policy most.
 """
 
 from __future__ import annotations
@@ -33,8 +38,17 @@ class SearchConfig:
     """c2 of the pUCT rule"""
     dirichlet_alpha: float = 0.25
     root_exploration_fraction: float = 0.25
-    """share of Dirichlet noise in the root's prior (0 for evaluation)"""
+    """share of Dirichlet noise in the root's prior (0 for evaluation; unused by the Gumbel search)"""
     two_player: bool = False
+    gumbel: bool = False
+    """Gumbel MuZero's root (sequential halving) and interior selection instead of pUCT"""
+    max_considered_actions: int = 16
+    """m: actions the Gumbel root considers"""
+    gumbel_scale: float = 1.0
+    """scale of the Gumbel noise (0 for a deterministic evaluation)"""
+    c_visit: float = 50.0
+    """sigma(q) = (c_visit + max_b N(b)) * c_scale * q"""
+    c_scale: float = 0.1
 
 
 @dataclass
@@ -51,6 +65,7 @@ class Tree:
     embeddings: torch.Tensor  # [B, N, ...] hidden states
     min_q: np.ndarray  # [B] smallest Q seen in the tree (for normalisation)
     max_q: np.ndarray  # [B]
+    raw_value: np.ndarray  # [B, N] the model's value estimate at expansion (Gumbel's mixed value)
 
     @classmethod
     def allocate(cls, batch: int, num_nodes: int, num_actions: int, root_embedding: torch.Tensor) -> Tree:
@@ -66,6 +81,7 @@ class Tree:
             embeddings=embeddings,
             min_q=np.full(batch, np.inf),
             max_q=np.full(batch, -np.inf),
+            raw_value=np.zeros((batch, num_nodes), np.float64),
         )
 
     def value(self, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -79,6 +95,7 @@ class SearchResult:
     root_value: np.ndarray  # [B] mean value backed up into the root
     q_values: np.ndarray  # [B, A] Q(root, a) = r + discount * V(child); 0 where unvisited
     tree: Tree
+    action: np.ndarray | None = None  # [B] the Gumbel search's chosen action (None for pUCT: sample visits)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -113,6 +130,60 @@ def select_actions(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConf
     return score.argmax(-1)
 
 
+def _children_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(Q(s, a), N(s, a)) of the children of nodes[i] in tree b[i], [k, A]; Q is 0 where unvisited."""
+    children = tree.children[b, nodes]
+    expanded = children >= 0
+    safe, rows = np.where(expanded, children, 0), b[:, None]
+    visits = np.where(expanded, tree.visits[rows, safe], 0)
+    discount = -cfg.discount if cfg.two_player else cfg.discount
+    q = tree.reward[rows, safe] + discount * tree.value_sum[rows, safe] / np.maximum(visits, 1)
+    return np.where(visits > 0, q, 0.0), visits
+
+
+def _log_prior(tree: Tree, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    prior = tree.prior[b, nodes]
+    return np.where(prior > 0, np.log(np.maximum(prior, 1e-300)), -np.inf)
+
+
+def _sigma_completed_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Gumbel MuZero's sigma(completed Q) at nodes, [k, A], and the children's visits.
+
+    Unvisited actions get the mixed value v_mix = (v + sum_b N(b) * sum_visited pi(b) q(b) / sum_visited pi(b))
+    / (1 + sum_b N(b)), an estimate of V that uses the visits made so far; then Q is scaled to [0, 1] by
+    the extremes among the node's children and multiplied by (c_visit + max_b N(b)) * c_scale.
+    """
+    q, visits = _children_q(tree, b, nodes, cfg)
+    prior = tree.prior[b, nodes]
+    visited = visits > 0
+    total = visits.sum(-1)
+    weight = (prior * visited).sum(-1)
+    mean_q = (prior * q * visited).sum(-1) / np.where(weight > 0, weight, 1)
+    v_mix = (tree.raw_value[b, nodes] + total * np.where(weight > 0, mean_q, 0.0)) / (1 + total)
+    completed = np.where(visited, q, v_mix[:, None])
+    lo, hi = completed.min(-1, keepdims=True), completed.max(-1, keepdims=True)
+    normalized = (completed - lo) / np.maximum(hi - lo, 1e-8)
+    return (cfg.c_visit + visits.max(-1, keepdims=True)) * cfg.c_scale * normalized, visits
+
+
+def considered_visit_sequence(num_considered: int, num_simulations: int) -> np.ndarray:
+    """Sequential halving as a schedule: before simulation s, the root visits a considered action that
+    has exactly sequence[s] visits. Each phase gives every remaining action the same number of visits,
+    then halves the remaining actions (mctx's get_sequence_of_considered_visits)."""
+    if num_considered <= 1:
+        return np.arange(num_simulations)
+    log2max = int(np.ceil(np.log2(num_considered)))
+    sequence: list[int] = []
+    visits = [0] * num_considered
+    while len(sequence) < num_simulations:
+        extra = max(1, num_simulations // (log2max * num_considered))
+        for _ in range(extra):
+            sequence.extend(visits[:num_considered])
+            visits[:num_considered] = [v + 1 for v in visits[:num_considered]]
+        num_considered = max(2, num_considered // 2)
+    return np.array(sequence[:num_simulations])
+
+
 def run_search(
     root_embedding: torch.Tensor,
     root_prior_logits: np.ndarray,
@@ -132,7 +203,7 @@ def run_search(
     if valid_actions is not None:
         prior = np.where(valid_actions, prior, 0.0)
         prior /= prior.sum(-1, keepdims=True)
-    if cfg.root_exploration_fraction > 0:
+    if cfg.root_exploration_fraction > 0 and not cfg.gumbel:
         noise = rng.dirichlet(np.full(num_actions, cfg.dirichlet_alpha), size=batch)
         if valid_actions is not None:
             noise = np.where(valid_actions, noise, 0.0)
@@ -142,8 +213,20 @@ def run_search(
     # The root starts with one visit worth its own value estimate (as mctx does), so the first
     # selection already follows the prior instead of a tie.
     tree.visits[:, 0] = 1
-    tree.value_sum[:, 0] = root_value
+    tree.value_sum[:, 0] = tree.raw_value[:, 0] = root_value
     discount = -cfg.discount if cfg.two_player else cfg.discount
+    root = np.zeros(batch, np.int64)
+    if cfg.gumbel:
+        # Gumbel-top-k: the m actions with the largest g + logits are a sample without replacement from
+        # the prior; sequential halving then decides among them by their Q.
+        gumbel = cfg.gumbel_scale * rng.gumbel(size=(batch, num_actions))
+        root_logits = _log_prior(tree, all_b, root)
+        num_valid = np.isfinite(root_logits).sum(-1)
+        m = np.minimum(cfg.max_considered_actions, num_valid)
+        ranks = (-(gumbel + root_logits)).argsort(-1).argsort(-1)
+        considered = ranks < m[:, None]
+        schedules = {k: considered_visit_sequence(k, cfg.num_simulations) for k in np.unique(m)}
+        root_score = gumbel + root_logits
 
     for sim in range(1, cfg.num_simulations + 1):
         # 1. Selection, all trees at once, one tree level per pass.
@@ -152,8 +235,11 @@ def run_search(
         leaf_action = np.zeros(batch, np.int64)
         active = all_b
         while active.size:
-            tie_noise = rng.uniform(0, 1e-9, (active.size, num_actions))
-            actions = select_actions(tree, active, node[active], cfg, valid_actions, tie_noise)
+            if cfg.gumbel:
+                actions = _gumbel_select(tree, active, node[active], cfg, sim, considered, schedules, m, root_score)
+            else:
+                tie_noise = rng.uniform(0, 1e-9, (active.size, num_actions))
+                actions = select_actions(tree, active, node[active], cfg, valid_actions, tie_noise)
             child = tree.children[active, node[active], actions]
             done = child < 0
             leaf_parent[active[done]] = node[active[done]]
@@ -168,6 +254,7 @@ def run_search(
         tree.children[all_b, leaf_parent, leaf_action] = sim
         tree.parent[:, sim], tree.action[:, sim] = leaf_parent, leaf_action
         tree.reward[:, sim] = reward
+        tree.raw_value[:, sim] = value
         tree.prior[:, sim] = _softmax(np.asarray(logits, np.float64))
         tree.embeddings[:, sim] = embedding
 
@@ -194,4 +281,31 @@ def run_search(
     q_values = np.where(visit_counts > 0, tree.reward[all_b[:, None], safe]
                         + discount * tree.value_sum[all_b[:, None], safe] / np.maximum(visit_counts, 1), 0.0)  # fmt: skip
     policy = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)
-    return SearchResult(visit_counts, policy, tree.value(all_b, np.zeros(batch, np.int64)), q_values, tree)
+    action = None
+    if cfg.gumbel:
+        sigma, _ = _sigma_completed_q(tree, all_b, root, cfg)
+        root_logits = _log_prior(tree, all_b, root)
+        # The training target: the prior improved by the completed Q values (zero where masked).
+        policy = _softmax(np.where(np.isfinite(root_logits), root_logits + sigma, -np.inf))
+        # The action: among the considered actions that got the most visits, the best by g + logits + sigma(q).
+        most = considered & (visit_counts == np.where(considered, visit_counts, -1).max(-1, keepdims=True))
+        action = np.where(most, root_score + sigma, -np.inf).argmax(-1)
+    return SearchResult(visit_counts, policy, tree.value(all_b, root), q_values, tree, action)
+
+
+def _gumbel_select(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, sim: int, considered: np.ndarray,
+                   schedules: dict, m: np.ndarray, root_score: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Gumbel MuZero's selection: at the root, the considered action with the visit count that the
+    sequential-halving schedule asks for, best by g + logits + sigma(q); below it, the action whose
+    share of visits lags the improved policy softmax(logits + sigma(completed Q)) the most."""
+    sigma, visits = _sigma_completed_q(tree, b, nodes, cfg)
+    logits = _log_prior(tree, b, nodes)
+    improved = _softmax(np.where(np.isfinite(logits), logits + sigma, -np.inf))
+    actions = (improved - visits / (1 + visits.sum(-1, keepdims=True))).argmax(-1)
+    at_root = nodes == 0
+    if at_root.any():
+        rb = b[at_root]
+        target = np.array([schedules[k][sim - 1] for k in m[rb]])
+        wanted = considered[rb] & (visits[at_root] == target[:, None])
+        actions[at_root] = np.where(wanted, root_score[rb] + sigma[at_root], -np.inf).argmax(-1)
+    return actions

@@ -95,3 +95,52 @@ def test_invalid_actions_get_no_visits_even_with_root_noise():
                         np.random.default_rng(2), legal)  # fmt: skip
     assert (result.visit_counts[:, [1, 3]] == 0).all() and (result.visit_counts.sum(-1) == 30).all()
     assert (result.tree.prior[:, 0, [1, 3]] == 0).all()
+
+
+ARMS = np.array([0.0, 0.2, 1.0, 0.5])
+
+
+def _arms_fn(embeddings, actions):
+    """A 4-armed bandit: the arm's payout, then nothing more (value 0)."""
+    n = len(actions)
+    return ARMS[actions.numpy()], embeddings, np.zeros((n, 4)), np.zeros(n)
+
+
+def test_sequential_halving_schedule_by_hand():
+    from agents.mcts import considered_visit_sequence
+
+    # m = 4, 8 simulations: every action once, then the best 2 twice more each.
+    assert considered_visit_sequence(4, 8).tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    assert considered_visit_sequence(1, 3).tolist() == [0, 1, 2]
+
+
+def test_gumbel_with_four_simulations_finds_the_best_arm():
+    cfg = SearchConfig(num_simulations=4, gumbel=True, discount=1.0)
+    result = run_search(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3), _arms_fn, cfg, np.random.default_rng(0))
+    assert (result.visit_counts == 1).all()  # each of the 4 considered arms once
+    assert (result.policy.argmax(-1) == 2).all()
+    np.testing.assert_allclose(result.policy.sum(-1), 1.0)
+    # The action is a sample of the improved policy (through the Gumbel noise); without noise it is its argmax.
+    greedy = run_search(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3), _arms_fn,
+                        SearchConfig(num_simulations=4, gumbel=True, gumbel_scale=0.0), np.random.default_rng(0))  # fmt: skip
+    assert (greedy.action == 2).all()
+
+
+@pytest.mark.parametrize("simulations", [2, 3])
+def test_gumbel_with_few_simulations_improves_on_the_prior(simulations):
+    cfg = SearchConfig(num_simulations=simulations, gumbel=True, discount=1.0)
+    rng = np.random.default_rng(0)
+    result = run_search(torch.zeros(256, 1), np.zeros((256, 4)), np.zeros(256), _arms_fn, cfg, rng)
+    # The prior (uniform) earns 0.425 on average; the improved policy must do better in expectation,
+    # although each root saw only `simulations` of the 4 arms.
+    assert (result.policy @ ARMS).mean() > 0.425 + 0.1
+    assert (ARMS[result.action]).mean() > 0.425 + 0.1
+
+
+def test_gumbel_never_considers_invalid_actions():
+    legal = np.array([[True, False, True, True]] * 8)
+    cfg = SearchConfig(num_simulations=12, gumbel=True, max_considered_actions=2)
+    result = run_search(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8), _arms_fn, cfg, np.random.default_rng(3), legal)
+    assert (result.visit_counts[:, 1] == 0).all() and (result.policy[:, 1] == 0).all()
+    assert ((result.visit_counts > 0).sum(-1) == 2).all()  # m = 2 considered actions
+    assert legal[0, result.action].all()
