@@ -43,6 +43,9 @@ class WorkerLost(Exception):
 MAX_REPLACEMENTS_IN_A_ROW = 3
 # Replacement workers' envs get seeds this far from the originals', so they do not replay the same episodes.
 WORKER_RESTART_SEED_STRIDE = 7_000_003
+# Seconds a worker may take to start (a new Python, torch, the envs: StarCraft II takes tens of seconds to
+# launch), when --worker-timeout is shorter: a loaded machine must not make start-up look like a hang.
+MIN_STARTUP_TIMEOUT = 120.0
 
 
 def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
@@ -281,11 +284,11 @@ class MultiprocessExecutor(ReplacingExecutor):
         child_conn.close()
         self.conns[i], self.processes[i] = parent_conn, proc
 
-    def _reply(self, i: int, expected: str):
+    def _reply(self, i: int, expected: str, timeout: float):
         conn = self.conns[i]
         try:
-            if not conn.poll(self.worker_timeout):
-                raise WorkerLost(f"hung (no reply within {self.worker_timeout:g}s, --worker-timeout)")
+            if not conn.poll(timeout):
+                raise WorkerLost(f"hung (no reply within {timeout:g}s, --worker-timeout)")
             kind, payload = conn.recv()
         except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
             raise WorkerLost(f"died (exit code {self.processes[i].exitcode})") from None
@@ -295,7 +298,7 @@ class MultiprocessExecutor(ReplacingExecutor):
         return payload
 
     def _wait_ready(self, i: int) -> None:
-        self._reply(i, "ready")
+        self._reply(i, "ready", max(self.worker_timeout, MIN_STARTUP_TIMEOUT))
 
     def _prepare(self, buffer: int) -> None:
         if self.latest_weights is not None:
@@ -306,7 +309,7 @@ class MultiprocessExecutor(ReplacingExecutor):
             self.conns[i].send(("collect", buffer))
 
     def _receive(self, i: int, buffer: int) -> WorkerStats:
-        return self._reply(i, "ok")
+        return self._reply(i, "ok", self.worker_timeout)
 
     def _stop(self, i: int) -> None:
         proc, conn = self.processes[i], self.conns[i]

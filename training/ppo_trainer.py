@@ -42,7 +42,7 @@ from training.config import (
 )
 from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.evaluation import TrainingEvaluator
-from training.executors import make_executor
+from training.executors import Executor, make_executor
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.rollout import Rollout
@@ -189,6 +189,24 @@ def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
     return resumed, payload, run_dir_of(path)
 
 
+@dataclass
+class FaultCounts:
+    """Faults survived before this process's executor started (they carry over a resume); the executor
+    adds the workers it replaced, and the learner the updates it skipped."""
+
+    env_restarts: int = 0
+    worker_restarts: int = 0
+    dropped_episodes: int = 0
+
+    def totals(self, executor: Executor, learner: PPOLearner) -> dict[str, int]:
+        return {
+            "skipped_updates": learner.skipped_updates,
+            "env_restarts": self.env_restarts,
+            "worker_restarts": self.worker_restarts + executor.worker_restarts,
+            "dropped_episodes": self.dropped_episodes + executor.dropped_episodes,
+        }
+
+
 class _NullLogger:
     """What data-parallel learners other than rank 0 log to: nothing."""
 
@@ -231,12 +249,11 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
 
     global_step, iteration, seconds_before = 0, 0, 0.0
     recent_returns: deque[float] = deque(maxlen=100)
-    env_restarts = dropped_episodes = worker_restarts_before = 0
+    faults = FaultCounts()
     if payload is not None:
-        faults = payload.get("faults", {})
-        learner.skipped_updates = faults.get("skipped_updates", 0)
-        env_restarts, worker_restarts_before = faults.get("env_restarts", 0), faults.get("worker_restarts", 0)
-        dropped_episodes = faults.get("dropped_episodes", 0)
+        saved = payload.get("faults", {})
+        learner.skipped_updates = saved.get("skipped_updates", 0)
+        faults = FaultCounts(**{k: saved.get(k, 0) for k in ("env_restarts", "worker_restarts", "dropped_episodes")})
         learner.load_state_dict(payload["learner"])
         global_step, iteration = payload["global_step"], payload["iteration"]
         seconds_before = payload["elapsed_seconds"]
@@ -271,12 +288,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "best_eval_return": evaluator.best_return,
-            "faults": {
-                "skipped_updates": learner.skipped_updates,
-                "env_restarts": env_restarts,
-                "worker_restarts": worker_restarts_before + executor.worker_restarts,
-                "dropped_episodes": dropped_episodes + executor.dropped_episodes,
-            },
+            "faults": faults.totals(executor, learner),
         }
 
     def checkpoint() -> Path | None:
@@ -329,8 +341,8 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
             for ret, length in zip(episode_returns, episode_lengths, strict=True):
                 logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
             recent_returns.extend(episode_returns.tolist())
-            env_restarts += rollout.env_restarts
-            dropped_episodes += rollout.dropped_episodes
+            faults.env_restarts += rollout.env_restarts
+            faults.dropped_episodes += rollout.dropped_episodes
             mean_return = float(np.mean(recent_returns)) if recent_returns else None
             elapsed = time.perf_counter() - start
             sps = (global_step - steps_at_start) / elapsed
@@ -341,10 +353,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
                 "charts/learning_rate": lr,
                 "charts/SPS": sps,
                 "charts/policy_lag": policy_lag,
-                "faults/skipped_updates": learner.skipped_updates,
-                "faults/env_restarts": env_restarts,
-                "faults/worker_restarts": worker_restarts_before + executor.worker_restarts,
-                "faults/dropped_episodes": dropped_episodes + executor.dropped_episodes,
+                **{f"faults/{k}": v for k, v in faults.totals(executor, learner).items()},
                 "time/rollout_seconds": t1 - t0,
                 "time/update_seconds": t2 - t1,
                 "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),

@@ -17,7 +17,7 @@ import torch
 
 from agents.networks import ActorCritic
 from training.config import ConfigError
-from training.executors import ReplacingExecutor, WorkerLost, _slice_arrays
+from training.executors import MIN_STARTUP_TIMEOUT, ReplacingExecutor, WorkerLost, _slice_arrays
 from training.rollout import RolloutWorker, WorkerStats, allocate_rollout_arrays
 
 
@@ -111,11 +111,11 @@ class RayExecutor(ReplacingExecutor):
         return (exceptions.RayActorError, exceptions.RayTaskError, exceptions.GetTimeoutError,
                 exceptions.ObjectLostError, exceptions.WorkerCrashedError)  # fmt: skip
 
-    def _get(self, ref, what: str):
+    def _get(self, ref, what: str, timeout: float):
         try:
-            return self.ray.get(ref, timeout=self.worker_timeout)
+            return self.ray.get(ref, timeout=timeout)
         except self.ray.exceptions.GetTimeoutError:
-            raise WorkerLost(f"hung ({what}: no reply within {self.worker_timeout:g}s, --worker-timeout)") from None
+            raise WorkerLost(f"hung ({what}: no reply within {timeout:g}s, --worker-timeout)") from None
         except self._errors() as e:
             raise WorkerLost(f"died or raised ({what}): {str(e).strip()[:2000]}") from None
 
@@ -128,13 +128,13 @@ class RayExecutor(ReplacingExecutor):
         self.ready[i] = self.actors[i].pid.remote()
 
     def _wait_ready(self, i: int) -> None:
-        self.pids[i] = self._get(self.ready[i], "starting")
+        self.pids[i] = self._get(self.ready[i], "starting", max(self.worker_timeout, MIN_STARTUP_TIMEOUT))
 
     def _request(self, i: int, buffer: int) -> None:
         self.pending[i] = self.actors[i].collect.remote(self.weights_ref, self.version)
 
     def _receive(self, i: int, buffer: int) -> WorkerStats:
-        arrays, stats = self._get(self.pending[i], "collecting")
+        arrays, stats = self._get(self.pending[i], "collecting", self.worker_timeout)
         lo, hi = self.slices[i]
         for key, target in _slice_arrays(self.buffers[buffer], lo, hi).items():
             target.numpy()[...] = arrays[key]
