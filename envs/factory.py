@@ -16,6 +16,8 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
+import envs.board_games  # noqa: F401  (registers rlgames/TicTacToe-v0)
+
 # Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where
 # they exist; Acrobot and the Box envs use the thresholds the field reports against).
 SOLVED_RETURN: dict[str, float] = {

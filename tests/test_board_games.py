@@ -1,0 +1,66 @@
+"""TicTacToe as a Gymnasium env for self-play, and its perfect minimax player."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from envs.board_games import TicTacToeEnv, perfect_moves, solve
+from envs.factory import make_env
+
+
+def _board(cells: str) -> tuple[int, ...]:
+    """'XX.OO....' with X to move -> the mover's view."""
+    return tuple({"X": 1, "O": -1, ".": 0}[c] for c in cells)
+
+
+def test_the_env_passes_gymnasiums_checker_and_comes_from_the_factory():
+    check_env(TicTacToeEnv(), skip_render_check=True)
+    env = make_env("rlgames/TicTacToe-v0", seed=0, render_mode="rgb_array")()
+    obs, _ = env.reset(seed=0)
+    assert obs["action_mask"].tolist() == [1] * 9 and env.render().shape == (180, 180, 3)
+
+
+def test_moves_flip_the_view_and_pay_the_mover():
+    env = TicTacToeEnv()
+    env.reset()
+    rewards = []
+    for move in (0, 3, 1, 4):
+        obs, reward, terminated, _, info = env.step(move)
+        rewards.append(reward)
+    assert obs["obs"].tolist() == [1, 1, 0, -1, -1, 0, 0, 0, 0] and info["to_play"] == 1  # X to move, X's view
+    obs, reward, terminated, _, _ = env.step(2)  # X completes the top row
+    assert rewards == [0.0] * 4 and reward == 1.0 and terminated
+
+
+def test_an_illegal_move_loses():
+    env = TicTacToeEnv()
+    env.reset()
+    env.step(4)
+    _, reward, terminated, _, info = env.step(4)
+    assert reward == -1.0 and terminated and info["illegal"]
+
+
+def test_minimax_values_by_hand():
+    assert solve((0,) * 9) == 0  # TicTacToe is a draw
+    assert solve(_board("XX.OO....")) == 1 and perfect_moves(_board("XX.OO....")) == [2]
+    assert perfect_moves(_board("OO..X..X.")) == [2]  # the only move that does not lose
+    assert solve(_board("OO..X..X.")) == 0
+
+
+@pytest.mark.parametrize("first_random", [False, True])
+def test_perfect_play_never_loses(first_random):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        env = TicTacToeEnv()
+        obs, _ = env.reset()
+        mover, terminated = 0, False
+        while not terminated:
+            board = tuple(int(x) for x in obs["obs"])
+            legal = np.flatnonzero(obs["action_mask"])
+            move = int(rng.choice(legal)) if first_random and mover == 0 else perfect_moves(board)[0]
+            obs, reward, terminated, _, _ = env.step(move)
+            if terminated and reward == 1.0:
+                assert first_random and mover == 1  # only the perfect player ever wins
+            mover = 1 - mover
+    assert isinstance(gym.make("rlgames/TicTacToe-v0").unwrapped, TicTacToeEnv)
