@@ -18,7 +18,7 @@ def test_positions_are_drawn_in_proportion_to_priority_with_correcting_weights()
     samples, weights, keys = replay.sample(40_000)
     counts = np.bincount([pos if gi == 0 else 2 for gi, pos in keys], minlength=3) / 40_000
     np.testing.assert_allclose(counts, [1 / 8, 3 / 8, 4 / 8], atol=0.01)
-    # w = (N P)^-beta / max: P = 1/8, 3/8, 4/8 with N = 3 -> the rarest position has weight 1.
+    # w = (N P)^-beta / the batch's largest: P = 1/8, 3/8, 4/8 with N = 3; 40,000 draws include the rarest.
     expected = {0: 1.0, 1: (3 * 3 / 8) ** -1 / (3 / 8) ** -1, 2: (3 * 4 / 8) ** -1 / (3 / 8) ** -1}
     for (gi, pos), w in zip(keys[:50], weights[:50], strict=True):
         assert w == pytest.approx(expected[pos if gi == 0 else 2])

@@ -1,8 +1,9 @@
 """MuZero's replay: whole games (or game segments) with prioritised sampling of positions.
 
 A position is drawn with probability P(i) = p_i^alpha / sum_j p_j^alpha (Schaul et al. 2016) and its loss
-weighted by (N P(i))^-beta / max_j (N P(j))^-beta, which undoes the bias of the skewed sampling as beta goes
-to 1. Capacity is counted in positions (transitions), so memory stays bounded whatever the game lengths:
+weighted by (N P(i))^-beta, which undoes the bias of the skewed sampling as beta goes to 1, divided by the
+largest weight in the batch (as muzero-general does). Dividing by the largest weight over the whole buffer
+instead lets one nearly-zero priority shrink every weight, and with them the gradient, to nothing. Capacity is counted in positions (transitions), so memory stays bounded whatever the game lengths:
 the oldest games leave first.
 """
 
@@ -62,7 +63,7 @@ class PrioritizedReplay:
         probs = priorities / priorities.sum()
         flat = self.rng.choice(len(probs), size=batch_size, p=probs)
         weights = (len(probs) * probs[flat]) ** -self.beta
-        weights /= (len(probs) * probs.min()) ** -self.beta  # the largest possible weight is 1
+        weights /= weights.max()
         offsets = np.cumsum([0] + [len(g) for g in self.games])
         game_index = np.searchsorted(offsets, flat, side="right") - 1
         keys = [(int(gi), int(f - offsets[gi])) for gi, f in zip(game_index, flat, strict=True)]

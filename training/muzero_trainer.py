@@ -1,0 +1,375 @@
+"""MuZero's training loop: self-play with the batched search, prioritised replay, the unrolled loss.
+
+Self-play plays `num_envs` games at once through the env factory's vector env, one batched search per
+move for all of them; finished games go to the replay, and the learner takes `updates_per_step` gradient
+steps per env step. Logging, evaluation (the search acting greedily), checkpoints and --resume use the
+same parts as PPO. This first version self-plays in the learner's process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from agents.mcts import SearchConfig, run_search
+from agents.muzero import make_targets, muzero_loss
+from agents.muzero_networks import MuZeroMLP, root_inference, search_callback
+from envs.factory import SOLVED_RETURN, check_env_id, make_vector_env, probe_spaces
+from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
+from training.config import ConfigError, resolve_device
+from training.evaluation import TrainingEvaluator
+from training.logger import Progress, RunLogger, make_run_dir, run_name
+from training.replay import Game, PrioritizedReplay
+
+
+@dataclass
+class MuZeroConfig:
+    env_id: str = "CartPole-v1"
+    """the Gymnasium env id (Discrete actions; rlgames/TicTacToe-v0 plays both sides)"""
+    exp_name: str = "muzero"
+    """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
+    seed: int = 1
+    """seed of the experiment"""
+    total_timesteps: int = 10_000
+    """env steps of self-play, at most"""
+    stop_when_solved: bool = True
+    """stop once a greedy evaluation reaches --stop-return"""
+    stop_return: float | None = None
+    """the solved threshold for evaluations; default: the env's own (CartPole-v1 475, ...)"""
+    device: str = "auto"
+    """the learner's device: 'auto', 'cpu', 'cuda', ..."""
+    num_envs: int = 8
+    """self-play games played together (one batched search per move for all of them)"""
+    num_simulations: int = 25
+    """search simulations per move"""
+    gumbel: bool = False
+    """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise"""
+    discount: float = 0.997
+    """discount factor"""
+    unroll_steps: int = 5
+    """K: model steps unrolled per sample"""
+    td_steps: int = 10
+    """n of the n-step value targets"""
+    batch_size: int = 256
+    """positions per gradient step"""
+    learning_rate: float = 3e-3
+    """Adam's learning rate"""
+    weight_decay: float = 1e-4
+    """L2 regularisation of the weights"""
+    max_grad_norm: float = 5.0
+    """global gradient-norm clip"""
+    updates_per_step: float = 0.5
+    """gradient steps per env step of self-play (the replay ratio)"""
+    warmup_steps: int = 400
+    """env steps of self-play before the first gradient step"""
+    replay_capacity: int = 100_000
+    """positions kept in the replay (the oldest games leave first)"""
+    priority_alpha: float = 1.0
+    """prioritised replay's alpha (0 = uniform sampling)"""
+    priority_beta: float = 1.0
+    """prioritised replay's importance-weight exponent"""
+    visit_temperature: float = 1.0
+    """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run"""
+    hidden_state: int = 64
+    """size of the hidden state"""
+    hidden_sizes: tuple[int, ...] = (64,)
+    """hidden layer widths of each of the model's MLPs"""
+    support_size: int = 20
+    """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
+    eval_every: int = 2_000
+    """env steps between greedy evaluations (the search without noise); 0 = only at the end"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    runs_dir: str = "runs"
+    """folder that holds the run folders"""
+    checkpoint_every: int = 2_000
+    """env steps between checkpoints"""
+    keep_checkpoints: int = 3
+    """periodic checkpoints kept on disk"""
+    resume: str | None = None
+    """a run folder (or checkpoint) to continue from; the replay starts empty again"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+def validate_muzero(cfg: MuZeroConfig) -> None:
+    problems = []
+    for name in ("total_timesteps", "num_envs", "num_simulations", "unroll_steps", "td_steps", "batch_size",
+                 "replay_capacity", "checkpoint_every", "eval_episodes"):  # fmt: skip
+        if getattr(cfg, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
+    if not 0 < cfg.discount <= 1:
+        problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
+    if cfg.replay_capacity < cfg.batch_size:
+        problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _spaces(env_id: str) -> tuple[int, int, bool]:
+    """(observation size, number of actions, whether observations carry an action mask)."""
+    observation_space, action_space = probe_spaces(env_id)
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"MuZero here plays Discrete action spaces; {env_id} has {action_space}")
+    masked = isinstance(observation_space, gym.spaces.Dict)
+    space = observation_space["obs"] if masked else observation_space
+    return int(np.prod(space.shape)), int(action_space.n), masked
+
+
+def build_model(cfg: MuZeroConfig) -> MuZeroMLP:
+    obs_dim, num_actions, _ = _spaces(cfg.env_id)
+    return MuZeroMLP(obs_dim, num_actions, cfg.hidden_state, cfg.hidden_sizes, cfg.support_size, cfg.support_size)
+
+
+def is_two_player(env_id: str) -> bool:
+    return env_id.startswith("rlgames/")
+
+
+class MuZeroActor(nn.Module):
+    """The search as a policy with PPO's acting interface, for evaluation and watching: greedy (most
+    visited, or Gumbel's noiseless choice) when deterministic, else sampled from the visits."""
+
+    def __init__(self, model: MuZeroMLP, search: SearchConfig, seed: int = 0):
+        super().__init__()
+        self.model, self.search = model, search
+        self.rng = np.random.default_rng(seed)
+        self.last_result = None
+
+    @torch.inference_mode()
+    def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = True):
+        mask = obs.get("action_mask")
+        features = obs["obs"].cpu().numpy()
+        search = dataclasses.replace(self.search, root_exploration_fraction=0.0,
+                                     gumbel_scale=0.0 if deterministic else self.search.gumbel_scale)  # fmt: skip
+        state, logits, value = root_inference(self.model, features)
+        result = run_search(state, logits, value, search_callback(self.model), search, self.rng,
+                            None if mask is None else mask.cpu().numpy().astype(bool))  # fmt: skip
+        self.last_result = result
+        if result.action is not None:
+            action = result.action
+        elif deterministic:
+            action = result.visit_counts.argmax(-1)
+        else:
+            action = np.array([self.rng.choice(len(p), p=p) for p in result.policy])
+        n = len(action)
+        return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(result.root_value, dtype=torch.float32)
+
+
+@dataclass
+class _GameRecord:
+    observations: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    policies: list = field(default_factory=list)
+    root_values: list = field(default_factory=list)
+
+    def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool) -> Game:
+        return Game(
+            observations=np.stack([*self.observations, final_obs]).astype(np.float32),
+            actions=np.array(self.actions, np.int64),
+            rewards=np.array(self.rewards, np.float64),
+            policies=np.stack(self.policies),
+            root_values=np.array([*self.root_values, final_value], np.float64),
+            terminated=terminated,
+        )
+
+
+def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(obs, dict):
+        return obs["obs"].reshape(len(obs["obs"]), -1), obs["action_mask"].astype(bool)
+    return obs.reshape(len(obs), -1), None
+
+
+@dataclass
+class MuZeroResult:
+    run_dir: Path
+    checkpoint: Path
+    global_step: int
+    seconds: float
+    solved: bool
+    eval_return: float | None
+    episodes: int
+    history: list = field(default_factory=list)
+    """(env steps, wall seconds, greedy evaluation return) at each evaluation"""
+
+
+def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
+    payload, run_dir = None, None
+    if cfg.resume:
+        path = find_checkpoint(cfg.resume)
+        payload = load_checkpoint(path)
+        if payload.get("algo") != "muzero":
+            raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a MuZero one")
+        saved = MuZeroConfig(**{k: v for k, v in json.loads(payload["config"]).items() if k in
+                                {f.name for f in dataclasses.fields(MuZeroConfig)}})  # fmt: skip
+        saved.hidden_sizes = tuple(saved.hidden_sizes)
+        cfg = dataclasses.replace(saved, resume=cfg.resume, device=cfg.device, progress=cfg.progress)
+        run_dir = run_dir_of(path)
+    validate_muzero(cfg)
+    check_env_id(cfg.env_id)
+    device = resolve_device(cfg.device)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(cfg.seed)
+    two_player = is_two_player(cfg.env_id)
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    search = SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount, two_player=two_player,
+                          gumbel=cfg.gumbel)  # fmt: skip
+    # The search runs on a CPU copy (its batches are small), refreshed after every gradient step.
+    actor_model = build_model(cfg)
+    global_step, updates, episodes, seconds_before = 0, 0, 0, 0.0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        global_step, updates, episodes = payload["global_step"], payload["updates"], payload["episodes"]
+        seconds_before = payload["elapsed_seconds"]
+    else:
+        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
+    actor_model.load_state_dict(model.state_dict())
+    config_dict = dataclasses.asdict(cfg)
+    logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+    if payload is None:
+        logger.dashboards(config_dict)
+    evaluator = TrainingEvaluator(cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every or 0,
+                                  False, 1, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf)  # fmt: skip
+    actor = MuZeroActor(actor_model, search, seed=cfg.seed)
+    replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
+    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    start = time.perf_counter()
+
+    def checkpoint_state() -> dict:
+        return {
+            "algo": "muzero",
+            "config": json.dumps(dataclasses.asdict(dataclasses.replace(cfg, resume=None))),
+            "global_step": global_step, "updates": updates, "episodes": episodes,
+            "elapsed_seconds": seconds_before + time.perf_counter() - start,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "best_eval_return": evaluator.best_return,
+        }  # fmt: skip
+
+    envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.seed + 1_000_003 * (global_step + 1))
+    obs, _ = envs.reset(seed=[cfg.seed + 1_000_003 * (global_step + 1) + i for i in range(cfg.num_envs)])
+    records = [_GameRecord() for _ in range(cfg.num_envs)]
+    recent: deque[float] = deque(maxlen=100)
+    progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
+    owed_updates, eval_return, solved, last_checkpoint = 0.0, None, False, None
+    history: list[tuple[int, float, float]] = []
+    next_eval = (global_step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
+    next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    try:
+        while global_step < cfg.total_timesteps and not solved:
+            # Self-play: one batched search for every game's next move.
+            features, mask = _features(obs)
+            progress_fraction = global_step / cfg.total_timesteps
+            temperature = cfg.visit_temperature * (1.0 if progress_fraction < 0.5 else 0.5 if progress_fraction < 0.75 else 0.25)
+            state, logits, value = root_inference(actor_model, features)
+            result = run_search(state, logits, value, search_callback(actor_model), search, rng, mask)
+            if result.action is not None:
+                actions = result.action
+            else:
+                weights = result.visit_counts.astype(np.float64) ** (1.0 / temperature)
+                weights /= weights.sum(-1, keepdims=True)
+                actions = np.array([rng.choice(len(w), p=w) for w in weights])
+            next_obs, rewards, terminated, truncated, info = envs.step(actions)
+            for i in range(cfg.num_envs):
+                rec = records[i]
+                rec.observations.append(features[i])
+                rec.actions.append(int(actions[i]))
+                rec.rewards.append(float(rewards[i]))
+                rec.policies.append(result.policy[i])
+                rec.root_values.append(float(result.root_value[i]))
+            global_step += cfg.num_envs
+            for i in np.flatnonzero(terminated | truncated):
+                final = info["final_obs"][i]
+                final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, np.float32).reshape(-1)
+                final_value = 0.0
+                if truncated[i] and not terminated[i]:
+                    final_value = float(root_inference(actor_model, final_features[None])[2][0])
+                replay.add(records[i].finish(final_features, final_value, bool(terminated[i])))
+                episode_return = float(info["final_info"]["episode"]["r"][i])
+                recent.append(episode_return)
+                episodes += 1
+                logger.scalars({"charts/episodic_return": episode_return,
+                                "charts/episodic_length": float(info["final_info"]["episode"]["l"][i])}, global_step)  # fmt: skip
+                records[i] = _GameRecord()
+            obs = next_obs
+
+            # Learning: updates_per_step gradient steps per env step, once the replay holds enough.
+            if global_step >= cfg.warmup_steps and replay.num_positions >= cfg.batch_size:
+                owed_updates += cfg.updates_per_step * cfg.num_envs
+                stats = None
+                while owed_updates >= 1:
+                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device)
+                    owed_updates -= 1
+                    updates += 1
+                if stats is not None:
+                    actor_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+                    logger.scalars({f"losses/{k}": v for k, v in stats.items()}, global_step)
+            elapsed = time.perf_counter() - start
+            logger.scalars({
+                "charts/SPS": global_step / max(elapsed + seconds_before, 1e-9),
+                "charts/updates": updates,
+                "charts/replay_positions": replay.num_positions,
+                "charts/visit_temperature": temperature,
+                "search/root_value": float(result.root_value.mean()),
+                "search/root_visit_entropy": float(-(result.policy * np.log(np.maximum(result.policy, 1e-12))).sum(-1).mean()),
+            }, global_step)  # fmt: skip
+            progress.update(global_step, global_step / max(elapsed, 1e-9), float(np.mean(recent)) if recent else None)
+
+            if next_eval is not None and global_step >= next_eval:
+                eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
+                history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
+                solved = cfg.stop_when_solved and threshold is not None and eval_return >= threshold
+                next_eval = (global_step // cfg.eval_every + 1) * cfg.eval_every
+            if global_step >= next_checkpoint:
+                last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+                next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        if not solved:
+            eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
+            history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
+            solved = threshold is not None and eval_return >= threshold
+        last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+    except KeyboardInterrupt:
+        last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+        raise
+    finally:
+        progress.close()
+        envs.close()
+        logger.close()
+    return MuZeroResult(run_dir, last_checkpoint, global_step, seconds_before + time.perf_counter() - start,
+                        bool(solved), eval_return, episodes, history)  # fmt: skip
+
+
+def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
+            rng: np.random.Generator, two_player: bool, device: torch.device) -> dict[str, float]:  # fmt: skip
+    samples, weights, keys = replay.sample(cfg.batch_size)
+    targets = [make_targets(g.rewards, g.root_values, g.policies, g.actions, g.terminated, pos, cfg.unroll_steps,
+                            cfg.td_steps, cfg.discount, rng, two_player) for g, pos in samples]  # fmt: skip
+    batch = {
+        name: torch.as_tensor(np.stack([getattr(t, name) for t in targets]),
+                              dtype=torch.int64 if name == "actions" else torch.float32).to(device)
+        for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")
+    }  # fmt: skip
+    obs = torch.as_tensor(np.stack([g.observations[pos] for g, pos in samples])).to(device)
+    loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    optimizer.step()
+    replay.update_priorities(keys, priorities.cpu().numpy())
+    stats["loss"] = loss.item()
+    return stats
