@@ -124,6 +124,10 @@ def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
         check_env_id(cfg.env_id)
         policy = build_agent(cfg, *probe_spaces(cfg.env_id))
         policy.load_state_dict(payload["learner"]["model"])
+    elif algo == "muzero":
+        from training.muzero_trainer import load_muzero_actor
+
+        cfg, policy = load_muzero_actor(payload)
     else:
         raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
     policy.eval()

@@ -136,6 +136,11 @@ def is_two_player(env_id: str) -> bool:
     return env_id.startswith("rlgames/")
 
 
+def search_config(cfg: MuZeroConfig) -> SearchConfig:
+    return SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount,
+                        two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel)  # fmt: skip
+
+
 class MuZeroActor(nn.Module):
     """The search as a policy with PPO's acting interface, for evaluation and watching: greedy (most
     visited, or Gumbel's noiseless choice) when deterministic, else sampled from the visits."""
@@ -204,6 +209,21 @@ class MuZeroResult:
     """(env steps, wall seconds, greedy evaluation return) at each evaluation"""
 
 
+def _saved_config(payload: dict) -> MuZeroConfig:
+    names = {f.name for f in dataclasses.fields(MuZeroConfig)}
+    saved = MuZeroConfig(**{k: v for k, v in json.loads(payload["config"]).items() if k in names})
+    return dataclasses.replace(saved, hidden_sizes=tuple(saved.hidden_sizes))
+
+
+def load_muzero_actor(payload: dict) -> tuple[MuZeroConfig, MuZeroActor]:
+    """A MuZero checkpoint's config and its search as a policy (for watch.py and evaluate.py)."""
+    cfg = _saved_config(payload)
+    check_env_id(cfg.env_id)
+    model = build_model(cfg)
+    model.load_state_dict(payload["model"])
+    return cfg, MuZeroActor(model, search_config(cfg), seed=cfg.seed)
+
+
 def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     payload, run_dir = None, None
     if cfg.resume:
@@ -211,10 +231,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
         payload = load_checkpoint(path)
         if payload.get("algo") != "muzero":
             raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a MuZero one")
-        saved = MuZeroConfig(**{k: v for k, v in json.loads(payload["config"]).items() if k in
-                                {f.name for f in dataclasses.fields(MuZeroConfig)}})  # fmt: skip
-        saved.hidden_sizes = tuple(saved.hidden_sizes)
-        cfg = dataclasses.replace(saved, resume=cfg.resume, device=cfg.device, progress=cfg.progress)
+        cfg = dataclasses.replace(_saved_config(payload), resume=cfg.resume, device=cfg.device, progress=cfg.progress)
         run_dir = run_dir_of(path)
     validate_muzero(cfg)
     check_env_id(cfg.env_id)
@@ -227,8 +244,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     two_player = is_two_player(cfg.env_id)
     model = build_model(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    search = SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount, two_player=two_player,
-                          gumbel=cfg.gumbel)  # fmt: skip
+    search = search_config(cfg)
     # The search runs on a CPU copy (its batches are small), refreshed after every gradient step.
     actor_model = build_model(cfg)
     global_step, updates, episodes, seconds_before = 0, 0, 0, 0.0

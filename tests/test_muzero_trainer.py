@@ -1,0 +1,88 @@
+"""MuZero's training command end to end: learning CartPole within a step budget, the run's outputs,
+watching and evaluating a MuZero run, resuming it, and TicTacToe self-play."""
+
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from training.config import ConfigError
+from training.muzero_trainer import MuZeroConfig, train_muzero, validate_muzero
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})  # fmt: skip
+
+
+def test_muzero_learns_cartpole_within_4000_steps(tmp_path):
+    # Fixed seed, the default settings: the greedy search balances the pole for 150+ steps on average
+    # after 4000 env steps (a policy that always pushes one way lasts ~9, a random one ~22).
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=4000, eval_every=4000, progress=False)
+    result = train_muzero(cfg)
+    assert result.global_step == 4000 and result.eval_return >= 150, result.history
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"losses/value_loss", "losses/reward_loss", "losses/policy_loss", "search/root_visit_entropy",
+            "search/root_value", "eval/episodic_return", "charts/episodic_return"} <= tags  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("muzero_runs")
+    proc = _launch("train_muzero.py", "--total-timesteps", "480", "--warmup-steps", "160", "--batch-size", "32",
+                   "--num-simulations", "6", "--eval-episodes", "2", "--eval-every", "0", "--runs-dir", str(runs),
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = runs.iterdir()
+    return proc, run_dir
+
+
+def test_the_command_prints_where_everything_is(short_run):
+    proc, run_dir = short_run
+    assert re.search(r"(finished|solved) CartPole-v1 after 480 env steps", proc.stdout)
+    for what in ("run folder:", "checkpoint:", f"watch:       python launch/watch.py {run_dir}"):
+        assert what in proc.stdout
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def test_watch_and_evaluate_play_a_muzero_run(short_run):
+    _, run_dir = short_run
+    proc = _launch("watch.py", str(run_dir), "--episodes", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (length, path) = re.search(r"episode 1: return [\d.]+, length (\d+) -> (\S+)", proc.stdout).groups()
+    assert "MUZERO after 480 env steps" in proc.stdout
+    assert imageio.get_reader(path).count_frames() == int(length)
+    proc = _launch("evaluate.py", str(run_dir), "--episodes", "3")
+    assert proc.returncode == 0 and "over 3 episodes" in proc.stdout
+
+
+def test_resume_continues_the_run(short_run, tmp_path):
+    import shutil
+
+    _, run_dir = short_run
+    copy = shutil.copytree(run_dir, tmp_path / run_dir.name)
+    result = train_muzero(MuZeroConfig(resume=str(copy), progress=False))
+    assert result.run_dir == copy and result.global_step == 480  # the saved budget was already spent
+
+
+def test_tictactoe_self_play_runs(tmp_path):
+    cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", runs_dir=str(tmp_path), total_timesteps=320, warmup_steps=160,
+                       batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9)  # fmt: skip
+    result = train_muzero(cfg)
+    assert result.global_step == 320 and result.episodes >= 320 // 9
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="--num-simulations must be > 0.*smaller than one --batch-size"):
+        validate_muzero(dataclasses.replace(MuZeroConfig(), num_simulations=0, replay_capacity=10))
+    with pytest.raises(ConfigError, match="plays Discrete action spaces"):
+        train_muzero(MuZeroConfig(env_id="Pendulum-v1", runs_dir="/tmp/never"))
