@@ -7,7 +7,7 @@ import sys
 
 import tyro
 
-from training.cli import run_cli
+from training.cli import interrupted, run_cli, run_footer
 from training.muzero_trainer import MuZeroConfig, train_muzero
 
 
@@ -16,18 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train_muzero(cfg)
     except KeyboardInterrupt:
-        print("\ninterrupted: a checkpoint was written; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+        return interrupted()
     status = "solved" if result.solved else "finished"
     evaluation = "n/a" if result.eval_return is None else f"{result.eval_return:.1f}"
     print(
         f"{status} {cfg.env_id} after {result.global_step} env steps ({result.episodes} self-play games) in "
         f"{result.seconds:.1f}s; greedy evaluation: {evaluation}\n"
-        f"  run folder:  {result.run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}\n"
-        f"  checkpoint:  {result.checkpoint}\n"
-        f"  watch:       python launch/watch.py {result.run_dir}\n"
-        f"  resume:      python launch/train_muzero.py --resume {result.run_dir}"
+        + run_footer(result.run_dir, result.checkpoint, "train_muzero.py")
     )
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from training.cli import run_cli
+from training.cli import interrupted, run_cli, run_footer
 from training.config import parse_ppo_config
 from training.ppo_trainer import train
 
@@ -14,8 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(cfg)
     except KeyboardInterrupt:
-        print("\ninterrupted: a checkpoint was written; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+        return interrupted()
     status = "solved" if result.solved else "finished"
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.1f}"
     evaluation = "" if result.eval_return is None else f"; greedy evaluation: {result.eval_return:.1f}"
@@ -23,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{status} {cfg.env_id} after {result.global_step} env steps in {result.seconds:.1f}s "
         f"({result.sps:.0f} SPS; rollout {result.rollout_seconds:.1f}s, update {result.update_seconds:.1f}s); "
         f"mean return of the last 100 episodes: {ret}{evaluation}\n"
-        f"  run folder:  {result.run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {result.run_dir.parent}\n"
-        f"  checkpoint:  {result.checkpoint}\n"
-        f"  watch:       python launch/watch.py {result.run_dir}\n"
-        f"  resume:      python launch/train_ppo.py --resume {result.run_dir}"
+        + run_footer(result.run_dir, result.checkpoint, "train_ppo.py")
     )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from envs.factory import EnvSpecError
 from training.checkpoint import CheckpointError
@@ -24,3 +25,19 @@ def run_cli(main: Callable[[], int]) -> int:
     except TrainingDiverged as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 1
+
+
+def run_footer(run_dir: Path, checkpoint: Path | None, script: str) -> str:
+    """The lines a training command ends with: where the run is and the commands to use it next."""
+    return (
+        f"  run folder:  {run_dir}\n"
+        f"  TensorBoard: tensorboard --logdir {run_dir.parent}\n"
+        f"  checkpoint:  {checkpoint}\n"
+        f"  watch:       python launch/watch.py {run_dir}\n"
+        f"  resume:      python launch/{script} --resume {run_dir}"
+    )
+
+
+def interrupted() -> int:
+    print("\ninterrupted: a checkpoint was written; continue with --resume RUN_DIR", file=sys.stderr)
+    return 130

@@ -260,7 +260,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
     if payload is None:
         logger.dashboards(config_dict)
-    evaluator = TrainingEvaluator(cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every or 0,
+    evaluator = TrainingEvaluator(cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every,
                                   False, 1, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf)  # fmt: skip
     actor = MuZeroActor(actor_model, search, seed=cfg.seed)
     replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
