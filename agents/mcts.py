@@ -110,26 +110,6 @@ def _normalize_q(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(spread > 0, (q - lo) / np.where(spread > 0, spread, 1), q)
 
 
-def select_actions(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, root_mask: np.ndarray | None,
-                   tie_noise: np.ndarray) -> np.ndarray:  # fmt: skip
-    """pUCT at nodes[i] of tree b[i]: argmax_a Q_norm(s, a) + P(s, a) sqrt(N(s)) / (1 + N(s, a)) (c1 + log((N(s) + c2 + 1) / c2))."""
-    children = tree.children[b, nodes]  # [k, A]
-    expanded = children >= 0
-    safe = np.where(expanded, children, 0)
-    rows = b[:, None]
-    child_visits = np.where(expanded, tree.visits[rows, safe], 0)
-    discount = -cfg.discount if cfg.two_player else cfg.discount
-    q = tree.reward[rows, safe] + discount * tree.value_sum[rows, safe] / np.maximum(child_visits, 1)
-    # Unvisited children score 0 for Q (the paper's choice): the prior term alone decides whether to try them.
-    q_norm = np.where(child_visits > 0, _normalize_q(q, tree.min_q[b, None], tree.max_q[b, None]), 0.0)
-    parent_visits = tree.visits[b, nodes][:, None].astype(np.float64)
-    pb_c = cfg.pb_c_init + np.log((parent_visits + cfg.pb_c_base + 1) / cfg.pb_c_base)
-    score = q_norm + pb_c * np.sqrt(parent_visits) / (1 + child_visits) * tree.prior[b, nodes] + tie_noise
-    if root_mask is not None:
-        score = np.where((nodes == 0)[:, None] & ~root_mask[b], -np.inf, score)
-    return score.argmax(-1)
-
-
 def _children_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
     """(Q(s, a), N(s, a)) of the children of nodes[i] in tree b[i], [k, A]; Q is 0 where unvisited."""
     children = tree.children[b, nodes]
@@ -139,6 +119,20 @@ def _children_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig)
     discount = -cfg.discount if cfg.two_player else cfg.discount
     q = tree.reward[rows, safe] + discount * tree.value_sum[rows, safe] / np.maximum(visits, 1)
     return np.where(visits > 0, q, 0.0), visits
+
+
+def select_actions(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, root_mask: np.ndarray | None,
+                   tie_noise: np.ndarray) -> np.ndarray:  # fmt: skip
+    """pUCT at nodes[i] of tree b[i]: argmax_a Q_norm(s, a) + P(s, a) sqrt(N(s)) / (1 + N(s, a)) (c1 + log((N(s) + c2 + 1) / c2))."""
+    q, child_visits = _children_q(tree, b, nodes, cfg)
+    # Unvisited children score 0 for Q (the paper's choice): the prior term alone decides whether to try them.
+    q_norm = np.where(child_visits > 0, _normalize_q(q, tree.min_q[b, None], tree.max_q[b, None]), 0.0)
+    parent_visits = tree.visits[b, nodes][:, None].astype(np.float64)
+    pb_c = cfg.pb_c_init + np.log((parent_visits + cfg.pb_c_base + 1) / cfg.pb_c_base)
+    score = q_norm + pb_c * np.sqrt(parent_visits) / (1 + child_visits) * tree.prior[b, nodes] + tie_noise
+    if root_mask is not None:
+        score = np.where((nodes == 0)[:, None] & ~root_mask[b], -np.inf, score)
+    return score.argmax(-1)
 
 
 def _log_prior(tree: Tree, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -274,12 +268,7 @@ def run_search(
             g[active] = tree.reward[active, n] + discount * g[active]
             node[active] = tree.parent[active, n]
 
-    root_children = tree.children[:, 0]
-    expanded = root_children >= 0
-    safe = np.where(expanded, root_children, 0)
-    visit_counts = np.where(expanded, tree.visits[all_b[:, None], safe], 0)
-    q_values = np.where(visit_counts > 0, tree.reward[all_b[:, None], safe]
-                        + discount * tree.value_sum[all_b[:, None], safe] / np.maximum(visit_counts, 1), 0.0)  # fmt: skip
+    q_values, visit_counts = _children_q(tree, all_b, root, cfg)
     policy = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)
     action = None
     if cfg.gumbel:

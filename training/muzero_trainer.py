@@ -284,7 +284,6 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
     owed_updates, eval_return, solved, last_checkpoint = 0.0, None, False, None
     history: list[tuple[int, float, float]] = []
-    next_eval = (global_step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     try:
         while global_step < cfg.total_timesteps and not solved:
@@ -308,6 +307,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                 rec.rewards.append(float(rewards[i]))
                 rec.policies.append(result.policy[i])
                 rec.root_values.append(float(result.root_value[i]))
+            step_before = global_step
             global_step += cfg.num_envs
             for i in np.flatnonzero(terminated | truncated):
                 final = info["final_obs"][i]
@@ -346,11 +346,10 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
             }, global_step)  # fmt: skip
             progress.update(global_step, global_step / max(elapsed, 1e-9), float(np.mean(recent)) if recent else None)
 
-            if next_eval is not None and global_step >= next_eval:
+            if evaluator.evaluation_due(step_before, global_step):
                 eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
                 history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
                 solved = cfg.stop_when_solved and threshold is not None and eval_return >= threshold
-                next_eval = (global_step // cfg.eval_every + 1) * cfg.eval_every
             if global_step >= next_checkpoint:
                 last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
