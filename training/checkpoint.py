@@ -110,3 +110,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a checkpoint of this project (format version {FORMAT_VERSION})")
     return payload
+
+
+def load_algo_checkpoint(path: str | Path, algo: str) -> tuple[dict, Path]:
+    """The payload and file of a run's checkpoint (see find_checkpoint), which must be one of algo's."""
+    path = find_checkpoint(path)
+    payload = load_checkpoint(path)
+    if payload.get("algo") != algo:
+        raise CheckpointError(f"{path} is a '{payload.get('algo')}' checkpoint, not a '{algo}' one")
+    return payload, path

@@ -26,7 +26,7 @@ from agents.mcts import SearchConfig, run_search
 from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, root_inference, search_callback
 from envs.factory import SOLVED_RETURN, check_env_id, make_vector_env, probe_spaces
-from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
 from training.evaluation import TrainingEvaluator
 from training.logger import Progress, RunLogger, make_run_dir, run_name
@@ -227,10 +227,7 @@ def load_muzero_actor(payload: dict) -> tuple[MuZeroConfig, MuZeroActor]:
 def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     payload, run_dir = None, None
     if cfg.resume:
-        path = find_checkpoint(cfg.resume)
-        payload = load_checkpoint(path)
-        if payload.get("algo") != "muzero":
-            raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a MuZero one")
+        payload, path = load_algo_checkpoint(cfg.resume, "muzero")
         cfg = dataclasses.replace(_saved_config(payload), resume=cfg.resume, device=cfg.device, progress=cfg.progress)
         run_dir = run_dir_of(path)
     validate_muzero(cfg)

@@ -29,9 +29,8 @@ from agents.ppo import (
     ppo_update,
 )
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
-from training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
-    ConfigError,
     PPOConfig,
     config_from_dict,
     config_to_dict,
@@ -180,10 +179,7 @@ class TrainResult:
 def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
     """The saved config of the run to resume (with this invocation's device/progress), its checkpoint
     payload and its run folder."""
-    path = find_checkpoint(cfg.resume)
-    payload = load_checkpoint(path)
-    if payload.get("algo") != "ppo":
-        raise ConfigError(f"{path} is a '{payload.get('algo')}' checkpoint, not a PPO one")
+    payload, path = load_algo_checkpoint(cfg.resume, "ppo")
     saved = config_from_dict(json.loads(payload["config"]))
     resumed = dataclasses.replace(saved, resume=str(cfg.resume), device=cfg.device, progress=cfg.progress)
     return resumed, payload, run_dir_of(path)
