@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 import envs.board_games  # noqa: F401  (registers rlgames/TicTacToe-v0)
+from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
 
 # Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where
 # they exist; Acrobot and the Box envs use the thresholds the field reports against).
@@ -34,6 +36,8 @@ _EXTRA_FOR_PREFIX = {
     "LunarLander": "box2d",
     "BipedalWalker": "box2d",
     "CarRacing": "box2d",
+    "sc2/": "sc2",
+    "sc2-mock/": "sc2",
 }
 
 
@@ -63,13 +67,21 @@ def is_atari(env_id: str) -> bool:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise EnvSpecError (with close matches or the pip command to run) unless env_id can be made."""
+    """Raise EnvSpecError (with close matches or the pip command to run) unless env_id can be made; for
+    sc2/... also SC2NotFoundError unless the game and the map are installed."""
     if is_atari(env_id):
         try:
             import ale_py
         except ImportError:
             raise _missing_extra_error(env_id, "atari") from None
         gym.register_envs(ale_py)
+    if is_sc2(env_id) and env_id in gym.registry:
+        import importlib.util
+
+        if importlib.util.find_spec("pysc2") is None:
+            raise _missing_extra_error(env_id, "sc2")
+        if env_id.startswith("sc2/"):
+            check_game_installed(sc2_map_name(env_id))
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
@@ -77,7 +89,7 @@ def check_env_id(env_id: str) -> None:
     raise EnvSpecError(f"unknown env id '{env_id}'.{hint} (`python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them)")
 
 
-def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
+def _build_env(env_id: str, seed: int, render_mode: str | None, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
     check_env_id(env_id)
     try:
         if is_atari(env_id):
@@ -86,7 +98,7 @@ def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
             env = make_atari_env(env_id, render_mode=render_mode)
         else:
             # Records the true (unnormalised, unclipped) episode return and length in `info["episode"]`.
-            kwargs = {"render_mode": render_mode} if render_mode else {}
+            kwargs = {**(env_kwargs or {}), **({"render_mode": render_mode} if render_mode else {})}
             env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, **kwargs))
     except gym.error.DependencyNotInstalled as e:
         extra = _extra_for(env_id)
@@ -98,28 +110,34 @@ def _build_env(env_id: str, seed: int, render_mode: str | None) -> gym.Env:
     return env
 
 
-def make_env(env_id: str, seed: int, render_mode: str | None = None) -> Callable[[], gym.Env]:
-    """A picklable thunk that builds one wrapped env; call it in the process that will step it."""
-    return functools.partial(_build_env, env_id, seed, render_mode)
+def make_env(
+    env_id: str, seed: int, render_mode: str | None = None, env_kwargs: Mapping[str, Any] | None = None
+) -> Callable[[], gym.Env]:
+    """A picklable thunk that builds one wrapped env; call it in the process that will step it.
+    env_kwargs go to the env's constructor (StarCraft II's options, for instance)."""
+    return functools.partial(_build_env, env_id, seed, render_mode, env_kwargs)
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.VectorEnv:
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, env_kwargs: Mapping[str, Any] | None = None
+) -> gym.vector.VectorEnv:
     """`num_envs` copies stepped in this process, SAME_STEP autoreset, env i seeded with seed + i.
 
     In-process vectorisation is the fastest choice for cheap simulators (a process round trip costs
     more than a CartPole step); heavy envs get parallelism from several rollout workers instead.
     """
     envs = gym.vector.SyncVectorEnv(
-        [make_env(env_id, seed + i) for i in range(num_envs)],
+        [make_env(env_id, seed + i, env_kwargs=env_kwargs) for i in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs.reset(seed=[seed + i for i in range(num_envs)])
     return envs
 
 
-def probe_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
-    """Observation and action space of one env, built and closed in this process."""
-    env = make_env(env_id, seed=0)()
+def probe_spaces(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[gym.Space, gym.Space]:
+    """Observation and action space of one env, built and closed in this process (a StarCraft II env
+    starts no game before its first reset)."""
+    env = make_env(env_id, seed=0, env_kwargs=env_kwargs)()
     try:
         return env.observation_space, env.action_space
     finally:

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--episodes and --num-envs must be >= 1 (got {args.episodes}, {args.num_envs})")
     trained, seed = args.load()
     print(trained.describe())
-    result = evaluate_policy(trained.policy, trained.env_id, args.episodes, seed, not args.stochastic, args.num_envs)
+    result = evaluate_policy(
+        trained.policy, trained.env_id, args.episodes, seed, not args.stochastic, args.num_envs, trained.env_kwargs
+    )
     print(result.report(deterministic=not args.stochastic, per_episode=not args.quiet))
     return 0
 

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from envs.factory import EnvSpecError
+from envs.sc2 import SC2NotFoundError, SC2OptionsError
+from envs.sc2_compat import SC2NotInstalledError
 from training.checkpoint import CheckpointError
 from training.config import ConfigError
 
-USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError)
+USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -86,6 +86,15 @@ class TrainedAgent:
     def env_id(self) -> str:
         return self.config.env_id
 
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """What the run's envs were built with (StarCraft II's options; nothing for other envs)."""
+        if self.algo != "ppo":
+            return {}
+        from training.config import env_kwargs
+
+        return env_kwargs(self.config)
+
     def describe(self) -> str:
         return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
 
@@ -117,12 +126,12 @@ def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
     algo = payload.get("algo")
     if algo == "ppo":
         from envs.factory import check_env_id, probe_spaces
-        from training.config import config_from_dict
+        from training.config import config_from_dict, env_kwargs
         from training.ppo_trainer import build_agent
 
         cfg = config_from_dict(json.loads(payload["config"]))
         check_env_id(cfg.env_id)
-        policy = build_agent(cfg, *probe_spaces(cfg.env_id))
+        policy = build_agent(cfg, *probe_spaces(cfg.env_id, env_kwargs(cfg)))
         policy.load_state_dict(payload["learner"]["model"])
     elif algo == "muzero":
         from training.muzero_trainer import load_muzero_actor
@@ -150,7 +159,8 @@ def _env_action(action: torch.Tensor, space: gym.Space) -> np.ndarray:
 
 
 def evaluate_policy(
-    policy: torch.nn.Module, env_id: str, episodes: int, seed: int, deterministic: bool = True, num_envs: int = 8
+    policy: torch.nn.Module, env_id: str, episodes: int, seed: int, deterministic: bool = True, num_envs: int = 8,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Play `episodes` whole episodes on `min(num_envs, episodes)` envs stepped together.
 
@@ -166,7 +176,7 @@ def evaluate_policy(
     lengths: list[int] = []
     generator = torch.Generator().manual_seed(seed)
     device = _device(policy)
-    envs = make_vector_env(env_id, n, seed)
+    envs = make_vector_env(env_id, n, seed, env_kwargs)
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(n)])
         while (counts < targets).any():
@@ -184,10 +194,10 @@ def evaluate_policy(
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
 
 
-def make_render_env(env_id: str, seed: int) -> gym.Env:
+def make_render_env(env_id: str, seed: int, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
     """One env that renders RGB frames (off-screen where there is no display)."""
     use_dummy_video_driver_if_headless()
-    return make_env(env_id, seed, render_mode="rgb_array")()
+    return make_env(env_id, seed, render_mode="rgb_array", env_kwargs=env_kwargs)()
 
 
 def video_fps(env: gym.Env, env_id: str) -> float:
@@ -242,12 +252,12 @@ def play_episode(
 def record_episode(
     policy: torch.nn.Module, env_id: str, seed: int, path: Path, deterministic: bool = True, overlay: bool = False,
     preview: PreviewFrames | None = None, viewer: LiveViewer | None = None,
-    generator: torch.Generator | None = None, fps: float | None = None,
+    generator: torch.Generator | None = None, fps: float | None = None, env_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[Episode, Path | None, float]:
     """Play one episode on a rendering env and send its frames to a video file (MP4 or GIF by path's
     suffix; None for none), a dashboard preview and a live window. Returns the episode, the file
     written, and the frame rate used. Closing the window ends the episode early."""
-    env = make_render_env(env_id, seed)
+    env = make_render_env(env_id, seed, env_kwargs)
     fps = fps or video_fps(env, env_id)
     if viewer is not None:
         viewer.fps = fps
@@ -279,9 +289,10 @@ class TrainingEvaluator:
     def __init__(
         self, env_id: str, run_dir: Path | None, logger: RunLogger, seed: int, episodes: int, eval_every: int,
         capture_video: bool, video_every: int, best_return: float = -math.inf,
+        env_kwargs: Mapping[str, Any] | None = None,
     ):  # fmt: skip
         # run_dir None: a learner that does not write (data-parallel ranks other than 0).
-        self.env_id, self.logger = env_id, logger
+        self.env_id, self.logger, self.env_kwargs = env_id, logger, env_kwargs
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed + EVAL_SEED_OFFSET
         self.episodes, self.eval_every = episodes, eval_every
@@ -298,7 +309,9 @@ class TrainingEvaluator:
 
     def evaluate(self, policy: torch.nn.Module, global_step: int, checkpoint_state: Callable[[], dict]) -> EvalResult:
         """Greedy episodes, logged; a new best score saves checkpoint_state() as checkpoints/best.pt."""
-        result = evaluate_policy(policy, self.env_id, self.episodes, self.seed, num_envs=min(self.episodes, 16))
+        result = evaluate_policy(
+            policy, self.env_id, self.episodes, self.seed, num_envs=min(self.episodes, 16), env_kwargs=self.env_kwargs
+        )
         self.logger.scalars({
             "eval/episodic_return": result.mean_return,
             "eval/episodic_return_std": result.std_return,
@@ -312,7 +325,7 @@ class TrainingEvaluator:
     def record_video(self, policy: torch.nn.Module, global_step: int) -> Path:
         path = self.run_dir / "videos" / f"train_step{global_step:09d}.mp4"
         preview = PreviewFrames()
-        _, path, fps = record_episode(policy, self.env_id, self.seed, path, preview=preview)
+        _, path, fps = record_episode(policy, self.env_id, self.seed, path, preview=preview, env_kwargs=self.env_kwargs)
         frames = preview.result()
         self.logger.video("eval/video", frames, fps * len(frames) / max(1, preview.seen), global_step)
         return path

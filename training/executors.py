@@ -22,12 +22,14 @@ import copy
 import sys
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
+from typing import Any
 
 import gymnasium as gym
 import torch
 
-from agents.networks import ActorCritic
+from agents.networks import PolicyValueNet
 from training.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
 
 
@@ -97,13 +99,15 @@ class Executor(ABC):
 
 class InProcessExecutor(Executor):
     def __init__(
-        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
-        num_envs: int, num_workers: int, num_steps: int, seed: int,
+        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
+        num_envs: int, num_workers: int, num_steps: int, seed: int, env_kwargs: Mapping[str, Any] | None = None,
     ):  # fmt: skip
         super().__init__(num_steps, num_envs)
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
         self.workers = [
-            RolloutWorker(env_id, hi - lo, seed + lo, copy.deepcopy(policy).cpu(), _slice_arrays(self.arrays, lo, hi))
+            RolloutWorker(
+                env_id, hi - lo, seed + lo, copy.deepcopy(policy).cpu(), _slice_arrays(self.arrays, lo, hi), env_kwargs
+            )
             for lo, hi in env_slices(num_envs, num_workers)
         ]
 
@@ -121,15 +125,15 @@ class InProcessExecutor(Executor):
 
 
 def _worker_process(
-    env_id: str, num_envs: int, seed: int, policies: list[ActorCritic], buffers: list[dict[str, torch.Tensor]],
-    conn: Connection,
+    env_id: str, num_envs: int, seed: int, policies: list[PolicyValueNet], buffers: list[dict[str, torch.Tensor]],
+    conn: Connection, env_kwargs: Mapping[str, Any] | None = None,
 ) -> None:  # fmt: skip
     # One intra-op thread per worker: the workers themselves are the parallelism.
     torch.set_num_threads(1)
     worker = None
     views = [{k: v.numpy() for k, v in arrays.items()} for arrays in buffers]
     try:
-        worker = RolloutWorker(env_id, num_envs, seed, policies[0], buffers[0])
+        worker = RolloutWorker(env_id, num_envs, seed, policies[0], buffers[0], env_kwargs)
         conn.send(("ready", None))
         while True:
             command, buffer = conn.recv()
@@ -254,12 +258,12 @@ class ReplacingExecutor(Executor):
 
 class MultiprocessExecutor(ReplacingExecutor):
     def __init__(
-        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
-        num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-        asynchronous: bool = False,
+        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
+        num_envs: int, num_workers: int, num_steps: int, seed: int, env_kwargs: Mapping[str, Any] | None = None,
+        worker_timeout: float = 300.0, asynchronous: bool = False,
     ):  # fmt: skip
         super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout, asynchronous)
-        self.env_id = env_id
+        self.env_id, self.env_kwargs = env_id, env_kwargs
         self.buffers = [
             allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=True)
             for _ in range(self.num_buffers)
@@ -278,7 +282,7 @@ class MultiprocessExecutor(ReplacingExecutor):
         lo, hi = self.slices[i]
         parent_conn, child_conn = self.ctx.Pipe()
         buffers = [_slice_arrays(arrays, lo, hi) for arrays in self.buffers]
-        args = (self.env_id, hi - lo, self.worker_seed(i), self.policies, buffers, child_conn)
+        args = (self.env_id, hi - lo, self.worker_seed(i), self.policies, buffers, child_conn, self.env_kwargs)
         proc = self.ctx.Process(target=_worker_process, args=args, daemon=True, name=f"rollout-worker-{lo}")
         proc.start()
         child_conn.close()
@@ -340,12 +344,13 @@ class MultiprocessExecutor(ReplacingExecutor):
 
 
 def make_executor(
-    backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
+    backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
     num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-    ray_address: str | None = None, asynchronous: bool = False,
+    ray_address: str | None = None, asynchronous: bool = False, env_kwargs: Mapping[str, Any] | None = None,
 ) -> Executor:  # fmt: skip
-    """The executor of a backend ('inprocess', 'multiprocess', 'ray'); Ray is imported only for 'ray'."""
-    args = (env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps, seed)
+    """The executor of a backend ('inprocess', 'multiprocess', 'ray'); Ray is imported only for 'ray'.
+    env_kwargs go to every env's constructor (see envs.factory.make_env)."""
+    args = (env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps, seed, env_kwargs)
     if backend == "inprocess":
         return InProcessExecutor(*args)
     if backend == "multiprocess":

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.networks import ActorCritic
+from agents.networks import PolicyValueNet
 from training.config import ConfigError
 from training.executors import MIN_STARTUP_TIMEOUT, ReplacingExecutor, WorkerLost, _slice_arrays
 from training.rollout import RolloutWorker, WorkerStats, allocate_rollout_arrays
@@ -46,11 +48,11 @@ def _import_ray(on_loopback: bool, joining: bool):
 class RayRolloutWorker:
     """The actor: a RolloutWorker with its own arrays, taking new weights when their version changes."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, policy: ActorCritic, observation_space: gym.Space,
-                 action_space: gym.Space, num_steps: int):  # fmt: skip
+    def __init__(self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet, observation_space: gym.Space,
+                 action_space: gym.Space, num_steps: int, env_kwargs: Mapping[str, Any] | None = None):  # fmt: skip
         torch.set_num_threads(1)  # the actors are the parallelism
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
-        self.worker = RolloutWorker(env_id, num_envs, seed, policy, self.arrays)
+        self.worker = RolloutWorker(env_id, num_envs, seed, policy, self.arrays, env_kwargs)
         self.version = None
 
     def pid(self) -> int:
@@ -69,9 +71,10 @@ class RayExecutor(ReplacingExecutor):
     close); 'auto' or 'HOST:PORT' joins a running cluster (`ray start --head`)."""
 
     def __init__(
-        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: ActorCritic,
-        num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-        address: str | None = None, cpus_per_worker: float = 1.0, asynchronous: bool = False,
+        self, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
+        num_envs: int, num_workers: int, num_steps: int, seed: int, env_kwargs: Mapping[str, Any] | None = None,
+        worker_timeout: float = 300.0, address: str | None = None, cpus_per_worker: float = 1.0,
+        asynchronous: bool = False,
     ):  # fmt: skip
         super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout, asynchronous)
         ray = self.ray = _import_ray(on_loopback=not address or _is_loopback(address), joining=bool(address))
@@ -94,6 +97,7 @@ class RayExecutor(ReplacingExecutor):
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
         self.actor_class = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(RayRolloutWorker)
         self.env_id, self.observation_space, self.action_space = env_id, observation_space, action_space
+        self.env_kwargs = env_kwargs
         self.policy = copy.deepcopy(policy).cpu()
         self.buffers = [
             allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
@@ -123,7 +127,7 @@ class RayExecutor(ReplacingExecutor):
         lo, hi = self.slices[i]
         self.actors[i] = self.actor_class.remote(
             self.env_id, hi - lo, self.worker_seed(i), self.policy, self.observation_space, self.action_space,
-            self.num_steps,
+            self.num_steps, self.env_kwargs,
         )  # fmt: skip
         self.ready[i] = self.actors[i].pid.remote()
 

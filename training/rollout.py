@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.networks import ActorCritic, obs_spaces
+from agents.networks import PolicyValueNet, obs_spaces
 from envs.factory import episode_stats_from_info, make_vector_env
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
@@ -122,8 +124,11 @@ class RolloutWorker:
     of this worker's envs rebuilt; the episodes in progress are dropped (see collect).
     """
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, policy: ActorCritic, arrays: dict[str, torch.Tensor]):
-        self.env_id, self.num_envs, self.seed = env_id, num_envs, seed
+    def __init__(
+        self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet, arrays: dict[str, torch.Tensor],
+        env_kwargs: Mapping[str, Any] | None = None,
+    ):  # fmt: skip
+        self.env_id, self.num_envs, self.seed, self.env_kwargs = env_id, num_envs, seed, env_kwargs
         self.env_restarts = 0
         self._start_envs(seed)
         self.policy = policy
@@ -135,7 +140,7 @@ class RolloutWorker:
         self.clip_actions = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
 
     def _start_envs(self, seed: int) -> None:
-        self.envs = make_vector_env(self.env_id, self.num_envs, seed)
+        self.envs = make_vector_env(self.env_id, self.num_envs, seed, self.env_kwargs)
         obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
         self.obs = _as_dict(obs)
 
@@ -148,7 +153,7 @@ class RolloutWorker:
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)
 
-    def retarget(self, arrays: dict[str, np.ndarray], policy: ActorCritic) -> None:
+    def retarget(self, arrays: dict[str, np.ndarray], policy: PolicyValueNet) -> None:
         """Write the next rollouts into other arrays, acting with another policy copy (the double
         buffers of asynchronous collection)."""
         self.arrays, self.policy = arrays, policy
