@@ -99,7 +99,29 @@ class NatureCNN(nn.Sequential):
         return super().forward(x.float() / 255.0)
 
 
-class ActorCritic(nn.Module):
+class PolicyValueNet(nn.Module):
+    """What rollout workers, the PPO learner and evaluation need of an agent: `forward(obs)` gives the
+    action distribution and V(s); `get_value(obs)` gives V(s) alone. Subclasses also say whether they
+    are convolutional (`is_image`, for the learner's thread count) and carry an `obs_normalizer` or None."""
+
+    obs_normalizer: ObsNormalizer | None
+    is_image: bool
+    obs_key: str
+
+    def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def act(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action, its log-probability and the value estimate, for acting in envs (no autograd)."""
+        dist, value = self(obs)
+        action = dist.mode() if deterministic else dist.sample(generator)
+        return action, dist.log_prob(action), value
+
+
+class ActorCritic(PolicyValueNet):
     """Policy and value function.
 
     Vector observations: separate actor and critic MLPs (the PPO defaults of CleanRL and SB3; sharing
@@ -156,12 +178,3 @@ class ActorCritic(nn.Module):
 
     def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.value_head(self.critic_body(self._encode(obs))).squeeze(-1)
-
-    @torch.inference_mode()
-    def act(
-        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Action, its log-probability and the value estimate, for acting in envs (no autograd)."""
-        dist, value = self(obs)
-        action = dist.mode() if deterministic else dist.sample(generator)
-        return action, dist.log_prob(action), value

@@ -12,10 +12,13 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+
+from envs.sc2 import SC2Options, is_sc2
 
 
 class ConfigError(ValueError):
@@ -97,6 +100,11 @@ class PPOConfig:
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
 
+    # StarCraft II (sc2/<map>, sc2-mock/<map>)
+    sc2: SC2Options = field(default_factory=SC2Options)
+    save_replay_every: int = 0
+    """StarCraft II: save a .SC2Replay of every Nth episode of each game under RUN_DIR/replays/ (0 = none)"""
+
     # Faults
     max_bad_updates: int = 5
     """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
@@ -177,6 +185,23 @@ PRESETS: dict[str, dict] = {
     ),
 }  # fmt: skip
 
+# StarCraft II mini-games: starting points from Reaver's published PPO settings for its FullyConv agent
+# (64 games x 16 steps per update, 3 epochs of 2 minibatches, Adam 5e-4, entropy 1e-3), with GAE
+# lambda 0.95. NOT tuned here: this machine has no game (see README's StarCraft II section). Budgets
+# follow how long Reaver and the SC2LE paper trained: MoveToBeacon learns in ~1M steps, the others take
+# tens of millions.
+_SC2_PPO = dict(
+    num_envs=64, num_steps=16, learning_rate=5e-4, anneal_lr=False, gamma=0.99, gae_lambda=0.95,
+    num_minibatches=2, update_epochs=3, ent_coef=1e-3, vf_coef=0.5, clip_vloss=False, max_grad_norm=10.0,
+    eval_every=200_000, eval_episodes=20, checkpoint_every=200_000,
+)  # fmt: skip
+_SC2_BUDGETS = {
+    "MoveToBeacon": 2_000_000, "CollectMineralShards": 20_000_000, "FindAndDefeatZerglings": 20_000_000,
+    "DefeatRoaches": 20_000_000, "DefeatZerglingsAndBanelings": 20_000_000, "CollectMineralsAndGas": 20_000_000,
+    "BuildMarines": 50_000_000,
+}  # fmt: skip
+PRESETS.update({f"sc2/{name}": dict(_SC2_PPO, total_timesteps=budget) for name, budget in _SC2_BUDGETS.items()})
+
 
 def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     """cfg with a preset's settings (by default cfg.preset; 'auto' = cfg.env_id's preset, if any)."""
@@ -238,6 +263,14 @@ def validate(cfg: PPOConfig) -> None:
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
     if cfg.num_workers < 0 or cfg.num_learners < 0:
         problems.append(f"--num-workers and --num-learners must be >= 0 (got {cfg.num_workers}, {cfg.num_learners})")
+    if is_sc2(cfg.env_id) and min(cfg.sc2.screen_size, cfg.sc2.minimap_size) < 4:
+        problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
+    if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
+        problems.append(f"--sc2.step-mul must be >= 1 (got {cfg.sc2.step_mul})")
+    if cfg.save_replay_every < 0:
+        problems.append(f"--save-replay-every must be >= 0 (0 saves none; got {cfg.save_replay_every})")
+    if cfg.save_replay_every and not is_sc2(cfg.env_id):
+        problems.append(f"--save-replay-every is for StarCraft II envs (sc2/<map>); {cfg.env_id} has no replays")
     if cfg.eval_every < 0:
         problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
     if cfg.worker_timeout <= 0:
@@ -286,6 +319,17 @@ def validate(cfg: PPOConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def env_kwargs(cfg: PPOConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """What the env factory passes to the env's constructor: StarCraft II's options, and where its replays
+    go when the run saves them; nothing for other envs."""
+    if not is_sc2(cfg.env_id):
+        return {}
+    kwargs: dict[str, Any] = {"options": cfg.sc2}
+    if cfg.save_replay_every and run_dir is not None:
+        kwargs.update(replay_dir=str(Path(run_dir, "replays").resolve()), save_replay_episodes=cfg.save_replay_every)
+    return kwargs
+
+
 def config_to_dict(cfg: PPOConfig) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -295,6 +339,8 @@ def config_from_dict(data: dict) -> PPOConfig:
     data = {k: v for k, v in data.items() if k in names}
     if "hidden_sizes" in data:
         data["hidden_sizes"] = tuple(data["hidden_sizes"])
+    if isinstance(data.get("sc2"), dict):
+        data["sc2"] = SC2Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["sc2"].items()})
     return PPOConfig(**data)
 
 

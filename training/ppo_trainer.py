@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.networks import ActorCritic
+from agents.networks import ActorCritic, PolicyValueNet
 from agents.ppo import (
     NonFiniteUpdate,
     PPOHyperparams,
@@ -29,11 +29,13 @@ from agents.ppo import (
     ppo_update,
 )
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
+from envs.sc2 import is_sc2
 from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
     PPOConfig,
     config_from_dict,
     config_to_dict,
+    env_kwargs,
     resolve_backend,
     resolve_device,
     resolve_num_learners,
@@ -47,7 +49,19 @@ from training.normalization import RewardScaler
 from training.rollout import Rollout
 
 
-def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCritic:
+def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
+    """The network for the env: FullyConv for StarCraft II, else MLPs (vectors) or the Nature CNN (frames)."""
+    if is_sc2(cfg.env_id):
+        from agents.sc2_networks import FullyConv
+        from envs.sc2 import ARGUMENT_TYPES, SPATIAL_ARGUMENTS, SC2Interface
+
+        interface = SC2Interface(cfg.sc2)
+        layers = interface.feature_layers
+        return FullyConv(
+            layers["screen"], layers["minimap"], cfg.sc2.screen_size, cfg.sc2.minimap_size,
+            observation_space["player"].shape[0], interface.argument_sizes, SPATIAL_ARGUMENTS, ARGUMENT_TYPES,
+            interface.uses,
+        )  # fmt: skip
     return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs)
 
 
@@ -67,7 +81,7 @@ class PPOLearner:
     statistics and minibatch RNG as they were before it) and reported as skipped.
     """
 
-    def __init__(self, agent: ActorCritic, cfg: PPOConfig, device: torch.device, parallel: DataParallel = SINGLE):
+    def __init__(self, agent: PolicyValueNet, cfg: PPOConfig, device: torch.device, parallel: DataParallel = SINGLE):
         self.agent, self.cfg, self.device, self.parallel = agent, cfg, device, parallel
         # What the update runs through: the agent itself, or its DDP wrapper with several learners.
         self.model = parallel.wrap(agent, device)
@@ -233,7 +247,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     main = parallel.is_main
     backend, num_workers = resolve_backend(cfg)
     local_envs = cfg.num_envs // parallel.world_size
-    observation_space, action_space = probe_spaces(cfg.env_id)
+    observation_space, action_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -271,6 +285,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     evaluator = TrainingEvaluator(
         cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
         cfg.video_every, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf,
+        env_kwargs=env_kwargs(cfg),
     )  # fmt: skip
 
     def checkpoint_state() -> dict:
@@ -296,7 +311,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     start = time.perf_counter()
     executor = make_executor(
         backend, cfg.env_id, observation_space, action_space, agent, local_envs, num_workers, cfg.num_steps,
-        worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts,
+        worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts, env_kwargs(cfg, run_dir),
     )  # fmt: skip
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress and main)
     rollout_seconds = update_seconds = 0.0
