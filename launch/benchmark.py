@@ -4,6 +4,8 @@
     python launch/benchmark.py --envs CartPole-v1 --seeds 5 --json
     python launch/benchmark.py --envs CartPole-v1 --preset cleanrl --no-stop --budget 100000   # SPS only
     python launch/benchmark.py --envs LunarLander-v3 --budget 163840 --sweep-backends inprocess multiprocess ray
+    python launch/benchmark.py --sc2-table --seeds 3               # StarCraft II mini-games (needs the game)
+    python launch/benchmark.py --muzero --seeds 3                  # MuZero: search throughput, CartPole to solve
 
 Each run is a fresh process (so peak memory is the run's own). Prints one line per run (or one JSON
 object per run with --json), then writes a Markdown table and PNG plots (return vs env steps and vs wall
@@ -24,6 +26,7 @@ from statistics import median
 import tyro
 
 from envs.factory import SOLVED_RETURN
+from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
 from training.config import ConfigError, PPOConfig, apply_preset
 from training.plots import plot_seed_band
@@ -55,6 +58,14 @@ class BenchmarkArgs:
     """measure SPS (whole budget, no early stop) for each of these backends (inprocess, multiprocess, ray) x --sweep-workers, instead of the learning benchmark"""
     sweep_workers: tuple[int, ...] = (1, 2)
     """worker counts for --sweep-backends (in-process runs use 1)"""
+    sc2_table: bool = False
+    """StarCraft II: train each mini-game's preset (--envs default: all seven sc2/<map>) and write our greedy score (--sc2-eval-episodes episodes at the end) beside the SC2LE paper's and Reaver's published scores"""
+    muzero: bool = False
+    """MuZero instead of PPO: search simulations per second (16, 64 and 256 roots x 50 simulations, the real CartPole model and a constant stand-in), then env steps and wall time to solve CartPole-v1 per seed (--muzero-set overrides its config)"""
+    muzero_set: tuple[str, ...] = ()
+    """MuZero config overrides for the solve runs, KEY=VALUE with MuZeroConfig field names (e.g. gumbel=true num_simulations=4)"""
+    sc2_eval_episodes: int = 100
+    """episodes of the final greedy evaluation behind each --sc2-table score (the SC2LE paper and Reaver report means over 100)"""
 
 
 @dataclass
@@ -71,18 +82,19 @@ class RunResult:
     update_seconds: float
     peak_rss_mib: float
     final_mean_return: float | None
+    eval_return: float | None = None
     history: list = field(default_factory=list)
 
 
-def _parse_overrides(pairs: tuple[str, ...]) -> dict:
-    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
+def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> dict:
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of PPOConfig's fields")
-        default = getattr(PPOConfig(), key)
+            raise ConfigError(f"{pair!r}: expected KEY=VALUE with KEY one of {config_class.__name__}'s fields")
+        default = getattr(config_class(), key)
         if isinstance(default, bool):
             out[key] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, tuple):
@@ -105,7 +117,8 @@ def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
         env_id=cfg.env_id, seed=cfg.seed, solved=first[0] is not None, steps_to_solve=first[0],
         seconds_to_solve=first[1], total_steps=result.global_step, total_seconds=result.seconds, sps=result.sps,
         rollout_seconds=result.rollout_seconds, update_seconds=result.update_seconds,
-        peak_rss_mib=rss_kib / 1024, final_mean_return=result.mean_return, history=result.history,
+        peak_rss_mib=rss_kib / 1024, final_mean_return=result.mean_return, eval_return=result.eval_return,
+        history=result.history,
     ))  # fmt: skip
 
 
@@ -202,16 +215,87 @@ def sweep_backends(args: BenchmarkArgs) -> list[str]:
     return rows
 
 
+# Published mean scores on the mini-games: (random policy, FullyConv, StarCraft GrandMaster) from the
+# SC2LE paper's Table 1 (Vinyals et al. 2017), and Reaver's A2C FullyConv (Ring 2018, mean over 100
+# test episodes; it reports only these two maps).
+SC2LE_SCORES = {
+    "MoveToBeacon": (1, 26, 28), "CollectMineralShards": (17, 103, 177), "FindAndDefeatZerglings": (4, 45, 61),
+    "DefeatRoaches": (1, 100, 215), "DefeatZerglingsAndBanelings": (23, 62, 727),
+    "CollectMineralsAndGas": (12, 3978, 7566), "BuildMarines": (0, 3, 133),
+}  # fmt: skip
+REAVER_SCORES = {"MoveToBeacon": 26.3, "CollectMineralShards": 102.8}
+
+
+def sc2_table(args: BenchmarkArgs) -> list[str]:
+    """Train each mini-game's preset over the seeds and tabulate the final greedy scores (median and
+    range over seeds) beside the published ones. Runs on pysc2's mock say so in the header: the mock's
+    scores are not StarCraft II results."""
+    envs = args.envs if args.envs != BenchmarkArgs.envs else tuple(f"sc2/{m}" for m in SC2LE_SCORES)
+    if not all(is_sc2(e) for e in envs):
+        raise ConfigError(f"--sc2-table takes StarCraft II env ids (sc2/<map>), got {', '.join(envs)}")
+    mock = any(e.startswith("sc2-mock/") for e in envs)
+    combo = dataclasses.replace(args, envs=envs, stop=False, set=(*args.set, f"eval_episodes={args.sc2_eval_episodes}"))
+    results = run_benchmark(combo)
+    ours = "ours (pysc2's MOCK: not StarCraft II scores)" if mock else "ours (PPO FullyConv)"
+    rows = [f"| map | random | SC2LE FullyConv | GrandMaster | Reaver (A2C) | {ours} | env steps |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for env_id in envs:
+        name = sc2_map_name(env_id)
+        random_score, fully_conv, grandmaster = SC2LE_SCORES.get(name, ("-", "-", "-"))
+        scores = [r.eval_return for r in results if r.env_id == env_id and r.eval_return is not None]
+        steps = [r.total_steps for r in results if r.env_id == env_id]
+        rows.append(f"| {name} | {random_score} | {fully_conv} | {grandmaster} | {REAVER_SCORES.get(name, '-')} | "
+                    f"{_fmt(scores, 1)} | {_fmt(steps)} |")  # fmt: skip
+    return rows
+
+
+def muzero_report(args: BenchmarkArgs) -> list[str]:
+    """Search throughput table, then one line per seed of the CartPole solve runs and their summary."""
+    from training.muzero_benchmark import search_throughput, time_to_solve
+    from training.muzero_trainer import MuZeroConfig
+
+    cfg = dataclasses.replace(MuZeroConfig(), **_parse_overrides(args.muzero_set, MuZeroConfig))
+    rows = ["| roots x simulations | model | simulations/s |", "|---|---|---|"]
+    for roots in (16, 64, 256):
+        for model in ("real", "constant"):
+            r = search_throughput(cfg, roots, 50, model)
+            rows.append(f"| {roots} x 50 | {'CartPole model' if model == 'real' else 'constant stand-in'} | "
+                        f"{r.simulations_per_second:,.0f} |")  # fmt: skip
+            print(rows[-1], flush=True)
+    solve_cfg = dataclasses.replace(cfg, exp_name="benchmark", runs_dir=args.runs_dir)
+    if args.budget:
+        solve_cfg = dataclasses.replace(solve_cfg, total_timesteps=args.budget)
+    results = time_to_solve(solve_cfg, args.seeds)
+    for r in results:
+        solve = f"solved at {r.env_steps} env steps, {r.seconds:.0f}s" if r.solved else f"not solved in {r.total_steps} env steps"
+        print(f"MuZero {r.env_id} seed {r.seed}: {solve}; final greedy evaluation {r.final_eval_return}", flush=True)
+    ok = [r for r in results if r.solved]
+    rows += ["", "| env | solved | env steps to solve | wall s to solve |", "|---|---|---|---|",
+             f"| {cfg.env_id} | {len(ok)}/{len(results)} | {_fmt([r.env_steps for r in ok])} | "
+             f"{_fmt([r.seconds for r in ok])} |"]  # fmt: skip
+    return rows
+
+
+def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
+    print("\n".join(rows))
+    if out_dir:
+        table = Path(out_dir) / f"{name}.md"
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text("\n".join(rows) + "\n")
+        print(f"wrote {table}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(BenchmarkArgs, args=argv, description=__doc__.split("\n")[0])
+    if args.muzero:
+        _print_and_write(muzero_report(args), args.out_dir, args.label or "muzero")
+        return 0
+    if args.sc2_table:
+        _print_and_write(sc2_table(args), args.out_dir, args.label or "sc2")
+        return 0
     if args.sweep_backends:
         rows = sweep_backends(args)
-        print("\n".join(rows))
-        if args.out_dir:
-            table = Path(args.out_dir) / f"{args.label or 'backends'}.md"
-            table.parent.mkdir(parents=True, exist_ok=True)
-            table.write_text("\n".join(rows) + "\n")
-            print(f"wrote {table}", file=sys.stderr)
+        _print_and_write(rows, args.out_dir, args.label or "backends")
         return 0 if len(rows) > 2 else 1
     results = run_benchmark(args)
     if args.out_dir and results:

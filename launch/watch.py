@@ -34,7 +34,7 @@ class WatchArgs(PolicyArgs):
     window: bool = True
     """show the episodes live in a window when a display exists (--no-window: files only)"""
     overlay: bool = False
-    """draw the step, the return so far and the value estimate on each frame"""
+    """draw the step, the return so far and the value estimate on each frame (MuZero runs: also the search's root visit counts and Q per action)"""
     render: bool = True
     """--no-render: play without frames and print mean +- std of return and length, as evaluate.py does"""
     fps: float | None = None

@@ -86,3 +86,27 @@ def test_bad_settings_are_refused():
         validate_muzero(dataclasses.replace(MuZeroConfig(), num_simulations=0, replay_capacity=10))
     with pytest.raises(ConfigError, match="plays Discrete action spaces"):
         train_muzero(MuZeroConfig(env_id="Pendulum-v1", runs_dir="/tmp/never"))
+
+
+def test_search_summary_shows_the_root_visits_of_the_move_played(short_run):
+    import numpy as np
+    import torch
+
+    from training.evaluation import load_trained_agent
+
+    _, run_dir = short_run
+    actor = load_trained_agent(run_dir).policy
+    assert actor.search_summary() == []
+    obs = {"obs": torch.zeros(1, 4)}
+    action, _, value = actor.act(obs, deterministic=True)
+    root_value, visits, q = actor.search_summary()
+    counts = [int(v) for v in visits.removeprefix("visits ").split()]
+    assert sum(counts) == actor.search.num_simulations and int(action[0]) == int(np.argmax(counts))
+    assert root_value == f"root value {value[0]:.2f}" and len(q.split()) == 3  # "Q" and one value per action
+
+
+def test_watch_overlay_of_a_muzero_run_writes_its_frames(short_run):
+    _, run_dir = short_run
+    proc = _launch("watch.py", str(run_dir), "--episodes", "1", "--overlay", "--gif")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"episode 1: return [\d.]+, length \d+ -> \S+\.gif", proc.stdout)

@@ -23,6 +23,7 @@ import torch
 import tyro
 
 from envs.factory import is_atari, make_env, make_vector_env
+from envs.sc2 import is_sc2
 from training.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -265,7 +266,11 @@ def record_episode(
 
     def on_frame(frame: np.ndarray, step: int, episode_return: float, value: float) -> bool:
         if overlay:
-            frame = overlay_text(frame, [f"step {step}", f"return {episode_return:.1f}", f"value {value:.2f}"])
+            lines = [f"step {step}", f"return {episode_return:.1f}", f"value {value:.2f}"]
+            # A searching agent (MuZero) also shows what its search of this move found.
+            if hasattr(policy, "search_summary"):
+                lines += policy.search_summary()
+            frame = overlay_text(frame, lines)
         if writer is not None:
             writer.append(frame)
         if preview is not None:
@@ -309,8 +314,10 @@ class TrainingEvaluator:
 
     def evaluate(self, policy: torch.nn.Module, global_step: int, checkpoint_state: Callable[[], dict]) -> EvalResult:
         """Greedy episodes, logged; a new best score saves checkpoint_state() as checkpoints/best.pt."""
+        # StarCraft II games cost a process and a GB or more each: a few at a time.
+        num_envs = min(self.episodes, 4 if is_sc2(self.env_id) else 16)
         result = evaluate_policy(
-            policy, self.env_id, self.episodes, self.seed, num_envs=min(self.episodes, 16), env_kwargs=self.env_kwargs
+            policy, self.env_id, self.episodes, self.seed, num_envs=num_envs, env_kwargs=self.env_kwargs
         )
         self.logger.scalars({
             "eval/episodic_return": result.mean_return,

@@ -117,7 +117,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _spaces(env_id: str) -> tuple[int, int, bool]:
+def model_spaces(env_id: str) -> tuple[int, int, bool]:
     """(observation size, number of actions, whether observations carry an action mask)."""
     observation_space, action_space = probe_spaces(env_id)
     if not isinstance(action_space, gym.spaces.Discrete):
@@ -128,7 +128,7 @@ def _spaces(env_id: str) -> tuple[int, int, bool]:
 
 
 def build_model(cfg: MuZeroConfig) -> MuZeroMLP:
-    obs_dim, num_actions, _ = _spaces(cfg.env_id)
+    obs_dim, num_actions, _ = model_spaces(cfg.env_id)
     return MuZeroMLP(obs_dim, num_actions, cfg.hidden_state, cfg.hidden_sizes, cfg.support_size, cfg.support_size)
 
 
@@ -169,6 +169,15 @@ class MuZeroActor(nn.Module):
             action = np.array([self.rng.choice(len(p), p=p) for p in result.policy])
         n = len(action)
         return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(result.root_value, dtype=torch.float32)
+
+    def search_summary(self) -> list[str]:
+        """The last search of the first root, as overlay lines: root visit counts and Q per action."""
+        if self.last_result is None:
+            return []
+        r = self.last_result
+        visits = " ".join(str(int(v)) for v in r.visit_counts[0])
+        q = " ".join(f"{v:.2f}" for v in r.q_values[0])
+        return [f"root value {r.root_value[0]:.2f}", f"visits {visits}", f"Q {q}"]
 
 
 @dataclass

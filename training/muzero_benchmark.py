@@ -1,0 +1,93 @@
+"""MuZero's benchmark figures: search throughput (simulations per second) and env steps / wall time to
+solve an env, each run in a fresh process. launch/benchmark.py --muzero prints and tabulates them."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.mcts import SearchConfig, run_search
+from agents.muzero_networks import root_inference, search_callback
+from envs.factory import SOLVED_RETURN
+from training.muzero_trainer import MuZeroConfig, build_model, model_spaces, train_muzero
+
+
+def constant_model(num_actions: int, hidden_state: int):
+    """A stand-in for the learned model that costs (almost) nothing: every step gives reward 0, the
+    same hidden state, uniform prior logits and value 0. Timing the search with it shows the tree's own
+    cost."""
+
+    def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
+        batch = len(action)
+        return np.zeros(batch), state, np.zeros((batch, num_actions)), np.zeros(batch)
+
+    return recurrent_fn
+
+
+@dataclass
+class ThroughputResult:
+    roots: int
+    simulations: int
+    model: str
+    simulations_per_second: float
+
+
+def search_throughput(
+    cfg: MuZeroConfig, roots: int, simulations: int, model: str = "real", repeats: int = 5, seed: int = 0
+) -> ThroughputResult:
+    """Simulations per second of one batched search of `roots` roots x `simulations` simulations (the
+    best of `repeats`, after one warm-up), with the env's model as MuZero builds it ('real', freshly
+    initialised: the cost does not depend on the weights) or the constant stand-in ('constant')."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    net = build_model(cfg).eval()
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((roots, model_spaces(cfg.env_id)[0])).astype(np.float32)
+    state, logits, value = root_inference(net, obs)
+    recurrent = search_callback(net) if model == "real" else constant_model(net.num_actions, state.shape[-1])
+    search = SearchConfig(num_simulations=simulations, discount=cfg.discount, gumbel=cfg.gumbel)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        run_search(state, logits, value, recurrent, search, rng)
+        best = min(best, time.perf_counter() - start)
+    return ThroughputResult(roots, simulations, model, roots * simulations / best)
+
+
+@dataclass
+class SolveResult:
+    env_id: str
+    seed: int
+    solved: bool
+    env_steps: int | None
+    """env steps of self-play at the first greedy evaluation that reached the threshold"""
+    seconds: float | None
+    final_eval_return: float | None
+    total_steps: int
+
+
+def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
+    result = train_muzero(cfg)
+    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
+    queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
+                          result.global_step))  # fmt: skip
+
+
+def time_to_solve(cfg: MuZeroConfig, seeds: int) -> list[SolveResult]:
+    """train_muzero once per seed (1 .. seeds), each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    results = []
+    for seed in range(1, seeds + 1):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_solve_one, args=(dataclasses.replace(cfg, seed=seed, progress=False), queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode == 0:
+            results.append(queue.get())
+    return results
