@@ -5,7 +5,10 @@ the root, and simulation s adds node s. Each simulation does, for all B roots at
   1. selection: walk down from the root by pUCT until an action whose child is not expanded yet;
   2. expansion: one call of the learned model (dynamics + prediction) for all B leaves;
   3. backup: add the leaf's value to every node on the path, discounting and adding rewards on the way.
-Python loops only over simulations and tree depth; everything inside them is array work over the batch.
+The pUCT selection and the backup walk each tree node by node in small loops compiled by numba
+(`_puct_select_leaves`, `_backup`): per node they cost nanoseconds, where numpy's per-call overhead over
+[B]-sized arrays cost microseconds per tree level. The model call, the expansion and Gumbel's root are
+array work over the batch.
 
 Values are from the perspective of the player to move. In two-player zero-sum games (`two_player=True`)
 the players alternate, so a child's value counts negatively for its parent: the discount is -gamma.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -62,14 +66,14 @@ class Tree:
     children: np.ndarray  # [B, N, A] child node index, -1 while unexpanded
     parent: np.ndarray  # [B, N]
     action: np.ndarray  # [B, N]   the action that led from the parent
-    embeddings: torch.Tensor  # [B, N, ...] hidden states
+    embeddings: np.ndarray  # [B, N, ...] hidden states (numpy: gathering a batch of them costs less than in torch)
     min_q: np.ndarray  # [B] smallest Q seen in the tree (for normalisation)
     max_q: np.ndarray  # [B]
     raw_value: np.ndarray  # [B, N] the model's value estimate at expansion (Gumbel's mixed value)
 
     @classmethod
     def allocate(cls, batch: int, num_nodes: int, num_actions: int, root_embedding: torch.Tensor) -> Tree:
-        embeddings = root_embedding.new_zeros((batch, num_nodes, *root_embedding.shape[1:]))
+        embeddings = np.zeros((batch, num_nodes, *root_embedding.shape[1:]), dtype=np.asarray(root_embedding).dtype)
         return cls(
             visits=np.zeros((batch, num_nodes), np.int32),
             value_sum=np.zeros((batch, num_nodes), np.float64),
@@ -103,13 +107,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-def _normalize_q(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    # Q values of any scale are brought to [0, 1] by the extremes seen in the tree so far, so that c1 and
-    # c2 work for every game (MuZero's MinMaxStats); until two distinct values exist Q is used as it is.
-    spread = hi - lo
-    return np.where(spread > 0, (q - lo) / np.where(spread > 0, spread, 1), q)
-
-
 def _children_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
     """(Q(s, a), N(s, a)) of the children of nodes[i] in tree b[i], [k, A]; Q is 0 where unvisited."""
     children = tree.children[b, nodes]
@@ -119,20 +116,6 @@ def _children_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig)
     discount = -cfg.discount if cfg.two_player else cfg.discount
     q = tree.reward[rows, safe] + discount * tree.value_sum[rows, safe] / np.maximum(visits, 1)
     return np.where(visits > 0, q, 0.0), visits
-
-
-def select_actions(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, root_mask: np.ndarray | None,
-                   tie_noise: np.ndarray) -> np.ndarray:  # fmt: skip
-    """pUCT at nodes[i] of tree b[i]: argmax_a Q_norm(s, a) + P(s, a) sqrt(N(s)) / (1 + N(s, a)) (c1 + log((N(s) + c2 + 1) / c2))."""
-    q, child_visits = _children_q(tree, b, nodes, cfg)
-    # Unvisited children score 0 for Q (the paper's choice): the prior term alone decides whether to try them.
-    q_norm = np.where(child_visits > 0, _normalize_q(q, tree.min_q[b, None], tree.max_q[b, None]), 0.0)
-    parent_visits = tree.visits[b, nodes][:, None].astype(np.float64)
-    pb_c = cfg.pb_c_init + np.log((parent_visits + cfg.pb_c_base + 1) / cfg.pb_c_base)
-    score = q_norm + pb_c * np.sqrt(parent_visits) / (1 + child_visits) * tree.prior[b, nodes] + tie_noise
-    if root_mask is not None:
-        score = np.where((nodes == 0)[:, None] & ~root_mask[b], -np.inf, score)
-    return score.argmax(-1)
 
 
 def _log_prior(tree: Tree, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -178,6 +161,64 @@ def considered_visit_sequence(num_considered: int, num_simulations: int) -> np.n
     return np.array(sequence[:num_simulations])
 
 
+@numba.njit(cache=True)
+def _puct_select_leaves(
+    visits, value_sum, reward, prior, children, min_q, max_q, discount, pb_c_init, pb_c_base, root_mask, tie_noise,
+    leaf_parent, leaf_action,
+):  # fmt: skip
+    """1. Selection for every tree b: from the root, take argmax_a of the pUCT score
+        Q_norm(s, a) + P(s, a) * sqrt(N(s)) / (1 + N(s, a)) * (c1 + log((N(s) + c2 + 1) / c2))
+    until the chosen action's child is not expanded yet; that node and action are the leaf to expand.
+    Q(s, a) = r(s, a) + discount * V(child) is min-max normalised by the extremes seen in the tree so far
+    (MuZero's MinMaxStats, so c1 and c2 work for any reward scale; used as it is until two distinct values
+    exist); unvisited children score 0 for Q, so the prior term alone decides whether to try them.
+    root_mask[b, a] False removes action a at the root."""
+    batch, _, num_actions = prior.shape
+    for b in range(batch):
+        node = 0
+        spread = max_q[b] - min_q[b]
+        while True:
+            parent_visits = visits[b, node]
+            pb_c = (pb_c_init + np.log((parent_visits + pb_c_base + 1.0) / pb_c_base)) * np.sqrt(parent_visits)
+            best_score, best_action = -np.inf, 0
+            for a in range(num_actions):
+                if node == 0 and not root_mask[b, a]:
+                    continue
+                child = children[b, node, a]
+                child_visits, q_norm = 0, 0.0
+                if child >= 0 and visits[b, child] > 0:
+                    child_visits = visits[b, child]
+                    q = reward[b, child] + discount * value_sum[b, child] / child_visits
+                    q_norm = (q - min_q[b]) / spread if spread > 0 else q
+                score = q_norm + pb_c / (1.0 + child_visits) * prior[b, node, a] + tie_noise[b, a]
+                if score > best_score:
+                    best_score, best_action = score, a
+            child = children[b, node, best_action]
+            if child < 0:
+                leaf_parent[b], leaf_action[b] = node, best_action
+                break
+            node = child
+
+
+@numba.njit(cache=True)
+def _backup(visits, value_sum, reward, parent, min_q, max_q, discount, leaf, leaf_value):
+    """3. Backup in every tree b from its new leaf to the root: each node on the path gets one visit and
+    the return g seen from it (the leaf's value, then r + discount * g one level up), and the Q of the
+    action that led to it updates the tree's min/max for normalisation."""
+    for b in range(visits.shape[0]):
+        node, g = leaf, leaf_value[b]
+        while True:
+            value_sum[b, node] += g
+            visits[b, node] += 1
+            if node == 0:
+                break
+            q = reward[b, node] + discount * value_sum[b, node] / visits[b, node]
+            min_q[b] = min(min_q[b], q)
+            max_q[b] = max(max_q[b], q)
+            g = reward[b, node] + discount * g
+            node = parent[b, node]
+
+
 def run_search(
     root_embedding: torch.Tensor,
     root_prior_logits: np.ndarray,
@@ -192,7 +233,7 @@ def run_search(
     batch, num_actions = root_prior_logits.shape
     tree = Tree.allocate(batch, cfg.num_simulations + 1, num_actions, root_embedding)
     all_b = np.arange(batch)
-    tree.embeddings[:, 0] = root_embedding
+    tree.embeddings[:, 0] = np.asarray(root_embedding)
     prior = _softmax(np.asarray(root_prior_logits, np.float64))
     if valid_actions is not None:
         prior = np.where(valid_actions, prior, 0.0)
@@ -222,51 +263,34 @@ def run_search(
         schedules = {k: considered_visit_sequence(k, cfg.num_simulations) for k in np.unique(m)}
         root_score = gumbel + root_logits
 
+    root_mask = np.ones((batch, num_actions), bool) if valid_actions is None else np.asarray(valid_actions, bool)
+    leaf_parent = np.zeros(batch, np.int64)
+    leaf_action = np.zeros(batch, np.int64)
     for sim in range(1, cfg.num_simulations + 1):
-        # 1. Selection, all trees at once, one tree level per pass.
-        node = np.zeros(batch, np.int64)
-        leaf_parent = np.zeros(batch, np.int64)
-        leaf_action = np.zeros(batch, np.int64)
-        active = all_b
-        while active.size:
-            if cfg.gumbel:
-                actions = _gumbel_select(tree, active, node[active], cfg, sim, considered, schedules, m, root_score)
-            else:
-                tie_noise = rng.uniform(0, 1e-9, (active.size, num_actions))
-                actions = select_actions(tree, active, node[active], cfg, valid_actions, tie_noise)
-            child = tree.children[active, node[active], actions]
-            done = child < 0
-            leaf_parent[active[done]] = node[active[done]]
-            leaf_action[active[done]] = actions[done]
-            node[active[~done]] = child[~done]
-            active = active[~done]
+        # 1. Selection of one leaf per tree.
+        if cfg.gumbel:
+            _gumbel_select_leaves(tree, cfg, sim, considered, schedules, m, root_score, leaf_parent, leaf_action)
+        else:
+            # Noise far below any Q or prior difference only breaks exact ties (at random, not by index).
+            tie_noise = rng.uniform(0, 1e-9, (batch, num_actions))
+            _puct_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.min_q,
+                                tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, root_mask, tie_noise,
+                                leaf_parent, leaf_action)  # fmt: skip
 
         # 2. Expansion: one model call for every tree's new leaf.
         reward, embedding, logits, value = recurrent_fn(
-            tree.embeddings[all_b, leaf_parent], torch.as_tensor(leaf_action)
+            torch.from_numpy(tree.embeddings[all_b, leaf_parent]), torch.from_numpy(leaf_action)
         )
         tree.children[all_b, leaf_parent, leaf_action] = sim
         tree.parent[:, sim], tree.action[:, sim] = leaf_parent, leaf_action
         tree.reward[:, sim] = reward
         tree.raw_value[:, sim] = value
         tree.prior[:, sim] = _softmax(np.asarray(logits, np.float64))
-        tree.embeddings[:, sim] = embedding
+        tree.embeddings[:, sim] = np.asarray(embedding)
 
-        # 3. Backup from the leaf to the root: each node's value, then the parent's return through it.
-        node = np.full(batch, sim, np.int64)
-        g = np.asarray(value, np.float64)
-        active = all_b
-        while active.size:
-            n = node[active]
-            tree.value_sum[active, n] += g[active]
-            tree.visits[active, n] += 1
-            not_root = n > 0
-            active, n = active[not_root], n[not_root]
-            q = tree.reward[active, n] + discount * tree.value(active, n)
-            tree.min_q[active] = np.minimum(tree.min_q[active], q)
-            tree.max_q[active] = np.maximum(tree.max_q[active], q)
-            g[active] = tree.reward[active, n] + discount * g[active]
-            node[active] = tree.parent[active, n]
+        # 3. Backup from the leaf to the root.
+        _backup(tree.visits, tree.value_sum, tree.reward, tree.parent, tree.min_q, tree.max_q, discount, sim,
+                np.asarray(value, np.float64))  # fmt: skip
 
     q_values, visit_counts = _children_q(tree, all_b, root, cfg)
     policy = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)
@@ -280,6 +304,21 @@ def run_search(
         most = considered & (visit_counts == np.where(considered, visit_counts, -1).max(-1, keepdims=True))
         action = np.where(most, root_score + sigma, -np.inf).argmax(-1)
     return SearchResult(visit_counts, policy, tree.value(all_b, root), q_values, tree, action)
+
+
+def _gumbel_select_leaves(tree: Tree, cfg: SearchConfig, sim: int, considered: np.ndarray, schedules: dict,
+                          m: np.ndarray, root_score: np.ndarray, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:  # fmt: skip
+    """Gumbel's selection of one leaf per tree, all trees at once, one tree level per pass."""
+    node = np.zeros(len(leaf_parent), np.int64)
+    active = np.arange(len(leaf_parent))
+    while active.size:
+        actions = _gumbel_select(tree, active, node[active], cfg, sim, considered, schedules, m, root_score)
+        child = tree.children[active, node[active], actions]
+        done = child < 0
+        leaf_parent[active[done]] = node[active[done]]
+        leaf_action[active[done]] = actions[done]
+        node[active[~done]] = child[~done]
+        active = active[~done]
 
 
 def _gumbel_select(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, sim: int, considered: np.ndarray,

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.mcts import RecurrentFn
-from agents.value_transform import support_to_scalar
+from agents.value_transform import h_inverse, support_to_scalar
 
 
 def scale_hidden_state(state: torch.Tensor) -> torch.Tensor:
@@ -69,17 +69,86 @@ class MuZeroMLP(nn.Module):
         return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
-def search_callback(model: MuZeroMLP) -> RecurrentFn:
-    """The model as the search's recurrent function: scalar rewards and values, no autograd."""
+def _layers(mlp: nn.Sequential) -> list[tuple[nn.Linear, nn.LayerNorm | None]]:
+    """An _mlp as (linear, layer norm or None for the last) pairs; ELU follows every layer norm."""
+    linears = [m for m in mlp if isinstance(m, nn.Linear)]
+    norms = [m for m in mlp if isinstance(m, nn.LayerNorm)]
+    return list(zip(linears, [*norms, None], strict=True))
+
+
+class _FusedRecurrent:
+    """recurrent_inference for the search, in few torch calls: during a search the model is fixed and
+    the batch small, so per-call overhead (~5-15 us a call here) rather than arithmetic is the cost.
+
+    - the dynamics' first layer takes the action as a row lookup of its weights instead of a one-hot
+      concatenation (the same product);
+    - the three heads (reward, policy, value), which all read the next hidden state through layers of the
+      same widths, run as one batched product per layer, their outputs padded to the widest;
+    - h^-1 of the [B] reward and value expectations runs in numpy, where tiny arrays cost less.
+    Equal to recurrent_inference followed by support_to_scalar up to float rounding (tested).
+    """
+
+    def __init__(self, model: MuZeroMLP):
+        self.num_actions = model.num_actions
+        hidden_state = model.dynamics_state[0].in_features - model.num_actions
+        dynamics = _layers(model.dynamics_state)
+        first = dynamics[0][0]
+        self.state_weight = first.weight[:, :hidden_state].t()
+        # Row a: the first layer's response to action a plus its bias.
+        self.action_rows = (first.weight[:, hidden_state:].t() + first.bias).contiguous()
+        self.dynamics = [(linear.weight, linear.bias, norm) for linear, norm in dynamics]
+        heads = [_layers(m) for m in (model.dynamics_reward, model.prediction_policy, model.prediction_value)]
+        self.head_weight = torch.cat([h[0][0].weight for h in heads]).t()
+        self.head_bias = torch.cat([h[0][0].bias for h in heads])
+        self.head_norms = []  # per layer: stacked weight [3, w], stacked bias, eps
+        self.heads = []  # per layer after the first: stacked weight [3, in, out] and bias [3, 1, out]
+        for depth in range(len(heads[0])):
+            if depth > 0:
+                out = max(h[depth][0].out_features for h in heads)
+                w = torch.zeros(3, heads[0][depth][0].in_features, out)
+                b = torch.zeros(3, 1, out)
+                for i, h in enumerate(heads):
+                    linear = h[depth][0]
+                    w[i, :, : linear.out_features] = linear.weight.t()
+                    b[i, 0, : linear.out_features] = linear.bias
+                self.heads.append((w, b))
+            if heads[0][depth][1] is not None:
+                norms = [h[depth][1] for h in heads]
+                self.head_norms.append((torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]), norms[0].eps))
+        self.supports = [torch.arange(-n, n + 1, dtype=torch.float32) for n in (model.reward_support_size, model.support_size)]
 
     @torch.inference_mode()
-    def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
-        next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
-        reward = support_to_scalar(reward_logits, model.reward_support_size)
-        value = support_to_scalar(value_logits, model.support_size)
-        return reward.double().numpy(), next_state, policy_logits.double().numpy(), value.double().numpy()
+    def __call__(self, state: torch.Tensor, action: torch.Tensor):
+        x = torch.addmm(F.embedding(action.long(), self.action_rows), state, self.state_weight)
+        for i, (weight, bias, norm) in enumerate(self.dynamics):
+            if i > 0:
+                x = F.linear(x, weight, bias)
+            if norm is not None:
+                x = F.elu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+        next_state = (x - lo) / (hi - lo).clamp(min=1e-5)  # scale_hidden_state
 
-    return recurrent_fn
+        # The heads (reward, policy, value) side by side: [B, 3, width] for the layer norms (contiguous,
+        # where they are fast), seen as [3, B, width] for the batched products.
+        h = torch.addmm(self.head_bias, next_state, self.head_weight).view(x.shape[0], 3, -1)
+        for depth, (gamma, beta, eps) in enumerate(self.head_norms):
+            if depth > 0:
+                w, b = self.heads[depth - 1]
+                h = torch.baddbmm(b, h.transpose(0, 1), w).transpose(0, 1).contiguous()
+            h = F.elu(torch.addcmul(beta, F.layer_norm(h, (h.shape[-1],), eps=eps), gamma))
+        w, b = self.heads[-1]
+        out = torch.baddbmm(b, h.transpose(0, 1), w)  # [3, B, widest output]
+        reward_support, value_support = self.supports
+        reward = out[0, :, : len(reward_support)].softmax(-1) @ reward_support
+        value = out[2, :, : len(value_support)].softmax(-1) @ value_support
+        reward, value = h_inverse(torch.stack([reward, value]).double().numpy())  # support_to_scalar's last step
+        return reward, next_state, out[1, :, : self.num_actions].double().numpy(), value
+
+
+def search_callback(model: MuZeroMLP) -> RecurrentFn:
+    """The model as the search's recurrent function: scalar rewards and values, no autograd. Build it
+    again after the weights change (it reads them once)."""
+    return _FusedRecurrent(model)
 
 
 def root_inference(model: MuZeroMLP, obs: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

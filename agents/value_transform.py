@@ -8,6 +8,7 @@ the bins is scale-free, unlike a squared error on raw returns.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPS = 0.001
@@ -18,10 +19,12 @@ def h(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * (torch.sqrt(x.abs() + 1) - 1) + EPS * x
 
 
-def h_inverse(y: torch.Tensor) -> torch.Tensor:
-    """The exact inverse of h (solving the quadratic in sqrt(|x| + 1))."""
-    root = (torch.sqrt(1 + 4 * EPS * (y.abs() + 1 + EPS)) - 1) / (2 * EPS)
-    return torch.sign(y) * (root.square() - 1)
+def h_inverse(y: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """The exact inverse of h (solving the quadratic in sqrt(|x| + 1)). Takes torch tensors or numpy
+    arrays (the search converts its few scalars in numpy, where small-array calls cost less)."""
+    xp = np if isinstance(y, np.ndarray) else torch
+    root = (xp.sqrt(1 + 4 * EPS * (abs(y) + 1 + EPS)) - 1) / (2 * EPS)
+    return xp.sign(y) * (root * root - 1)
 
 
 def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from envs.board_games import TicTacToeEnv, perfect_moves, solve
@@ -64,3 +65,31 @@ def test_perfect_play_never_loses(first_random):
                 assert first_random and mover == 1  # only the perfect player ever wins
             mover = 1 - mover
     assert isinstance(gym.make("rlgames/TicTacToe-v0").unwrapped, TicTacToeEnv)
+
+
+class _ScriptedPolicy:
+    """A policy with the act() interface that picks moves by a rule over the mover's board."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def parameters(self):
+        yield torch.zeros(1)  # evaluation reads the policy's device from its parameters
+
+    def act(self, obs, generator=None, deterministic=True):
+        board = tuple(int(x) for x in obs["obs"][0].tolist())
+        return torch.tensor([self.rule(board)]), torch.zeros(1), torch.zeros(1)
+
+
+def test_matches_against_the_perfect_player_score_the_policys_side():
+    from training.evaluation import evaluate_policy, play_against_perfect_player
+
+    perfect = _ScriptedPolicy(lambda board: perfect_moves(board)[0])
+    result = play_against_perfect_player(perfect, games=20, seed=0)
+    assert result.returns.tolist() == [0.0] * 20  # perfect against perfect: all draws
+    assert set(result.lengths.tolist()) == {9}
+    first_empty = _ScriptedPolicy(lambda board: board.index(0))
+    naive = evaluate_policy(first_empty, "rlgames/TicTacToe-v0", episodes=20, seed=0)  # dispatches to the match
+    assert naive.returns.min() == -1.0 and naive.returns.max() <= 0.0  # it loses, and nobody beats perfect play
+    illegal = _ScriptedPolicy(lambda board: 4)  # the centre, again and again: illegal from its second move
+    assert play_against_perfect_player(illegal, games=4, seed=0).returns.tolist() == [-1.0] * 4

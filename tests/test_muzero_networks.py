@@ -1,10 +1,12 @@
 """MuZero's networks: shapes, scaled hidden states, a neutral start, and use as the search's model."""
 
 import numpy as np
+import pytest
 import torch
 
 from agents.mcts import SearchConfig, run_search
 from agents.muzero_networks import MuZeroMLP, root_inference, scale_hidden_state, search_callback
+from agents.value_transform import support_to_scalar
 
 
 def test_hidden_states_are_scaled_to_the_unit_interval_per_sample():
@@ -34,3 +36,23 @@ def test_the_model_drives_a_batched_search():
                         np.random.default_rng(0))  # fmt: skip
     assert result.visit_counts.shape == (16, 2) and (result.visit_counts.sum(-1) == 10).all()
     assert result.tree.embeddings.shape == (16, 11, 64)
+
+
+@pytest.mark.parametrize("hidden, reward_support", [((64,), 20), ((32, 48), 20), ((32,), 5)])
+def test_the_search_callback_equals_recurrent_inference(hidden, reward_support):
+    # The fused callback (action rows instead of one-hot, the three heads batched) computes the same
+    # function as the modules (up to float32 rounding, which the sharp random heads amplify); random
+    # non-zero weights so that every head matters.
+    torch.manual_seed(0)
+    model = MuZeroMLP(4, 3, 16, hidden, support_size=20, reward_support_size=reward_support)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    state, action = torch.rand(7, 16), torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    reward, next_state, logits, value = search_callback(model)(state, action)
+    with torch.no_grad():
+        expected_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
+    torch.testing.assert_close(next_state, expected_state)
+    np.testing.assert_allclose(logits, policy_logits.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reward, support_to_scalar(reward_logits, reward_support).numpy(), rtol=2e-4, atol=1e-3)
+    np.testing.assert_allclose(value, support_to_scalar(value_logits, 20).numpy(), rtol=2e-4, atol=1e-3)
+    assert np.abs(value).max() > 0.1 and np.abs(reward).max() > 0.1  # not a comparison of zeros

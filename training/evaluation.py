@@ -163,13 +163,16 @@ def evaluate_policy(
     policy: torch.nn.Module, env_id: str, episodes: int, seed: int, deterministic: bool = True, num_envs: int = 8,
     env_kwargs: Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """Play `episodes` whole episodes on `min(num_envs, episodes)` envs stepped together.
+    """Play `episodes` whole episodes on `min(num_envs, episodes)` envs stepped together (for a board
+    game with a perfect player, `episodes` games against it: see play_against_perfect_player).
 
     Each env plays a fixed share of the episodes (SB3's evaluate_policy does the same): counting the first
     episodes to finish, whichever env they come from, would favour short episodes.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (got {episodes})")
+    if env_id in PERFECT_OPPONENT_ENVS:
+        return play_against_perfect_player(policy, episodes, seed, deterministic)
     n = min(num_envs, episodes)
     targets = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     counts = np.zeros(n, dtype=np.int64)
@@ -193,6 +196,43 @@ def evaluate_policy(
     finally:
         envs.close()
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
+
+
+def play_against_perfect_player(
+    policy: torch.nn.Module, games: int, seed: int, deterministic: bool = True
+) -> EvalResult:
+    """TicTacToe games against the exact minimax player (picking at random among its best moves), the
+    policy playing first (X) in even games and second in odd ones. Each game's return is the policy's
+    result: +1 win, 0 draw, -1 loss (an illegal move loses). Perfect play cannot be beaten, so the mean
+    is 0 exactly when the policy never loses."""
+    from envs.board_games import TicTacToeEnv, perfect_moves
+
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = _device(policy)
+    env = TicTacToeEnv()
+    returns, lengths = [], []
+    for game in range(games):
+        side = 1 if game % 2 == 0 else -1
+        obs, _ = env.reset(seed=seed + game)
+        length = 0
+        while True:
+            mover = env.to_play
+            if mover == side:
+                action = int(policy.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[0][0])
+            else:
+                action = int(rng.choice(perfect_moves(tuple(int(x) for x in env.board))))
+            obs, reward, terminated, _, _ = env.step(action)
+            length += 1
+            if terminated:  # the reward is the mover's: +1 for a win, -1 for an illegal move, 0 for a draw
+                returns.append(reward if mover == side else -reward)
+                lengths.append(length)
+                break
+    return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
+
+
+# Envs whose evaluation is a match against a perfect opponent rather than the env's own returns.
+PERFECT_OPPONENT_ENVS = ("rlgames/TicTacToe-v0",)
 
 
 def make_render_env(env_id: str, seed: int, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:

@@ -28,7 +28,7 @@ from agents.muzero_networks import MuZeroMLP, root_inference, search_callback
 from envs.factory import SOLVED_RETURN, check_env_id, make_vector_env, probe_spaces
 from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
-from training.evaluation import TrainingEvaluator
+from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.replay import Game, PrioritizedReplay
 
@@ -134,6 +134,13 @@ def build_model(cfg: MuZeroConfig) -> MuZeroMLP:
 
 def is_two_player(env_id: str) -> bool:
     return env_id.startswith("rlgames/")
+
+
+def solved_threshold(env_id: str) -> float | None:
+    """The greedy evaluation at which a run counts as solved. Board games are evaluated against the
+    perfect player (+1 win, 0 draw, -1 loss; see training.evaluation.play_against_perfect_player): a
+    mean of 0 means no game lost."""
+    return 0.0 if env_id in PERFECT_OPPONENT_ENVS else SOLVED_RETURN.get(env_id)
 
 
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
@@ -270,7 +277,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                                   False, 1, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf)  # fmt: skip
     actor = MuZeroActor(actor_model, search, seed=cfg.seed)
     replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
-    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    threshold = cfg.stop_return if cfg.stop_return is not None else solved_threshold(cfg.env_id)
     start = time.perf_counter()
 
     def checkpoint_state() -> dict:
