@@ -69,6 +69,79 @@ class MuZeroMLP(nn.Module):
         return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection (MuZero's residual tower, appendix G), GroupNorm(1, C)
+    (a layer norm over the whole feature map) instead of batch norm, so that searches of one root and
+    training batches normalise alike."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(1, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(1, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(x + self.norm2(self.conv2(y)))
+
+
+def _conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.GroupNorm(1, out_channels), nn.ReLU())
+
+
+class MuZeroResNet(nn.Module):
+    """MuZero's functions for image observations [C, H, W] (frames, boards), a small version of the
+    paper's: the representation downsamples with stride-2 convolutions while the map is larger than
+    `max_latent_size` (96x96 Atari frames -> 12x12 with the default), then residual blocks; the dynamics
+    see the hidden state with the action as one extra plane of value (a + 1) / A (the paper's Atari
+    encoding) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
+    convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
+    uint8 observations are pixels and are divided by 255; others are used as they are.
+    Observations may arrive flattened (the replay stores them so): they are reshaped to obs_shape."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, channels: int = 32, blocks: int = 2,
+                 support_size: int = 10, reward_support_size: int = 10, max_latent_size: int = 12,
+                 pixels: bool = False):  # fmt: skip
+        super().__init__()
+        self.obs_shape, self.pixels = tuple(obs_shape), pixels
+        self.num_actions, self.support_size, self.reward_support_size = num_actions, support_size, reward_support_size
+        layers, (in_channels, height, width) = [], self.obs_shape
+        while max(height, width) > max_latent_size:
+            layers.append(_conv_block(in_channels, channels, stride=2))
+            in_channels, height, width = channels, (height + 1) // 2, (width + 1) // 2
+        layers.append(_conv_block(in_channels, channels))
+        self.representation = nn.Sequential(*layers, *(ResidualBlock(channels) for _ in range(blocks)))
+        self.latent_shape = (channels, height, width)
+        self.dynamics_state = nn.Sequential(_conv_block(channels + 1, channels), *(ResidualBlock(channels) for _ in range(blocks)))
+        flat = 4 * self.latent_shape[1] * self.latent_shape[2]
+        self.dynamics_reward = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * reward_support_size + 1))
+        self.prediction_trunk = ResidualBlock(channels)
+        self.prediction_policy = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, num_actions))
+        self.prediction_value = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * support_size + 1))
+        for head in (self.dynamics_reward, self.prediction_policy, self.prediction_value):  # a neutral start
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+
+    def prediction(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prediction_trunk(state)
+        return self.prediction_policy(x), self.prediction_value(x)
+
+    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = obs.reshape(-1, *self.obs_shape).float()
+        if self.pixels:
+            x = x / 255.0
+        state = scale_hidden_state(self.representation(x))
+        return (state, *self.prediction(state))
+
+    def recurrent_inference(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
+        next_state = scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))
+        return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
+
+
 def _layers(mlp: nn.Sequential) -> list[tuple[nn.Linear, nn.LayerNorm | None]]:
     """An _mlp as (linear, layer norm or None for the last) pairs; ELU follows every layer norm."""
     linears = [m for m in mlp if isinstance(m, nn.Linear)]
@@ -145,10 +218,20 @@ class _FusedRecurrent:
         return reward, next_state, out[1, :, : self.num_actions].double().numpy(), value
 
 
-def search_callback(model: MuZeroMLP) -> RecurrentFn:
+def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
     """The model as the search's recurrent function: scalar rewards and values, no autograd. Build it
-    again after the weights change (it reads them once)."""
-    return _FusedRecurrent(model)
+    again after the weights change (the MLP's fused version reads them once)."""
+    if isinstance(model, MuZeroMLP):
+        return _FusedRecurrent(model)
+
+    @torch.inference_mode()
+    def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
+        next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
+        reward = support_to_scalar(reward_logits, model.reward_support_size)
+        value = support_to_scalar(value_logits, model.support_size)
+        return reward.double().numpy(), next_state, policy_logits.double().numpy(), value.double().numpy()
+
+    return recurrent_fn
 
 
 def root_inference(model: MuZeroMLP, obs: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from agents.mcts import SearchConfig, run_search
-from agents.muzero_networks import MuZeroMLP, root_inference, scale_hidden_state, search_callback
+from agents.muzero_networks import (
+    MuZeroMLP,
+    MuZeroResNet,
+    root_inference,
+    scale_hidden_state,
+    search_callback,
+)
 from agents.value_transform import support_to_scalar
 
 
@@ -56,3 +62,23 @@ def test_the_search_callback_equals_recurrent_inference(hidden, reward_support):
     np.testing.assert_allclose(reward, support_to_scalar(reward_logits, reward_support).numpy(), rtol=2e-4, atol=1e-3)
     np.testing.assert_allclose(value, support_to_scalar(value_logits, 20).numpy(), rtol=2e-4, atol=1e-3)
     assert np.abs(value).max() > 0.1 and np.abs(reward).max() > 0.1  # not a comparison of zeros
+
+
+def test_the_residual_net_for_images_keeps_muzeros_interface():
+    torch.manual_seed(0)
+    model = MuZeroResNet((4, 96, 96), num_actions=6, channels=16, blocks=1, support_size=10, reward_support_size=5,
+                         pixels=True)  # fmt: skip
+    assert model.latent_shape == (16, 12, 12)  # 96 -> 48 -> 24 -> 12 by stride-2 convolutions
+    frames = torch.randint(0, 256, (3, 4 * 96 * 96), dtype=torch.uint8)  # flattened, as the replay stores them
+    state, policy, value = model.initial_inference(frames)
+    assert state.shape == (3, 16, 12, 12) and policy.shape == (3, 6) and value.shape == (3, 21)
+    assert state.flatten(1).min(1)[0].eq(0).all() and state.flatten(1).max(1)[0].eq(1).all()  # min-max scaled
+    next_state, reward, policy2, value2 = model.recurrent_inference(state, torch.tensor([0, 3, 5]))
+    assert next_state.shape == state.shape and reward.shape == (3, 11)
+    assert torch.equal(policy, torch.zeros(3, 6)) and torch.equal(reward, torch.zeros(3, 11))  # a neutral start
+    (value2.sum() + reward.sum() + policy2.sum()).backward()
+    assert model.representation[0][0].weight.grad is not None  # differentiable through the unroll
+    state, logits, root_value = root_inference(model, frames.numpy())
+    result = run_search(state, logits, root_value, search_callback(model), SearchConfig(num_simulations=8),
+                        np.random.default_rng(0))  # fmt: skip
+    assert (result.visit_counts.sum(-1) == 8).all()

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import imageio
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -110,3 +112,55 @@ def test_watch_overlay_of_a_muzero_run_writes_its_frames(short_run):
     proc = _launch("watch.py", str(run_dir), "--episodes", "1", "--overlay", "--gif")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"episode 1: return [\d.]+, length \d+ -> \S+\.gif", proc.stdout)
+
+
+class _ImageCorridor(gym.Env):
+    """A corridor of 6 cells seen as a 1 x 3 x 6 image (the agent's cell lit); reaching the right end pays 1."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0, 255, (1, 3, 6), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def _obs(self):
+        image = np.zeros((1, 3, 6), np.uint8)
+        image[0, 1, self.position] = 255
+        return image
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position, self.t = 0, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.position = min(5, max(0, self.position + (1 if action == 1 else -1)))
+        self.t += 1
+        done = self.position == 5
+        return self._obs(), float(done), done, self.t >= 20 and not done, {}
+
+
+def test_image_observations_train_the_residual_net(tmp_path):
+    from agents.muzero_networks import MuZeroResNet
+    from training.muzero_trainer import build_model
+
+    gym.register("tests/ImageCorridor-v0", entry_point=_ImageCorridor)
+    try:
+        cfg = MuZeroConfig(env_id="tests/ImageCorridor-v0", runs_dir=str(tmp_path), total_timesteps=240,
+                           warmup_steps=80, batch_size=16, num_simulations=4, eval_episodes=2, eval_every=0,
+                           res_channels=8, res_blocks=1, progress=False)  # fmt: skip
+        assert isinstance(build_model(cfg), MuZeroResNet)
+        result = train_muzero(cfg)
+    finally:
+        gym.registry.pop("tests/ImageCorridor-v0")
+    assert result.global_step == 240 and result.eval_return is not None
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert np.isfinite([e.value for e in acc.Scalars("losses/value_loss")]).all()
+
+
+def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):
+    from training.muzero_trainer import ModelSpaces, check_replay_fits
+
+    spaces = ModelSpaces((4, 84, 84), np.dtype(np.uint8), 6, False)
+    with pytest.raises(ConfigError, match=r"--replay-capacity 1000000 positions of 28,[0-9]{3} bytes need .* use --replay-capacity \d+"):
+        check_replay_fits(MuZeroConfig(replay_capacity=1_000_000), spaces, memory_bytes=24 * 2**30)
+    check_replay_fits(MuZeroConfig(replay_capacity=100_000), spaces, memory_bytes=24 * 2**30)  # 2.7 GiB: fine

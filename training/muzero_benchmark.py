@@ -46,7 +46,7 @@ def search_throughput(
     torch.set_num_threads(1)
     net = build_model(cfg).eval()
     rng = np.random.default_rng(seed)
-    obs = rng.standard_normal((roots, model_spaces(cfg.env_id)[0])).astype(np.float32)
+    obs = rng.standard_normal((roots, int(np.prod(model_spaces(cfg.env_id).obs_shape)))).astype(np.float32)
     state, logits, value = root_inference(net, obs)
     recurrent = search_callback(net) if model == "real" else constant_model(net.num_actions, state.shape[-1])
     search = SearchConfig(num_simulations=simulations, discount=cfg.discount, gumbel=cfg.gumbel)

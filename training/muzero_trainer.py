@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from collections import deque
@@ -24,7 +25,7 @@ from torch import nn
 
 from agents.mcts import SearchConfig, run_search
 from agents.muzero import make_targets, muzero_loss
-from agents.muzero_networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
 from envs.factory import SOLVED_RETURN, check_env_id, make_vector_env, probe_spaces
 from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
@@ -85,6 +86,10 @@ class MuZeroConfig:
     """size of the hidden state"""
     hidden_sizes: tuple[int, ...] = (64,)
     """hidden layer widths of each of the model's MLPs"""
+    res_channels: int = 32
+    """image observations: channels of the residual conv net"""
+    res_blocks: int = 2
+    """image observations: residual blocks in each of the representation and dynamics"""
     support_size: int = 20
     """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
     eval_every: int = 2_000
@@ -117,19 +122,52 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def model_spaces(env_id: str) -> tuple[int, int, bool]:
-    """(observation size, number of actions, whether observations carry an action mask)."""
+@dataclass
+class ModelSpaces:
+    obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
+    num_actions: int
+    masked: bool
+    """whether observations carry an action mask"""
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+
+def model_spaces(env_id: str) -> ModelSpaces:
     observation_space, action_space = probe_spaces(env_id)
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"MuZero here plays Discrete action spaces; {env_id} has {action_space}")
     masked = isinstance(observation_space, gym.spaces.Dict)
     space = observation_space["obs"] if masked else observation_space
-    return int(np.prod(space.shape)), int(action_space.n), masked
+    return ModelSpaces(tuple(space.shape), np.dtype(space.dtype), int(action_space.n), masked)
 
 
-def build_model(cfg: MuZeroConfig) -> MuZeroMLP:
-    obs_dim, num_actions, _ = model_spaces(cfg.env_id)
-    return MuZeroMLP(obs_dim, num_actions, cfg.hidden_state, cfg.hidden_sizes, cfg.support_size, cfg.support_size)
+def build_model(cfg: MuZeroConfig) -> MuZeroMLP | MuZeroResNet:
+    """MLPs for vector observations, the residual conv net for images [C, H, W]."""
+    spaces = model_spaces(cfg.env_id)
+    if spaces.is_image:
+        return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
+                            cfg.support_size, pixels=spaces.obs_dtype == np.uint8)  # fmt: skip
+    return MuZeroMLP(int(np.prod(spaces.obs_shape)), spaces.num_actions, cfg.hidden_state, cfg.hidden_sizes,
+                     cfg.support_size, cfg.support_size)  # fmt: skip
+
+
+def check_replay_fits(cfg: MuZeroConfig, spaces: ModelSpaces, memory_bytes: int | None = None) -> None:
+    """Refuse, before any work, a replay whose observations alone would take more than half this machine's
+    memory (positions are stored in the observations' own dtype: uint8 frames take a quarter of float32)."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_position = int(np.prod(spaces.obs_shape)) * spaces.obs_dtype.itemsize + 8 * (spaces.num_actions + 4)
+    needed = per_position * cfg.replay_capacity
+    if needed > memory_bytes / 2:
+        fits = int(memory_bytes / 2 // per_position)
+        raise ConfigError(
+            f"--replay-capacity {cfg.replay_capacity} positions of {per_position:,} bytes need "
+            f"{needed / 2**30:.1f} GiB, more than half of this machine's {memory_bytes / 2**30:.1f} GiB; "
+            f"use --replay-capacity {fits} or less"
+        )
 
 
 def is_two_player(env_id: str) -> bool:
@@ -197,7 +235,7 @@ class _GameRecord:
 
     def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool) -> Game:
         return Game(
-            observations=np.stack([*self.observations, final_obs]).astype(np.float32),
+            observations=np.stack([*self.observations, final_obs]),
             actions=np.array(self.actions, np.int64),
             rewards=np.array(self.rewards, np.float64),
             policies=np.stack(self.policies),
@@ -248,6 +286,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
         run_dir = run_dir_of(path)
     validate_muzero(cfg)
     check_env_id(cfg.env_id)
+    check_replay_fits(cfg, model_spaces(cfg.env_id))
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -324,7 +363,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
             global_step += cfg.num_envs
             for i in np.flatnonzero(terminated | truncated):
                 final = info["final_obs"][i]
-                final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, np.float32).reshape(-1)
+                final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, features.dtype).reshape(-1)
                 final_value = 0.0
                 if truncated[i] and not terminated[i]:
                     final_value = float(root_inference(actor_model, final_features[None])[2][0])
@@ -392,7 +431,7 @@ def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioriti
                               dtype=torch.int64 if name == "actions" else torch.float32).to(device)
         for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")
     }  # fmt: skip
-    obs = torch.as_tensor(np.stack([g.observations[pos] for g, pos in samples])).to(device)
+    obs = torch.as_tensor(np.stack([g.observations[pos] for g, pos in samples])).to(device).float()
     loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
