@@ -123,3 +123,28 @@ def test_ray_async_collection_lags_one_version(ray_head):
     args = ("CartPole-v1", obs_space, act_space, agent, 4, 2, 64, 3)
     with RayExecutor(*args, worker_timeout=60, address=ray_head, asynchronous=True) as ex:
         _check_async_versions(ex, agent)
+
+
+def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
+    from training.muzero_trainer import MuZeroConfig, build_model
+    from training.self_play import RaySelfPlay, SelfPlayWorker
+
+    cfg = MuZeroConfig(num_envs=2, num_simulations=4)
+    torch.manual_seed(3)
+    weights = build_model(cfg).state_dict()
+    locals_ = [SelfPlayWorker(cfg, build_model(cfg), 1, seed) for seed in (20, 21)]
+    remote = RaySelfPlay(cfg, [(1, 20), (1, 21)], ray_address=ray_head)
+    try:
+        remote.set_weights(weights)
+        for w in locals_:
+            w.set_weights(weights)
+        played = remote.play(120, 1.0)
+        expected = [g for w in locals_ for g in w.play(120, 1.0).games]
+        assert played.steps == 240 and len(played.games) == len(expected) > 0
+        for a, b in zip(played.games, expected, strict=True):
+            np.testing.assert_array_equal(a.actions, b.actions)
+            np.testing.assert_array_equal(a.observations, b.observations)
+    finally:
+        remote.close()
+        for w in locals_:
+            w.close()

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -26,12 +27,13 @@ from torch import nn
 from agents.mcts import SearchConfig, run_search
 from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
-from envs.factory import SOLVED_RETURN, check_env_id, make_vector_env, probe_spaces
+from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
 from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
 from training.logger import Progress, RunLogger, make_run_dir, run_name
-from training.replay import Game, PrioritizedReplay
+from training.replay import PrioritizedReplay
+from training.self_play import RESUME_SEED_STRIDE, make_self_play
 
 
 @dataclass
@@ -51,7 +53,15 @@ class MuZeroConfig:
     device: str = "auto"
     """the learner's device: 'auto', 'cpu', 'cuda', ..."""
     num_envs: int = 8
-    """self-play games played together (one batched search per move for all of them)"""
+    """self-play games played together (one batched search per move for each worker's games)"""
+    self_play_backend: Literal["inprocess", "multiprocess", "ray"] = "inprocess"
+    """where self-play workers run: in the learner's process (fastest for small models and cheap envs), in worker processes, or as Ray actors (needs the ray extra)"""
+    self_play_workers: int = 1
+    """self-play workers (each plays num_envs / workers games); 1 with --self-play-backend inprocess"""
+    self_play_moves: int = 1
+    """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
+    ray_address: str | None = None
+    """with --self-play-backend ray: a running cluster to join ('auto' or HOST:PORT); default: Ray on this machine"""
     num_simulations: int = 25
     """search simulations per move"""
     gumbel: bool = False
@@ -116,6 +126,12 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     if not 0 < cfg.discount <= 1:
         problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
+    if cfg.self_play_workers < 1 or cfg.self_play_moves < 1:
+        problems.append(f"--self-play-workers and --self-play-moves must be >= 1 (got {cfg.self_play_workers}, {cfg.self_play_moves})")
+    elif cfg.self_play_backend == "inprocess" and cfg.self_play_workers != 1:
+        problems.append("--self-play-backend inprocess runs one worker; use multiprocess or ray for several")
+    elif cfg.num_envs % cfg.self_play_workers:
+        problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --self-play-workers {cfg.self_play_workers}")
     if cfg.replay_capacity < cfg.batch_size:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     if problems:
@@ -226,31 +242,6 @@ class MuZeroActor(nn.Module):
 
 
 @dataclass
-class _GameRecord:
-    observations: list = field(default_factory=list)
-    actions: list = field(default_factory=list)
-    rewards: list = field(default_factory=list)
-    policies: list = field(default_factory=list)
-    root_values: list = field(default_factory=list)
-
-    def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool) -> Game:
-        return Game(
-            observations=np.stack([*self.observations, final_obs]),
-            actions=np.array(self.actions, np.int64),
-            rewards=np.array(self.rewards, np.float64),
-            policies=np.stack(self.policies),
-            root_values=np.array([*self.root_values, final_value], np.float64),
-            terminated=terminated,
-        )
-
-
-def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(obs, dict):
-        return obs["obs"].reshape(len(obs["obs"]), -1), obs["action_mask"].astype(bool)
-    return obs.reshape(len(obs), -1), None
-
-
-@dataclass
 class MuZeroResult:
     run_dir: Path
     checkpoint: Path
@@ -329,9 +320,9 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
             "best_eval_return": evaluator.best_return,
         }  # fmt: skip
 
-    envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.seed + 1_000_003 * (global_step + 1))
-    obs, _ = envs.reset(seed=[cfg.seed + 1_000_003 * (global_step + 1) + i for i in range(cfg.num_envs)])
-    records = [_GameRecord() for _ in range(cfg.num_envs)]
+    # Envs restart from fresh games after a resume; a distinct seed keeps them off the old ones.
+    self_play = make_self_play(cfg, actor_model, cfg.seed + RESUME_SEED_STRIDE * (global_step + 1), rng)
+    self_play.set_weights(actor_model.state_dict())
     recent: deque[float] = deque(maxlen=100)
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
     owed_updates, eval_return, solved, last_checkpoint = 0.0, None, False, None
@@ -339,42 +330,19 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     try:
         while global_step < cfg.total_timesteps and not solved:
-            # Self-play: one batched search for every game's next move.
-            features, mask = _features(obs)
+            # Self-play: every worker's games make self_play_moves moves with the current weights.
             progress_fraction = global_step / cfg.total_timesteps
             temperature = cfg.visit_temperature * (1.0 if progress_fraction < 0.5 else 0.5 if progress_fraction < 0.75 else 0.25)
-            state, logits, value = root_inference(actor_model, features)
-            result = run_search(state, logits, value, search_callback(actor_model), search, rng, mask)
-            if result.action is not None:
-                actions = result.action
-            else:
-                weights = result.visit_counts.astype(np.float64) ** (1.0 / temperature)
-                weights /= weights.sum(-1, keepdims=True)
-                actions = np.array([rng.choice(len(w), p=w) for w in weights])
-            next_obs, rewards, terminated, truncated, info = envs.step(actions)
-            for i in range(cfg.num_envs):
-                rec = records[i]
-                rec.observations.append(features[i])
-                rec.actions.append(int(actions[i]))
-                rec.rewards.append(float(rewards[i]))
-                rec.policies.append(result.policy[i])
-                rec.root_values.append(float(result.root_value[i]))
+            played = self_play.play(cfg.self_play_moves, temperature)
             step_before = global_step
-            global_step += cfg.num_envs
-            for i in np.flatnonzero(terminated | truncated):
-                final = info["final_obs"][i]
-                final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, features.dtype).reshape(-1)
-                final_value = 0.0
-                if truncated[i] and not terminated[i]:
-                    final_value = float(root_inference(actor_model, final_features[None])[2][0])
-                replay.add(records[i].finish(final_features, final_value, bool(terminated[i])))
-                episode_return = float(info["final_info"]["episode"]["r"][i])
-                recent.append(episode_return)
+            global_step += played.steps
+            for game in played.games:
+                replay.add(game)
+            for episode_return, length in zip(played.episode_returns, played.episode_lengths, strict=True):
+                recent.append(float(episode_return))
                 episodes += 1
-                logger.scalars({"charts/episodic_return": episode_return,
-                                "charts/episodic_length": float(info["final_info"]["episode"]["l"][i])}, global_step)  # fmt: skip
-                records[i] = _GameRecord()
-            obs = next_obs
+                logger.scalars({"charts/episodic_return": float(episode_return), "charts/episodic_length": float(length)},
+                               global_step)  # fmt: skip
 
             # Learning: updates_per_step gradient steps per env step, once the replay holds enough.
             if global_step >= cfg.warmup_steps and replay.num_positions >= cfg.batch_size:
@@ -385,7 +353,10 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                     owed_updates -= 1
                     updates += 1
                 if stats is not None:
-                    actor_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+                    weights = {k: v.cpu() for k, v in model.state_dict().items()}
+                    actor_model.load_state_dict(weights)
+                    if cfg.self_play_backend != "inprocess":  # the in-process worker plays with actor_model
+                        self_play.set_weights(weights)
                     logger.scalars({f"losses/{k}": v for k, v in stats.items()}, global_step)
             elapsed = time.perf_counter() - start
             logger.scalars({
@@ -393,8 +364,9 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                 "charts/updates": updates,
                 "charts/replay_positions": replay.num_positions,
                 "charts/visit_temperature": temperature,
-                "search/root_value": float(result.root_value.mean()),
-                "search/root_visit_entropy": float(-(result.policy * np.log(np.maximum(result.policy, 1e-12))).sum(-1).mean()),
+                "search/root_value": float(np.mean(played.root_values)),
+                "search/root_visit_entropy": float(np.mean(played.root_visit_entropies)),
+                "time/self_play_seconds": played.seconds,
             }, global_step)  # fmt: skip
             progress.update(global_step, global_step / max(elapsed, 1e-9), float(np.mean(recent)) if recent else None)
 
@@ -415,7 +387,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
         raise
     finally:
         progress.close()
-        envs.close()
+        self_play.close()
         logger.close()
     return MuZeroResult(run_dir, last_checkpoint, global_step, seconds_before + time.perf_counter() - start,
                         bool(solved), eval_return, episodes, history)  # fmt: skip

@@ -1,0 +1,82 @@
+"""MuZero's self-play workers: the same games whichever process plays them, finished games only, and the
+training command with workers in processes."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from training.muzero_trainer import MuZeroConfig, build_model, train_muzero
+from training.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker
+
+CFG = MuZeroConfig(num_envs=2, num_simulations=4)
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model(CFG)
+    for p in model.parameters():  # non-zero heads, so that the model's choices matter
+        torch.nn.init.normal_(p, std=0.2)
+    return model.state_dict()
+
+
+def _same_games(a, b) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.observations, y.observations)
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.policies, y.policies)
+        assert x.terminated == y.terminated
+
+
+def test_a_round_returns_the_games_that_ended_and_keeps_the_others():
+    worker = SelfPlayWorker(CFG, build_model(CFG), num_envs=2, seed=5)
+    worker.set_weights(_weights(0))
+    first = worker.play(moves=40, temperature=1.0)
+    assert first.steps == 80 and len(first.root_values) == 40
+    assert len(first.games) == len(first.episode_returns) >= 2
+    for game, ret, length in zip(first.games, first.episode_returns, first.episode_lengths, strict=True):
+        assert len(game.actions) == length and game.rewards.sum() == ret  # CartPole: 1 per step
+        assert len(game.observations) == length + 1  # with the observation after the last move
+    in_progress = sum(len(r.actions) for r in worker.records)
+    assert sum(first.episode_lengths) + in_progress == 80
+    worker.close()
+
+
+def test_worker_processes_play_the_same_games_as_the_in_process_worker():
+    weights = _weights(1)
+    local = SelfPlayWorker(CFG, build_model(CFG), num_envs=2, seed=11)
+    local.set_weights(weights)
+    remote = MultiprocessSelfPlay(CFG, [(2, 11)], timeout=120)
+    try:
+        remote.set_weights(weights)
+        _same_games(local.play(30, 1.0).games, remote.play(30, 1.0).games)
+        # New weights reach the process: both continue identically.
+        weights = _weights(2)
+        local.set_weights(weights)
+        remote.set_weights(weights)
+        _same_games(local.play(30, 1.0).games, remote.play(30, 1.0).games)
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_a_dead_worker_process_is_reported():
+    remote = MultiprocessSelfPlay(CFG, [(1, 0), (1, 1)], timeout=60)
+    try:
+        os.kill(remote.processes[1].pid, signal.SIGKILL)
+        remote.processes[1].join(timeout=10)
+        with pytest.raises(SelfPlayError, match="self-play worker 1 died"):
+            remote.play(2, 1.0)
+    finally:
+        remote.close()
+
+
+def test_training_with_self_play_in_worker_processes(tmp_path):
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=320, warmup_steps=80, batch_size=32, num_envs=4,
+                       num_simulations=4, eval_episodes=2, eval_every=0, self_play_backend="multiprocess",
+                       self_play_workers=2, self_play_moves=5, progress=False)  # fmt: skip
+    result = train_muzero(cfg)
+    assert result.global_step == 320 and result.episodes > 0 and result.eval_return is not None
