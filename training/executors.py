@@ -22,7 +22,7 @@ import copy
 import sys
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -124,24 +124,29 @@ class InProcessExecutor(Executor):
             w.close()
 
 
-def _worker_process(
-    env_id: str, num_envs: int, seed: int, policies: list[PolicyValueNet], buffers: list[dict[str, torch.Tensor]],
-    conn: Connection, env_kwargs: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
-    # One intra-op thread per worker: the workers themselves are the parallelism.
+# A command handler's return value when the command gets no answer (the learner does not wait for one).
+NO_REPLY = object()
+
+
+def serve_commands(
+    conn: Connection, start_worker: Callable[[], Any], handlers: Mapping[str, Callable[..., Any]]
+) -> None:
+    """The loop of a worker process: start the worker, say ("ready", None), then for each message
+    (command, *args) call handlers[command](worker, *args) and send ("ok", its result) unless it is
+    NO_REPLY, until ("close", ...). An exception goes back as ("error", traceback) and ends the process;
+    a vanished learner (closed pipe) ends it quietly. One intra-op thread: the workers are the parallelism."""
     torch.set_num_threads(1)
     worker = None
-    views = [{k: v.numpy() for k, v in arrays.items()} for arrays in buffers]
     try:
-        worker = RolloutWorker(env_id, num_envs, seed, policies[0], buffers[0], env_kwargs)
+        worker = start_worker()
         conn.send(("ready", None))
         while True:
-            command, buffer = conn.recv()
-            if command == "collect":
-                worker.retarget(views[buffer], policies[buffer])
-                conn.send(("ok", worker.collect()))
-            elif command == "close":
+            command, *args = conn.recv()
+            if command == "close":
                 break
+            reply = handlers[command](worker, *args)
+            if reply is not NO_REPLY:
+                conn.send(("ok", reply))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass
     except Exception:
@@ -149,6 +154,37 @@ def _worker_process(
     finally:
         if worker is not None:
             worker.close()
+
+
+def receive_reply(
+    conn: Connection, process, expected: str, timeout: float, lost: type[Exception], timeout_option: str
+):
+    """The payload of a worker process's next ("kind", payload) reply; `lost` (with the reason: hung past
+    timeout, died, or raised, with its traceback) when there is none to be had."""
+    try:
+        if not conn.poll(timeout):
+            raise lost(f"hung (no reply within {timeout:g}s, {timeout_option})")
+        kind, payload = conn.recv()
+    except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
+        raise lost(f"died (exit code {process.exitcode})") from None
+    if kind == "error":
+        raise lost(f"raised:\n{payload}")
+    assert kind == expected, (kind, expected)
+    return payload
+
+
+def _worker_process(
+    env_id: str, num_envs: int, seed: int, policies: list[PolicyValueNet], buffers: list[dict[str, torch.Tensor]],
+    conn: Connection, env_kwargs: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    views = [{k: v.numpy() for k, v in arrays.items()} for arrays in buffers]
+
+    def collect(worker: RolloutWorker, buffer: int) -> WorkerStats:
+        worker.retarget(views[buffer], policies[buffer])
+        return worker.collect()
+
+    serve_commands(conn, lambda: RolloutWorker(env_id, num_envs, seed, policies[0], buffers[0], env_kwargs),
+                   {"collect": collect})  # fmt: skip
 
 
 class ReplacingExecutor(Executor):
@@ -289,17 +325,7 @@ class MultiprocessExecutor(ReplacingExecutor):
         self.conns[i], self.processes[i] = parent_conn, proc
 
     def _reply(self, i: int, expected: str, timeout: float):
-        conn = self.conns[i]
-        try:
-            if not conn.poll(timeout):
-                raise WorkerLost(f"hung (no reply within {timeout:g}s, --worker-timeout)")
-            kind, payload = conn.recv()
-        except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
-            raise WorkerLost(f"died (exit code {self.processes[i].exitcode})") from None
-        if kind == "error":
-            raise WorkerLost(f"raised:\n{payload}")
-        assert kind == expected, (kind, expected)
-        return payload
+        return receive_reply(self.conns[i], self.processes[i], expected, timeout, WorkerLost, "--worker-timeout")
 
     def _wait_ready(self, i: int) -> None:
         self._reply(i, "ready", max(self.worker_timeout, MIN_STARTUP_TIMEOUT))

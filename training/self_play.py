@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -21,6 +20,7 @@ import torch
 from agents.mcts import run_search
 from agents.muzero_networks import root_inference, search_callback
 from envs.factory import episode_stats_from_info, make_vector_env
+from training.executors import NO_REPLY, receive_reply, serve_commands
 from training.replay import Game
 
 # Self-play envs of a resumed run start from seeds this far from the previous ones.
@@ -170,26 +170,12 @@ class SelfPlayExecutor:
 def _worker_process(cfg, num_envs: int, seed: int, conn: Connection) -> None:
     from training.muzero_trainer import build_model
 
-    torch.set_num_threads(1)  # the workers are the parallelism
-    worker = None
-    try:
-        worker = SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed)
-        conn.send(("ready", None))
-        while True:
-            command, *args = conn.recv()
-            if command == "weights":
-                worker.set_weights(args[0])
-            elif command == "play":
-                conn.send(("ok", worker.play(*args)))
-            else:
-                break
-    except (EOFError, KeyboardInterrupt):
-        pass
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        if worker is not None:
-            worker.close()
+    def set_weights(worker: SelfPlayWorker, state_dict: dict[str, torch.Tensor]):
+        worker.set_weights(state_dict)
+        return NO_REPLY
+
+    serve_commands(conn, lambda: SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed),
+                   {"weights": set_weights, "play": SelfPlayWorker.play})  # fmt: skip
 
 
 class MultiprocessSelfPlay(SelfPlayExecutor):
@@ -211,16 +197,10 @@ class MultiprocessSelfPlay(SelfPlayExecutor):
             self._reply(i, "ready")
 
     def _reply(self, i: int, expected: str):
-        conn, proc = self.conns[i], self.processes[i]
         try:
-            if not conn.poll(self.timeout):
-                raise SelfPlayError(f"self-play worker {i} sent nothing for {self.timeout:g}s")
-            kind, payload = conn.recv()
-        except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
-            raise SelfPlayError(f"self-play worker {i} died (exit code {proc.exitcode})") from None
-        if kind == "error":
-            raise SelfPlayError(f"self-play worker {i} raised:\n{payload}")
-        return payload
+            return receive_reply(self.conns[i], self.processes[i], expected, self.timeout, SelfPlayError, "the timeout")
+        except SelfPlayError as e:
+            raise SelfPlayError(f"self-play worker {i} {e}") from None
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
