@@ -85,3 +85,29 @@ def test_the_unrolled_loss_trains_the_model():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.5 * first
+
+
+def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
+    from agents.muzero_networks import MuZeroMLP, root_inference
+    from training.muzero_trainer import MuZeroConfig, reanalysed_values
+    from training.replay import Game
+
+    torch.manual_seed(0)
+    model = MuZeroMLP(obs_dim=3, num_actions=2, support_size=10, reward_support_size=10)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    rng = np.random.default_rng(0)
+    T = 12
+    game = Game(observations=rng.normal(size=(T + 1, 3)).astype(np.float32), actions=np.zeros(T, np.int64),
+                rewards=np.ones(T), policies=np.full((T, 2), 0.5), root_values=np.full(T + 1, 7.0), terminated=True)  # fmt: skip
+    game.root_values[-1] = 0.0
+    cfg = MuZeroConfig(unroll_steps=2, td_steps=3, reanalyse_fraction=1.0)
+    fresh = root_inference(model, game.observations)[2]
+    (early, late) = reanalysed_values(model, [(game, 1), (game, 9)], cfg, rng)
+    np.testing.assert_allclose(early[1:7], fresh[1:7])  # positions 1 .. 1 + K + n
+    assert (early[:1] == 7.0).all() and (early[7:-1] == 7.0).all()
+    np.testing.assert_allclose(late[9:12], fresh[9:12])
+    assert late[12] == 0.0  # after the real end the value stays 0
+    assert (game.root_values[:-1] == 7.0).all()  # the stored game is not changed
+    untouched = reanalysed_values(model, [(game, 1)], MuZeroConfig(reanalyse_fraction=0.0), rng)[0]
+    assert untouched is game.root_values

@@ -32,7 +32,7 @@ from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoin
 from training.config import ConfigError, resolve_device
 from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
 from training.logger import Progress, RunLogger, make_run_dir, run_name
-from training.replay import PrioritizedReplay
+from training.replay import Game, PrioritizedReplay
 from training.self_play import RESUME_SEED_STRIDE, make_self_play
 
 
@@ -90,6 +90,8 @@ class MuZeroConfig:
     """prioritised replay's alpha (0 = uniform sampling)"""
     priority_beta: float = 1.0
     """prioritised replay's importance-weight exponent"""
+    reanalyse_fraction: float = 0.0
+    """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
     visit_temperature: float = 1.0
     """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run"""
     hidden_state: int = 64
@@ -124,6 +126,8 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
                  "replay_capacity", "checkpoint_every", "eval_episodes"):  # fmt: skip
         if getattr(cfg, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
+    if not 0 <= cfg.reanalyse_fraction <= 1:
+        problems.append(f"--reanalyse-fraction must lie in [0, 1] (got {cfg.reanalyse_fraction})")
     if not 0 < cfg.discount <= 1:
         problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
     if cfg.self_play_workers < 1 or cfg.self_play_moves < 1:
@@ -349,7 +353,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                 owed_updates += cfg.updates_per_step * cfg.num_envs
                 stats = None
                 while owed_updates >= 1:
-                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device)
+                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model)
                     owed_updates -= 1
                     updates += 1
                 if stats is not None:
@@ -393,11 +397,40 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                         bool(solved), eval_return, episodes, history)  # fmt: skip
 
 
+def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], cfg: MuZeroConfig,
+                      rng: np.random.Generator) -> list[np.ndarray]:
+    """Each sample's root values, with those its value targets bootstrap from (positions pos .. pos + K + n)
+    recomputed by `model` for a cfg.reanalyse_fraction share of the samples: the value half of MuZero
+    Reanalyse (appendix H), without a new search for the policy targets. Values stored at play time
+    come from an older model, so as the model improves they understate (or overstate) what a state is
+    worth; fresh ones keep the n-step targets current. The value after a real end stays 0."""
+    values = [g.root_values for g, _ in samples]
+    chosen = [i for i in range(len(samples)) if rng.random() < cfg.reanalyse_fraction]
+    if not chosen:
+        return values
+    spans = []
+    for i in chosen:
+        game, pos = samples[i]
+        end = min(pos + cfg.unroll_steps + cfg.td_steps, len(game) - 1 if game.terminated else len(game))
+        spans.append((i, pos, end))
+    obs = np.concatenate([samples[i][0].observations[pos : end + 1] for i, pos, end in spans])
+    fresh = root_inference(model, obs.reshape(len(obs), -1))[2]
+    offset = 0
+    for i, pos, end in spans:
+        values[i] = values[i].copy()
+        values[i][pos : end + 1] = fresh[offset : offset + end + 1 - pos]
+        offset += end + 1 - pos
+    return values
+
+
 def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
-            rng: np.random.Generator, two_player: bool, device: torch.device) -> dict[str, float]:  # fmt: skip
+            rng: np.random.Generator, two_player: bool, device: torch.device,
+            actor_model: torch.nn.Module) -> dict[str, float]:  # fmt: skip
     samples, weights, keys = replay.sample(cfg.batch_size)
-    targets = [make_targets(g.rewards, g.root_values, g.policies, g.actions, g.terminated, pos, cfg.unroll_steps,
-                            cfg.td_steps, cfg.discount, rng, two_player) for g, pos in samples]  # fmt: skip
+    root_values = reanalysed_values(actor_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
+    targets = [make_targets(g.rewards, values, g.policies, g.actions, g.terminated, pos, cfg.unroll_steps,
+                            cfg.td_steps, cfg.discount, rng, two_player)
+               for (g, pos), values in zip(samples, root_values, strict=True)]  # fmt: skip
     batch = {
         name: torch.as_tensor(np.stack([getattr(t, name) for t in targets]),
                               dtype=torch.int64 if name == "actions" else torch.float32).to(device)
