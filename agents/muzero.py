@@ -92,6 +92,9 @@ def muzero_loss(
     targets: dict[str, torch.Tensor],
     weights: torch.Tensor,
     value_coef: float = 0.25,
+    next_obs: torch.Tensor | None = None,
+    next_obs_mask: torch.Tensor | None = None,
+    consistency_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """The unrolled loss on a batch: cross-entropies of value, reward and policy against their targets
     (value and reward as two-hot supports), masked where the targets do not exist.
@@ -100,11 +103,19 @@ def muzero_loss(
     weights [B] are the replay's importance weights. As in the paper, the loss of each unrolled step is
     scaled by 1/K and the gradient into the dynamics by 1/2 per step, so the unroll's total gradient does
     not grow with K. Value loss is weighted by value_coef (0.25 in the paper's Reanalyse setting).
+    With consistency_coef > 0, next_obs [B, K, ...] (the observations after each unrolled action, masked
+    by next_obs_mask [B, K] past the game's end) add EfficientZero's temporal consistency loss: the
+    negative cosine similarity between the dynamics' hidden state after k actions and the representation
+    of the observation actually reached (no gradient into that target), which ties the learned model to
+    real transitions and makes small-data learning steadier (Ye et al. 2021).
     Returns (loss, statistics, new priorities |V(s_t) - z_t| for the replay).
     """
     K = targets["actions"].shape[1]
     state, policy_logits, value_logits = model.initial_inference(obs)
-    value_loss = reward_loss = policy_loss = torch.zeros(obs.shape[0], device=obs.device)
+    value_loss = reward_loss = policy_loss = consistency_loss = torch.zeros(obs.shape[0], device=obs.device)
+    if consistency_coef > 0:
+        with torch.no_grad():
+            reached = model.initial_inference(next_obs.flatten(0, 1))[0].view(*next_obs.shape[:2], -1)
     priorities = (support_to_scalar(value_logits.detach(), model.support_size) - targets["value"][:, 0]).abs()
     for k in range(K + 1):
         if k > 0:
@@ -121,11 +132,16 @@ def muzero_loss(
             reward_target = scalar_to_support(targets["reward"][:, k], model.reward_support_size)
             reward_ce = -(reward_target * F.log_softmax(reward_logits, -1)).sum(-1)
             reward_loss = reward_loss + step_scale * targets["reward_mask"][:, k] * reward_ce
-    per_sample = value_coef * value_loss + reward_loss + policy_loss
+            if consistency_coef > 0:
+                similarity = F.cosine_similarity(state.flatten(1), reached[:, k - 1], dim=-1)
+                consistency_loss = consistency_loss - step_scale * next_obs_mask[:, k - 1] * similarity
+    per_sample = value_coef * value_loss + reward_loss + policy_loss + consistency_coef * consistency_loss
     loss = (weights * per_sample).mean()
     stats = {
         "value_loss": value_loss.mean().item(),
         "reward_loss": reward_loss.mean().item(),
         "policy_loss": policy_loss.mean().item(),
     }
+    if consistency_coef > 0:
+        stats["consistency_loss"] = consistency_loss.mean().item()
     return loss, stats, priorities

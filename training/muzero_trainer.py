@@ -90,6 +90,8 @@ class MuZeroConfig:
     """prioritised replay's alpha (0 = uniform sampling)"""
     priority_beta: float = 1.0
     """prioritised replay's importance-weight exponent"""
+    consistency_coef: float = 0.0
+    """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
     reanalyse_fraction: float = 0.0
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
     visit_temperature: float = 1.0
@@ -437,7 +439,17 @@ def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioriti
         for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")
     }  # fmt: skip
     obs = torch.as_tensor(np.stack([g.observations[pos] for g, pos in samples])).to(device).float()
-    loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device))
+    next_obs = next_obs_mask = None
+    if cfg.consistency_coef > 0:
+        # The observations reached after each unrolled action (the last one repeated past the end, masked).
+        K = cfg.unroll_steps
+        next_obs = torch.as_tensor(np.stack([g.observations[np.minimum(np.arange(pos + 1, pos + K + 1), len(g))]
+                                             for g, pos in samples])).to(device).float()  # fmt: skip
+        next_obs_mask = torch.as_tensor(np.stack([np.arange(pos + 1, pos + K + 1) <= len(g) for g, pos in samples]),
+                                        dtype=torch.float32).to(device)  # fmt: skip
+    loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
+                                          next_obs=next_obs, next_obs_mask=next_obs_mask,
+                                          consistency_coef=cfg.consistency_coef)  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
