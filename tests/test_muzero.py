@@ -111,3 +111,31 @@ def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
     assert (game.root_values[:-1] == 7.0).all()  # the stored game is not changed
     untouched = reanalysed_values(model, [(game, 1)], MuZeroConfig(reanalyse_fraction=0.0), rng)[0]
     assert untouched is game.root_values
+
+
+def test_the_consistency_loss_compares_the_dynamics_with_the_reached_observations():
+    torch.manual_seed(0)
+    model = MuZeroMLP(4, 4)
+    obs, targets = _batch()
+    K = targets["actions"].shape[1]
+    next_obs = torch.randn(2, K, 4)
+    mask = torch.ones(2, K)
+    mask[1, 1:] = 0.0  # the second game ended after one move
+    base, _, _ = muzero_loss(model, obs, targets, torch.ones(2))
+    loss, stats, _ = muzero_loss(model, obs, targets, torch.ones(2), next_obs=next_obs, next_obs_mask=mask,
+                                 consistency_coef=2.0)  # fmt: skip
+    # By hand: -(1/K) sum_k mask * cos(dynamics state after k actions, representation of next_obs[k]).
+    with torch.no_grad():
+        state = model.initial_inference(obs)[0]
+        expected = torch.zeros(2)
+        for k in range(K):
+            state = model.recurrent_inference(state, targets["actions"][:, k])[0]
+            reached = model.initial_inference(next_obs[:, k])[0]
+            expected -= mask[:, k] * torch.nn.functional.cosine_similarity(state, reached, dim=-1) / K
+    assert stats["consistency_loss"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(base.item() + 2.0 * expected.mean().item(), rel=1e-5)
+    # Masked steps count for nothing, whatever observation stands there.
+    next_obs[1, 1:] = 100.0
+    again, _, _ = muzero_loss(model, obs, targets, torch.ones(2), next_obs=next_obs, next_obs_mask=mask,
+                              consistency_coef=2.0)  # fmt: skip
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
