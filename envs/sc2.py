@@ -166,6 +166,8 @@ class SC2Interface:
         else:
             self.functions = list(all_functions)
         self.function_ids = np.array([int(f.id) for f in self.functions])
+        self._screen_indices = [layer.index for layer in self.screen_layers]
+        self._minimap_indices = [layer.index for layer in self.minimap_layers]
         self._index_of_id = np.full(len(all_functions), -1, dtype=np.int64)
         self._index_of_id[self.function_ids] = np.arange(len(self.functions))
         self.argument_sizes = [self._argument_size(name) for name in ARGUMENT_TYPES]
@@ -224,8 +226,8 @@ class SC2Interface:
         index = self._index_of_id[ids[ids < len(self._index_of_id)]]
         available[index[index >= 0]] = 1
         return {
-            "screen": np.asarray(obs["feature_screen"])[[layer.index for layer in self.screen_layers]].astype(np.int32),
-            "minimap": np.asarray(obs["feature_minimap"])[[layer.index for layer in self.minimap_layers]].astype(np.int32),
+            "screen": np.asarray(obs["feature_screen"])[self._screen_indices].astype(np.int32),
+            "minimap": np.asarray(obs["feature_minimap"])[self._minimap_indices].astype(np.int32),
             "player": np.asarray(obs["player"], dtype=np.float32),
             "available_actions": available,
         }
@@ -324,8 +326,9 @@ class StarCraft2Env(gym.Env):
     def step(self, action):
         if self._env is None:
             raise RuntimeError("call reset() before step()")
-        call = self.interface.function_call(np.asarray(action), self._available)
-        unavailable = int(call.function) != int(self.interface.functions[int(np.asarray(action)[0])].id)
+        action = np.asarray(action)
+        call = self.interface.function_call(action, self._available)
+        unavailable = not self._available[int(action[0])]
         (timestep,) = self._env.step([call])
         obs = self._observe(timestep)
         last = bool(timestep.last())

@@ -34,9 +34,9 @@ class SC2NotInstalledError(ImportError):
     """pysc2 (the `sc2` extra) is missing."""
 
 
-def _serialized_descriptor(source: str) -> bytes:
+def _serialized_descriptor(tree: ast.Module) -> bytes:
     """The `serialized_pb=...` bytes of an old-style generated module's FileDescriptor(...) call."""
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "serialized_pb":
             value = node.value
             if isinstance(value, ast.Call):  # _b('...'): a latin-1 str turned into bytes
@@ -60,14 +60,13 @@ class _DescriptorPoolLoader(importlib.abc.Loader):
         from google.protobuf.internal import builder
 
         with open(self.origin, encoding="utf-8") as f:
-            source = f.read()
-        tree = ast.parse(source)
+            tree = ast.parse(f.read())
         # The module's own imports first: they load the .proto files this one depends on (through this
         # loader too) and bind the names that pysc2 may look up on the module.
         imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
         exec(compile(ast.Module(body=imports, type_ignores=[]), self.origin, "exec"), module.__dict__)
         pool = descriptor_pool.Default()
-        file_descriptor = pool.AddSerializedFile(_serialized_descriptor(source))
+        file_descriptor = pool.AddSerializedFile(_serialized_descriptor(tree))
         module.DESCRIPTOR = file_descriptor
         builder.BuildMessageAndEnumDescriptors(file_descriptor, module.__dict__)
         builder.BuildTopDescriptorsAndMessages(file_descriptor, module.__name__, module.__dict__)

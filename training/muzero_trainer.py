@@ -360,9 +360,8 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                     updates += 1
                 if stats is not None:
                     weights = {k: v.cpu() for k, v in model.state_dict().items()}
-                    actor_model.load_state_dict(weights)
-                    if cfg.self_play_backend != "inprocess":  # the in-process worker plays with actor_model
-                        self_play.set_weights(weights)
+                    actor_model.load_state_dict(weights)  # for evaluation (and the in-process worker, which shares it)
+                    self_play.set_weights(weights)
                     logger.scalars({f"losses/{k}": v for k, v in stats.items()}, global_step)
             elapsed = time.perf_counter() - start
             logger.scalars({

@@ -45,6 +45,27 @@ def _import_ray(on_loopback: bool, joining: bool):
     return ray
 
 
+def connect_ray(address: str | None, num_cpus: int):
+    """Ray, initialised for this process: joining the cluster at `address` ('auto' or HOST:PORT), or else a
+    Ray of `num_cpus` logical CPUs on this machine, on loopback. Returns (ray, whether this call started
+    it, so that its caller shuts it down). A driver already connected is left as it is."""
+    ray = _import_ray(on_loopback=not address or _is_loopback(address), joining=bool(address))
+    if ray.is_initialized():
+        return ray, False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as e:
+            raise ConfigError(
+                f"--ray-address {address}: could not join a Ray cluster there ({e}); start one with "
+                "`ray start --head`, and use the same RAY_AUTH_MODE (and token) on both sides"
+            ) from None
+    else:
+        # On loopback: a single-machine Ray has no reason to listen on the network.
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
+    return ray, True
+
+
 class RayRolloutWorker:
     """The actor: a RolloutWorker with its own arrays, taking new weights when their version changes."""
 
@@ -77,24 +98,12 @@ class RayExecutor(ReplacingExecutor):
         asynchronous: bool = False,
     ):  # fmt: skip
         super().__init__(num_steps, num_envs, num_workers, seed, worker_timeout, asynchronous)
-        ray = self.ray = _import_ray(on_loopback=not address or _is_loopback(address), joining=bool(address))
-        self.started_ray = not ray.is_initialized()
+        # Enough logical CPUs for every actor: with fewer, the extra actors would wait forever.
+        cpus = max(os.cpu_count() or 1, int(np.ceil(num_workers * cpus_per_worker)))
+        ray, self.started_ray = connect_ray(address, cpus)
+        self.ray = ray
         # Process ids mean something here only when the actors run on this machine.
         self.local = self.started_ray and not address
-        if self.started_ray:
-            if address:
-                try:
-                    ray.init(address=address, log_to_driver=True)
-                except ConnectionError as e:
-                    raise ConfigError(
-                        f"--ray-address {address}: could not join a Ray cluster there ({e}); start one with "
-                        "`ray start --head`, and use the same RAY_AUTH_MODE (and token) on both sides"
-                    ) from None
-            else:
-                # Enough logical CPUs for every actor: with fewer, the extra actors would wait forever.
-                cpus = max(os.cpu_count() or 1, int(np.ceil(num_workers * cpus_per_worker)))
-                # On loopback: a single-machine Ray has no reason to listen on the network.
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
         self.actor_class = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(RayRolloutWorker)
         self.env_id, self.observation_space, self.action_space = env_id, observation_space, action_space
         self.env_kwargs = env_kwargs

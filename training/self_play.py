@@ -232,16 +232,10 @@ class RaySelfPlay(SelfPlayExecutor):
     """Workers as Ray actors (on this machine, or a cluster with `ray_address`)."""
 
     def __init__(self, cfg, shares: list[tuple[int, int]], ray_address: str | None = None):
-        from training.ray_executor import _import_ray, _is_loopback
+        from training.ray_executor import connect_ray
 
-        ray = self.ray = _import_ray(on_loopback=not ray_address or _is_loopback(ray_address), joining=bool(ray_address))
-        self.started_ray = not ray.is_initialized()
-        if self.started_ray:
-            if ray_address:
-                ray.init(address=ray_address, log_to_driver=True)
-            else:
-                ray.init(num_cpus=max(len(shares), 1), include_dashboard=False, log_to_driver=True,
-                         _node_ip_address="127.0.0.1")  # fmt: skip
+        ray, self.started_ray = connect_ray(ray_address, num_cpus=max(len(shares), 1))
+        self.ray = ray
         actor = ray.remote(num_cpus=1)(_RaySelfPlayActor)
         self.actors = [actor.remote(cfg, num_envs, seed) for num_envs, seed in shares]
 
