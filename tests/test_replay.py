@@ -41,3 +41,14 @@ def test_capacity_in_positions_evicts_the_oldest_games():
     assert replay.num_positions == 8 and len(replay.games) == 2 and replay.games_seen == 3
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         PrioritizedReplay(capacity=0)
+
+
+def test_a_segments_lookahead_positions_are_never_sampled_nor_counted():
+    replay = PrioritizedReplay(capacity=100, alpha=0.0)
+    segment = _game(6)
+    segment.num_starts = 2
+    replay.add(segment)
+    replay.add(_game(1))
+    assert replay.num_positions == 3 and replay.games[0].priorities.shape == (2,)
+    _, _, keys = replay.sample(3000)
+    assert {pos for gi, pos in keys if gi == 0} == {0, 1}

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from agents.muzero import make_targets
 from training.muzero_trainer import MuZeroConfig, build_model, train_muzero
-from training.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker
+from training.replay import Game
+from training.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker, _GameRecord
 
 CFG = MuZeroConfig(num_envs=2, num_simulations=4)
 
@@ -43,6 +45,38 @@ def test_a_round_returns_the_games_that_ended_and_keeps_the_others():
     in_progress = sum(len(r.actions) for r in worker.records)
     assert sum(first.episode_lengths) + in_progress == 80
     worker.close()
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_segments_of_a_long_game_give_the_whole_games_targets(terminated):
+    rng = np.random.default_rng(0)
+    T, K, n, L = 137, 5, 10, 20
+    obs, actions, rewards = rng.normal(size=(T + 1, 4)), rng.integers(2, size=T), rng.normal(size=T)
+    policies, values = rng.dirichlet([1, 1], size=T), rng.normal(size=T + 1)
+    values[T] = 0.0 if terminated else values[T]
+    record, segments = _GameRecord(), []
+    for t in range(T):
+        record.observations.append(obs[t])
+        record.actions.append(int(actions[t]))
+        record.rewards.append(float(rewards[t]))
+        record.policies.append(policies[t])
+        record.root_values.append(float(values[t]))
+        if segment := record.cut_segment(L, K + n):
+            segments.append(segment)
+    segments.append(record.finish(obs[T], float(values[T]), terminated))
+    whole = Game(obs, actions, rewards, policies, values, terminated)
+    assert [s.num_starts for s in segments] == [L] * 6 + [T - 6 * L]
+    assert all(len(s) == L + K + n for s in segments[:-1])
+    start = 0
+    for segment in segments:
+        for pos in range(segment.num_starts):
+            a, b = (make_targets(g.rewards, g.root_values, g.policies, g.actions, g.terminated, p, K, n, 0.997,
+                                 np.random.default_rng(1))
+                    for g, p in ((whole, start + pos), (segment, pos)))  # fmt: skip
+            for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask"):
+                np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=f"{name} at {start + pos}")
+            np.testing.assert_array_equal(segment.observations[pos], obs[start + pos])
+        start += segment.num_starts
 
 
 def test_worker_processes_play_the_same_games_as_the_in_process_worker():

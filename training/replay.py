@@ -1,4 +1,4 @@
-"""MuZero's replay: whole games (or game segments) with prioritised sampling of positions.
+"""MuZero's replay: games and game segments with prioritised sampling of positions.
 
 A position is drawn with probability P(i) = p_i^alpha / sum_j p_j^alpha (Schaul et al. 2016) and its loss
 weighted by (N P(i))^-beta, which undoes the bias of the skewed sampling as beta goes to 1, divided by the
@@ -25,7 +25,14 @@ class Game:
     policies: np.ndarray  # [T, A] the search's visit distributions
     root_values: np.ndarray  # [T + 1] the search's values; the last is 0 after a real end
     terminated: bool
-    priorities: np.ndarray = field(default=None)  # [T]; default: |root value - n-step return| set by the buffer
+    priorities: np.ndarray = field(default=None)  # [num_starts]; default: the buffer's highest
+    num_starts: int | None = None
+    """positions sampled as unroll starts (default: all T). A segment cut from a game in progress carries
+    K + n moves past its starts, so every start's unroll and n-step targets stay inside it."""
+
+    def __post_init__(self) -> None:
+        if self.num_starts is None:
+            self.num_starts = len(self.actions)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -42,17 +49,17 @@ class PrioritizedReplay:
         self.rng = np.random.default_rng(seed)
 
     def add(self, game: Game) -> None:
-        if len(game) == 0:
+        if game.num_starts == 0:
             return
         if game.priorities is None:
             # New data is sampled at least as often as the most surprising stored position (Ape-X).
             top = max((g.priorities.max() for g in self.games), default=1.0)
-            game.priorities = np.full(len(game), top, np.float64)
+            game.priorities = np.full(game.num_starts, top, np.float64)
         self.games.append(game)
-        self.num_positions += len(game)
+        self.num_positions += game.num_starts
         self.games_seen += 1
         while self.num_positions > self.capacity and len(self.games) > 1:
-            self.num_positions -= len(self.games.popleft())
+            self.num_positions -= self.games.popleft().num_starts
 
     def sample(self, batch_size: int) -> tuple[list[tuple[Game, int]], np.ndarray, list[tuple[int, int]]]:
         """batch_size positions: [(game, position)], their importance weights [B], and keys (game index,
@@ -64,7 +71,7 @@ class PrioritizedReplay:
         flat = self.rng.choice(len(probs), size=batch_size, p=probs)
         weights = (len(probs) * probs[flat]) ** -self.beta
         weights /= weights.max()
-        offsets = np.cumsum([0] + [len(g) for g in self.games])
+        offsets = np.cumsum([0] + [g.num_starts for g in self.games])
         game_index = np.searchsorted(offsets, flat, side="right") - 1
         keys = [(int(gi), int(f - offsets[gi])) for gi, f in zip(game_index, flat, strict=True)]
         return [(self.games[gi], pos) for gi, pos in keys], weights, keys

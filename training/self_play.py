@@ -45,6 +45,26 @@ class _GameRecord:
             terminated=terminated,
         )
 
+    def cut_segment(self, starts: int, lookahead: int) -> Game | None:
+        """Once the game in progress holds starts + lookahead + 1 moves: a Game of its first starts
+        positions carrying the next `lookahead` moves (and the root value after them) for their targets;
+        those first `starts` moves then leave the record. None while it holds fewer."""
+        T = starts + lookahead
+        if len(self.actions) <= T:
+            return None
+        segment = Game(
+            observations=np.stack(self.observations[: T + 1]),
+            actions=np.array(self.actions[:T], np.int64),
+            rewards=np.array(self.rewards[:T], np.float64),
+            policies=np.stack(self.policies[:T]),
+            root_values=np.array(self.root_values[: T + 1], np.float64),
+            terminated=False,
+            num_starts=starts,
+        )
+        for values in (self.observations, self.actions, self.rewards, self.policies, self.root_values):
+            del values[:starts]
+        return segment
+
 
 def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(obs, dict):
@@ -89,6 +109,9 @@ class SelfPlayWorker:
         from training.muzero_trainer import search_config  # the trainer imports this module
 
         self.model, self.search = model, search_config(cfg)
+        # Long games reach the replay in segments: a 500-move CartPole game would otherwise teach nothing
+        # until it ends, 500 x num_envs env steps after it began.
+        self.segment_length, self.lookahead = cfg.segment_length, cfg.unroll_steps + cfg.td_steps
         self.rng = rng if rng is not None else np.random.default_rng(seed)
         self.envs = make_vector_env(cfg.env_id, num_envs, seed)
         self.obs, _ = self.envs.reset(seed=[seed + i for i in range(num_envs)])
@@ -119,6 +142,8 @@ class SelfPlayWorker:
                 rec.rewards.append(float(rewards[i]))
                 rec.policies.append(result.policy[i])
                 rec.root_values.append(float(result.root_value[i]))
+                if self.segment_length and (segment := rec.cut_segment(self.segment_length, self.lookahead)):
+                    games.append(segment)
             for i in np.flatnonzero(terminated | truncated):
                 final = info["final_obs"][i]
                 final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, features.dtype).reshape(-1)
