@@ -2,6 +2,7 @@
 watching and evaluating a MuZero run, resuming it, and TicTacToe self-play."""
 
 import dataclasses
+import math
 import re
 import subprocess
 import sys
@@ -24,12 +25,13 @@ def _launch(script, *args):
                           cwd=ROOT, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})  # fmt: skip
 
 
-def test_muzero_learns_cartpole_within_4000_steps(tmp_path):
-    # Fixed seed, the default settings: the greedy search balances the pole for 150+ steps on average
-    # after 4000 env steps (a policy that always pushes one way lasts ~9, a random one ~22).
-    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=4000, eval_every=4000, progress=False)
+def test_muzero_solves_cartpole_within_3000_steps(tmp_path):
+    # Fixed seed, the default settings: the greedy search averages >= 475 over 20 episodes by 3000 env
+    # steps (this seed measured solving at 2000; the 5000-step target's seeds 1-4 at 2000-4000).
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), seed=2, total_timesteps=3000, eval_every=1000, eval_episodes=20,
+                       progress=False)  # fmt: skip
     result = train_muzero(cfg)
-    assert result.global_step == 4000 and result.eval_return >= 150, result.history
+    assert result.solved and result.eval_return >= 475 and result.global_step <= 3000, result.history
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -81,6 +83,16 @@ def test_tictactoe_self_play_runs(tmp_path):
                        batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9)  # fmt: skip
     result = train_muzero(cfg)
     assert result.global_step == 320 and result.episodes >= 320 // 9
+
+
+def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():
+    from training.muzero_trainer import visit_temperature
+
+    assert visit_temperature(MuZeroConfig()) == 0.25
+    assert visit_temperature(MuZeroConfig(env_id="rlgames/TicTacToe-v0")) == 1.0
+    assert visit_temperature(MuZeroConfig(env_id="rlgames/TicTacToe-v0", visit_temperature=0.5)) == 0.5
+    with pytest.raises(ConfigError, match="--visit-temperature must be > 0"):
+        validate_muzero(MuZeroConfig(visit_temperature=0.0))
 
 
 def test_bad_settings_are_refused():
@@ -161,6 +173,10 @@ def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):
     from training.muzero_trainer import ModelSpaces, check_replay_fits
 
     spaces = ModelSpaces((4, 84, 84), np.dtype(np.uint8), 6, False)
-    with pytest.raises(ConfigError, match=r"--replay-capacity 1000000 positions of 28,[0-9]{3} bytes need .* use --replay-capacity \d+"):
+    # A uint8 frame stack plus policy and scalars; segments of 50 starts also keep 5 + 10 + 1 positions after them.
+    per_position = math.ceil((4 * 84 * 84 + 8 * (6 + 4)) * (1 + 16 / 50))
+    with pytest.raises(ConfigError, match=rf"--replay-capacity 1000000 positions of {per_position:,} bytes need .* use --replay-capacity \d+"):
         check_replay_fits(MuZeroConfig(replay_capacity=1_000_000), spaces, memory_bytes=24 * 2**30)
-    check_replay_fits(MuZeroConfig(replay_capacity=100_000), spaces, memory_bytes=24 * 2**30)  # 2.7 GiB: fine
+    check_replay_fits(MuZeroConfig(replay_capacity=100_000), spaces, memory_bytes=24 * 2**30)  # 3.5 GiB: fine
+    with pytest.raises(ConfigError, match="--replay-capacity 400000 positions of 28,304 bytes"):  # whole games
+        check_replay_fits(MuZeroConfig(replay_capacity=400_000, segment_length=0), spaces, memory_bytes=16 * 2**30)

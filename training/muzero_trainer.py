@@ -80,22 +80,24 @@ class MuZeroConfig:
     """L2 regularisation of the weights"""
     max_grad_norm: float = 5.0
     """global gradient-norm clip"""
-    updates_per_step: float = 0.5
+    updates_per_step: float = 1.0
     """gradient steps per env step of self-play (the replay ratio)"""
     warmup_steps: int = 400
     """env steps of self-play before the first gradient step"""
     replay_capacity: int = 100_000
     """positions kept in the replay (the oldest games leave first)"""
-    priority_alpha: float = 1.0
+    segment_length: int = 50
+    """games in progress reach the replay every this many moves (each segment also keeps the next unroll_steps + td_steps moves for its targets); 0 = whole games only, when they end"""
+    priority_alpha: float = 0.6
     """prioritised replay's alpha (0 = uniform sampling)"""
-    priority_beta: float = 1.0
-    """prioritised replay's importance-weight exponent"""
+    priority_beta: float = 0.4
+    """prioritised replay's importance-weight exponent (1 undoes the sampling bias fully, at the price of tiny weights on the most-sampled positions)"""
     consistency_coef: float = 0.0
     """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
-    reanalyse_fraction: float = 0.0
+    reanalyse_fraction: float = 1.0
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
-    visit_temperature: float = 1.0
-    """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run"""
+    visit_temperature: float | None = None
+    """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
     hidden_state: int = 64
     """size of the hidden state"""
     hidden_sizes: tuple[int, ...] = (64,)
@@ -130,8 +132,12 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     if not 0 <= cfg.reanalyse_fraction <= 1:
         problems.append(f"--reanalyse-fraction must lie in [0, 1] (got {cfg.reanalyse_fraction})")
+    if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
+        problems.append(f"--visit-temperature must be > 0 (got {cfg.visit_temperature})")
     if not 0 < cfg.discount <= 1:
         problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
+    if cfg.segment_length < 0:
+        problems.append(f"--segment-length must be >= 0 (0 = whole games; got {cfg.segment_length})")
     if cfg.self_play_workers < 1 or cfg.self_play_moves < 1:
         problems.append(f"--self-play-workers and --self-play-moves must be >= 1 (got {cfg.self_play_workers}, {cfg.self_play_moves})")
     elif cfg.self_play_backend == "inprocess" and cfg.self_play_workers != 1:
@@ -182,6 +188,9 @@ def check_replay_fits(cfg: MuZeroConfig, spaces: ModelSpaces, memory_bytes: int 
     if memory_bytes is None:
         memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     per_position = int(np.prod(spaces.obs_shape)) * spaces.obs_dtype.itemsize + 8 * (spaces.num_actions + 4)
+    if cfg.segment_length:
+        # each segment also stores the unroll_steps + td_steps moves after its starts
+        per_position = math.ceil(per_position * (1 + (cfg.unroll_steps + cfg.td_steps + 1) / cfg.segment_length))
     needed = per_position * cfg.replay_capacity
     if needed > memory_bytes / 2:
         fits = int(memory_bytes / 2 // per_position)
@@ -201,6 +210,16 @@ def solved_threshold(env_id: str) -> float | None:
     perfect player (+1 win, 0 draw, -1 loss; see training.evaluation.play_against_perfect_player): a
     mean of 0 means no game lost."""
     return 0.0 if env_id in PERFECT_OPPONENT_ENVS else SOLVED_RETURN.get(env_id)
+
+
+def visit_temperature(cfg: MuZeroConfig) -> float:
+    """Self-play's starting temperature: --visit-temperature, else 1 for board games, 0.25 otherwise.
+    Measured here (5k-step CartPole, 4 seeds): T = 1 plays so close to random with 25 simulations on two
+    actions that none solved; T = 0.25 solved all. On TicTacToe, T = 0.25 lost every game to the perfect
+    player after 10k steps, T = 1 none."""
+    if cfg.visit_temperature is not None:
+        return cfg.visit_temperature
+    return 1.0 if is_two_player(cfg.env_id) else 0.25
 
 
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
@@ -314,6 +333,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     actor = MuZeroActor(actor_model, search, seed=cfg.seed)
     replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
     threshold = cfg.stop_return if cfg.stop_return is not None else solved_threshold(cfg.env_id)
+    start_temperature = visit_temperature(cfg)
     start = time.perf_counter()
 
     def checkpoint_state() -> dict:
@@ -338,7 +358,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
         while global_step < cfg.total_timesteps and not solved:
             # Self-play: every worker's games make self_play_moves moves with the current weights.
             progress_fraction = global_step / cfg.total_timesteps
-            temperature = cfg.visit_temperature * (1.0 if progress_fraction < 0.5 else 0.5 if progress_fraction < 0.75 else 0.25)
+            temperature = start_temperature * (1.0 if progress_fraction < 0.5 else 0.5 if progress_fraction < 0.75 else 0.25)
             played = self_play.play(cfg.self_play_moves, temperature)
             step_before = global_step
             global_step += played.steps
