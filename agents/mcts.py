@@ -219,6 +219,25 @@ def _backup(visits, value_sum, reward, parent, min_q, max_q, discount, leaf, lea
             node = parent[b, node]
 
 
+@numba.njit(cache=True)
+def _expand(children, parent, action, reward, raw_value, prior, sim, leaf_parent, leaf_action, leaf_reward,
+            leaf_value, leaf_logits):  # fmt: skip
+    """2. Expansion in every tree b: node `sim` becomes the child of (leaf_parent, leaf_action) with the
+    model's reward, value and prior (the softmax of its logits)."""
+    batch, num_actions = leaf_logits.shape
+    for b in range(batch):
+        children[b, leaf_parent[b], leaf_action[b]] = sim
+        parent[b, sim], action[b, sim] = leaf_parent[b], leaf_action[b]
+        reward[b, sim], raw_value[b, sim] = leaf_reward[b], leaf_value[b]
+        top = leaf_logits[b].max()
+        total = 0.0
+        for a in range(num_actions):
+            prior[b, sim, a] = np.exp(leaf_logits[b, a] - top)
+            total += prior[b, sim, a]
+        for a in range(num_actions):
+            prior[b, sim, a] /= total
+
+
 def run_search(
     root_embedding: torch.Tensor,
     root_prior_logits: np.ndarray,
@@ -266,31 +285,29 @@ def run_search(
     root_mask = np.ones((batch, num_actions), bool) if valid_actions is None else np.asarray(valid_actions, bool)
     leaf_parent = np.zeros(batch, np.int64)
     leaf_action = np.zeros(batch, np.int64)
+    if not cfg.gumbel:
+        # Noise far below any Q or prior difference only breaks exact ties (at random, not by index).
+        tie_noise = rng.uniform(0, 1e-9, (cfg.num_simulations, batch, num_actions))
     for sim in range(1, cfg.num_simulations + 1):
         # 1. Selection of one leaf per tree.
         if cfg.gumbel:
             _gumbel_select_leaves(tree, cfg, sim, considered, schedules, m, root_score, leaf_parent, leaf_action)
         else:
-            # Noise far below any Q or prior difference only breaks exact ties (at random, not by index).
-            tie_noise = rng.uniform(0, 1e-9, (batch, num_actions))
             _puct_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.min_q,
-                                tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, root_mask, tie_noise,
+                                tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, root_mask, tie_noise[sim - 1],
                                 leaf_parent, leaf_action)  # fmt: skip
 
         # 2. Expansion: one model call for every tree's new leaf.
         reward, embedding, logits, value = recurrent_fn(
             torch.from_numpy(tree.embeddings[all_b, leaf_parent]), torch.from_numpy(leaf_action)
         )
-        tree.children[all_b, leaf_parent, leaf_action] = sim
-        tree.parent[:, sim], tree.action[:, sim] = leaf_parent, leaf_action
-        tree.reward[:, sim] = reward
-        tree.raw_value[:, sim] = value
-        tree.prior[:, sim] = _softmax(np.asarray(logits, np.float64))
+        value = np.asarray(value, np.float64)
+        _expand(tree.children, tree.parent, tree.action, tree.reward, tree.raw_value, tree.prior, sim, leaf_parent,
+                leaf_action, np.asarray(reward, np.float64), value, np.asarray(logits, np.float64))  # fmt: skip
         tree.embeddings[:, sim] = np.asarray(embedding)
 
         # 3. Backup from the leaf to the root.
-        _backup(tree.visits, tree.value_sum, tree.reward, tree.parent, tree.min_q, tree.max_q, discount, sim,
-                np.asarray(value, np.float64))  # fmt: skip
+        _backup(tree.visits, tree.value_sum, tree.reward, tree.parent, tree.min_q, tree.max_q, discount, sim, value)
 
     q_values, visit_counts = _children_q(tree, all_b, root, cfg)
     policy = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)

@@ -212,10 +212,13 @@ class _FusedRecurrent:
         w, b = self.heads[-1]
         out = torch.baddbmm(b, h.transpose(0, 1), w)  # [3, B, widest output]
         reward_support, value_support = self.supports
-        reward = out[0, :, : len(reward_support)].softmax(-1) @ reward_support
-        value = out[2, :, : len(value_support)].softmax(-1) @ value_support
-        reward, value = h_inverse(torch.stack([reward, value]).double().numpy())  # support_to_scalar's last step
-        return reward, next_state, out[1, :, : self.num_actions].double().numpy(), value
+        if len(reward_support) == len(value_support):  # both expectations in one softmax
+            expected = out[0::2, :, : len(value_support)].softmax(-1) @ value_support
+        else:
+            expected = torch.stack([out[0, :, : len(reward_support)].softmax(-1) @ reward_support,
+                                    out[2, :, : len(value_support)].softmax(-1) @ value_support])  # fmt: skip
+        reward, value = h_inverse(expected.double().numpy())  # support_to_scalar's last step
+        return reward, next_state, out[1, :, : self.num_actions].numpy(), value
 
 
 def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
