@@ -216,7 +216,7 @@ def visit_temperature(cfg: MuZeroConfig) -> float:
     """Self-play's starting temperature: --visit-temperature, else 1 for board games, 0.25 otherwise.
     Measured here (5k-step CartPole, 4 seeds): T = 1 plays so close to random with 25 simulations on two
     actions that none solved; T = 0.25 solved all. On TicTacToe, T = 0.25 lost every game to the perfect
-    player after 10k steps, T = 1 none."""
+    player at 5k and 10k steps; T = 1 lost under a third at 10k and fewer after."""
     if cfg.visit_temperature is not None:
         return cfg.visit_temperature
     return 1.0 if is_two_player(cfg.env_id) else 0.25
