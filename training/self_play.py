@@ -35,7 +35,7 @@ class _GameRecord:
     policies: list = field(default_factory=list)
     root_values: list = field(default_factory=list)
 
-    def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool) -> Game:
+    def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool, num_starts: int | None = None) -> Game:
         return Game(
             observations=np.stack([*self.observations, final_obs]),
             actions=np.array(self.actions, np.int64),
@@ -43,6 +43,7 @@ class _GameRecord:
             policies=np.stack(self.policies),
             root_values=np.array([*self.root_values, final_value], np.float64),
             terminated=terminated,
+            num_starts=num_starts,
         )
 
     def cut_segment(self, starts: int, lookahead: int) -> Game | None:
@@ -52,15 +53,9 @@ class _GameRecord:
         T = starts + lookahead
         if len(self.actions) <= T:
             return None
-        segment = Game(
-            observations=np.stack(self.observations[: T + 1]),
-            actions=np.array(self.actions[:T], np.int64),
-            rewards=np.array(self.rewards[:T], np.float64),
-            policies=np.stack(self.policies[:T]),
-            root_values=np.array(self.root_values[: T + 1], np.float64),
-            terminated=False,
-            num_starts=starts,
-        )
+        head = _GameRecord(self.observations[:T], self.actions[:T], self.rewards[:T], self.policies[:T],
+                           self.root_values[:T])  # fmt: skip
+        segment = head.finish(self.observations[T], self.root_values[T], terminated=False, num_starts=starts)
         for values in (self.observations, self.actions, self.rewards, self.policies, self.root_values):
             del values[:starts]
         return segment
