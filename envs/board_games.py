@@ -7,6 +7,7 @@ An illegal move is a loss for the player who makes it (-1, game over), so an age
 learns to respect it.
 
 `perfect_move` is an exact minimax player (memoised over all 5,478 positions), to measure agents against.
+`board_symmetries` gives a game's rotations and reflections, for training on symmetric copies of positions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ def perfect_moves(board: tuple[int, ...]) -> list[int]:
     values = {i: -solve(tuple(-x for x in board[:i] + (1,) + board[i + 1 :])) for i in moves}
     best = max(values.values())
     return [i for i in moves if values[i] == best]
+
+
+def _square_symmetries(size: int) -> np.ndarray:
+    """The 8 rotations and reflections of a size x size board as cell permutations [8, size * size]:
+    the transformed board is board[perm] (flattened), and a move on cell c becomes a move on cell
+    argsort(perm)[c]."""
+    cells = np.arange(size * size).reshape(size, size)
+    return np.stack([np.rot90(grid, k).ravel() for grid in (cells, cells.T) for k in range(4)])
+
+
+def board_symmetries(env_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(observation permutations [S, obs_size], action permutations [S, num_actions]) of a board game
+    whose rules and results do not change under them (the identity first), or None. Permutation g maps
+    a flattened observation o to o[obs_perms[g]] and a policy p over actions to p[action_perms[g]]."""
+    if env_id == "rlgames/TicTacToe-v0":
+        perms = _square_symmetries(3)
+        return perms, perms
+    return None
 
 
 class TicTacToeEnv(gym.Env):

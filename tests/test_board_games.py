@@ -93,3 +93,45 @@ def test_matches_against_the_perfect_player_score_the_policys_side():
     assert naive.returns.min() == -1.0 and naive.returns.max() <= 0.0  # it loses, and nobody beats perfect play
     illegal = _ScriptedPolicy(lambda board: 4)  # the centre, again and again: illegal from its second move
     assert play_against_perfect_player(illegal, games=4, seed=0).returns.tolist() == [-1.0] * 4
+
+
+def test_a_symmetric_copy_of_a_game_is_a_game_with_the_same_results():
+    """Each declared symmetry maps a played game to another legal game: replaying the turned moves from the
+    start gives the turned boards, the same rewards and the same end, and the turned policy targets put
+    their mass on the turned moves."""
+    from envs.board_games import board_symmetries
+    from training.muzero_trainer import apply_symmetries
+
+    obs_perms, action_perms = board_symmetries("rlgames/TicTacToe-v0")
+    assert obs_perms[0].tolist() == list(range(9)) and len({tuple(p) for p in obs_perms}) == 8
+    assert board_symmetries("CartPole-v1") is None
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        env = TicTacToeEnv()
+        obs, _ = env.reset()
+        boards, moves, rewards = [obs["obs"]], [], []
+        while True:
+            moves.append(int(rng.choice(np.flatnonzero(obs["action_mask"]))))
+            obs, reward, terminated, _, _ = env.step(moves[-1])
+            boards.append(obs["obs"])
+            rewards.append(reward)
+            if terminated:
+                break
+        # Every position of the game as a sample, each unrolling the whole game, all seen through symmetry g.
+        T = len(moves)
+        actions = np.array(moves)[None].repeat(T, 0)
+        policy = np.eye(9)[moves][None].repeat(T, 0)  # all the mass on the move played
+        next_obs = np.stack(boards[1:])[None].repeat(T, 0)
+        for g in range(8):
+            turned_obs, turned_actions, turned_policy, turned_next = apply_symmetries(
+                (obs_perms[[g]], action_perms[[g]]), rng, np.stack(boards[:-1]), actions, policy, next_obs)  # fmt: skip
+            replay = TicTacToeEnv()
+            replay_obs, _ = replay.reset()
+            assert np.array_equal(replay_obs["obs"], turned_obs[0])
+            for t, move in enumerate(turned_actions[0]):
+                assert turned_policy[0, t].argmax() == move
+                replay_obs, reward, terminated, _, _ = replay.step(move)
+                assert reward == rewards[t] and terminated == (t == T - 1)
+                assert np.array_equal(replay_obs["obs"], turned_next[0, t])
+                if t + 1 < T:
+                    assert np.array_equal(replay_obs["obs"], turned_obs[t + 1])

@@ -86,13 +86,19 @@ def test_tictactoe_self_play_runs(tmp_path):
 
 
 def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():
-    from training.muzero_trainer import visit_temperature
+    from training.muzero_trainer import sampling_moves, visit_temperature
 
     assert visit_temperature(MuZeroConfig()) == 0.25
     assert visit_temperature(MuZeroConfig(env_id="rlgames/TicTacToe-v0")) == 1.0
     assert visit_temperature(MuZeroConfig(env_id="rlgames/TicTacToe-v0", visit_temperature=0.5)) == 0.5
     with pytest.raises(ConfigError, match="--visit-temperature must be > 0"):
         validate_muzero(MuZeroConfig(visit_temperature=0.0))
+    # board games sample only their openings; control tasks every move (at the lower temperature)
+    assert sampling_moves(MuZeroConfig()) == 0
+    assert sampling_moves(MuZeroConfig(env_id="rlgames/TicTacToe-v0")) == 2
+    assert sampling_moves(MuZeroConfig(env_id="rlgames/TicTacToe-v0", sampling_moves=0)) == 0
+    with pytest.raises(ConfigError, match="--sampling-moves must be >= 0"):
+        validate_muzero(MuZeroConfig(sampling_moves=-1))
 
 
 def test_bad_settings_are_refused():

@@ -16,12 +16,16 @@ from training.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWork
 CFG = MuZeroConfig(num_envs=2, num_simulations=4)
 
 
-def _weights(seed: int) -> dict[str, torch.Tensor]:
+def _weights_of(cfg: MuZeroConfig, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = build_model(CFG)
+    model = build_model(cfg)
     for p in model.parameters():  # non-zero heads, so that the model's choices matter
         torch.nn.init.normal_(p, std=0.2)
     return model.state_dict()
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    return _weights_of(CFG, seed)
 
 
 def _same_games(a, b) -> None:
@@ -44,6 +48,23 @@ def test_a_round_returns_the_games_that_ended_and_keeps_the_others():
         assert len(game.observations) == length + 1  # with the observation after the last move
     in_progress = sum(len(r.actions) for r in worker.records)
     assert sum(first.episode_lengths) + in_progress == 80
+    worker.close()
+
+
+@pytest.mark.parametrize("sampling", [0, 2])
+def test_moves_after_the_sampling_moves_take_the_most_visited_action(sampling):
+    """TicTacToe self-play at T = 1: with --sampling-moves 2 each game's first two moves are sampled
+    and every later one is the root's most visited move; with 0 every move is sampled, and some are not
+    the most visited."""
+    cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", num_envs=4, num_simulations=8, sampling_moves=sampling)
+    worker = SelfPlayWorker(cfg, build_model(cfg), num_envs=4, seed=3)
+    worker.set_weights(_weights_of(cfg, 0))
+    games = worker.play(moves=60, temperature=1.0).games
+    assert len(games) >= 20
+    later = np.concatenate([g.actions[2:] == g.policies[2:].argmax(-1) for g in games])
+    first = np.concatenate([g.actions[:2] == g.policies[:2].argmax(-1) for g in games])
+    assert later.all() if sampling else not later.all()
+    assert not first.all()  # the openings stay sampled either way
     worker.close()
 
 

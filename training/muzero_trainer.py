@@ -27,6 +27,7 @@ from torch import nn
 from agents.mcts import SearchConfig, run_search
 from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
+from envs.board_games import board_symmetries
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
@@ -98,6 +99,10 @@ class MuZeroConfig:
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
     visit_temperature: float | None = None
     """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
+    augment_symmetries: bool = True
+    """train each sampled unroll turned by a random rotation or reflection of the board, for games that declare them (TicTacToe)"""
+    sampling_moves: int | None = None
+    """moves at the start of each self-play game sampled at the visit temperature; later moves take the most visited action (root noise still explores). 0 = every move sampled. Default: 2 for board games (AlphaZero's num_sampling_moves: openings stay varied while the rest of the game, whose outcome the value targets learn, is played as well as the search can), 0 otherwise"""
     hidden_state: int = 64
     """size of the hidden state"""
     hidden_sizes: tuple[int, ...] = (64,)
@@ -132,6 +137,8 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     if not 0 <= cfg.reanalyse_fraction <= 1:
         problems.append(f"--reanalyse-fraction must lie in [0, 1] (got {cfg.reanalyse_fraction})")
+    if cfg.sampling_moves is not None and cfg.sampling_moves < 0:
+        problems.append(f"--sampling-moves must be >= 0 (0 = every move; got {cfg.sampling_moves})")
     if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
         problems.append(f"--visit-temperature must be > 0 (got {cfg.visit_temperature})")
     if not 0 < cfg.discount <= 1:
@@ -222,6 +229,16 @@ def visit_temperature(cfg: MuZeroConfig) -> float:
     return 1.0 if is_two_player(cfg.env_id) else 0.25
 
 
+def sampling_moves(cfg: MuZeroConfig) -> int:
+    """Moves per self-play game sampled at the temperature: --sampling-moves, else 2 for board games and
+    0 (all) otherwise. Measured here on TicTacToe: sampling every move at T = 1 teaches values of noisy
+    play, in which a theoretically lost position is often still drawn (the model rated lost positions
+    -0.04 on average after 20k steps), so the search walked into them against the perfect player."""
+    if cfg.sampling_moves is not None:
+        return cfg.sampling_moves
+    return 2 if is_two_player(cfg.env_id) else 0
+
+
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
     return SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount,
                         two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel)  # fmt: skip
@@ -310,6 +327,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     torch.set_num_threads(1)
     rng = np.random.default_rng(cfg.seed)
     two_player = is_two_player(cfg.env_id)
+    symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
     model = build_model(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     search = search_config(cfg)
@@ -375,7 +393,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                 owed_updates += cfg.updates_per_step * cfg.num_envs
                 stats = None
                 while owed_updates >= 1:
-                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model)
+                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model, symmetries)
                     owed_updates -= 1
                     updates += 1
                 if stats is not None:
@@ -444,28 +462,54 @@ def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], c
     return values
 
 
+def apply_symmetries(
+    symmetries: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, obs: np.ndarray, actions: np.ndarray,
+    policies: np.ndarray, next_obs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each sampled unroll seen through one of the board's symmetries, drawn at random (the identity
+    among them): its observations [B, ...] (and next_obs [B, K, ...]), unrolled actions [B, K] and
+    policy targets [B, K + 1, A]. Values and rewards do not change under a symmetry. A small board game
+    is a few thousand positions that self-play visits unevenly; every symmetric copy of a position is a
+    position the model must also get right (AlphaGo Zero trained on Go's eight the same way)."""
+    obs_perms, action_perms = symmetries
+    g = rng.integers(len(obs_perms), size=len(obs))
+    inverse = np.argsort(action_perms, axis=1)  # a move on cell c becomes a move on cell inverse[c]
+    flat = obs.reshape(len(obs), -1)
+    obs = np.take_along_axis(flat, obs_perms[g], 1).reshape(obs.shape)
+    actions = np.take_along_axis(inverse[g], actions, 1)
+    policies = np.take_along_axis(policies, action_perms[g][:, None, :], 2)
+    if next_obs is not None:
+        flat = next_obs.reshape(*next_obs.shape[:2], -1)
+        next_obs = np.take_along_axis(flat, obs_perms[g][:, None, :], 2).reshape(next_obs.shape)
+    return obs, actions, policies, next_obs
+
+
 def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
-            actor_model: torch.nn.Module) -> dict[str, float]:  # fmt: skip
+            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:  # fmt: skip
     samples, weights, keys = replay.sample(cfg.batch_size)
     root_values = reanalysed_values(actor_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
     targets = [make_targets(g.rewards, values, g.policies, g.actions, g.terminated, pos, cfg.unroll_steps,
                             cfg.td_steps, cfg.discount, rng, two_player)
                for (g, pos), values in zip(samples, root_values, strict=True)]  # fmt: skip
-    batch = {
-        name: torch.as_tensor(np.stack([getattr(t, name) for t in targets]),
-                              dtype=torch.int64 if name == "actions" else torch.float32).to(device)
-        for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")
-    }  # fmt: skip
-    obs = torch.as_tensor(np.stack([g.observations[pos] for g, pos in samples])).to(device).float()
+    arrays = {name: np.stack([getattr(t, name) for t in targets])
+              for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
+    obs = np.stack([g.observations[pos] for g, pos in samples])
     next_obs = next_obs_mask = None
     if cfg.consistency_coef > 0:
         # The observations reached after each unrolled action (the last one repeated past the end, masked).
         K = cfg.unroll_steps
-        next_obs = torch.as_tensor(np.stack([g.observations[np.minimum(np.arange(pos + 1, pos + K + 1), len(g))]
-                                             for g, pos in samples])).to(device).float()  # fmt: skip
+        next_obs = np.stack([g.observations[np.minimum(np.arange(pos + 1, pos + K + 1), len(g))] for g, pos in samples])
         next_obs_mask = torch.as_tensor(np.stack([np.arange(pos + 1, pos + K + 1) <= len(g) for g, pos in samples]),
                                         dtype=torch.float32).to(device)  # fmt: skip
+    if symmetries is not None:
+        obs, arrays["actions"], arrays["policy"], next_obs = apply_symmetries(
+            symmetries, rng, obs, arrays["actions"], arrays["policy"], next_obs)
+    batch = {name: torch.as_tensor(a, dtype=torch.int64 if name == "actions" else torch.float32).to(device)
+             for name, a in arrays.items()}  # fmt: skip
+    obs = torch.as_tensor(obs).to(device).float()
+    if next_obs is not None:
+        next_obs = torch.as_tensor(next_obs).to(device).float()
     loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
                                           next_obs=next_obs, next_obs_mask=next_obs_mask,
                                           consistency_coef=cfg.consistency_coef)  # fmt: skip

@@ -101,9 +101,11 @@ class SelfPlayWorker:
     """
 
     def __init__(self, cfg, model: torch.nn.Module, num_envs: int, seed: int, rng: np.random.Generator | None = None):
-        from training.muzero_trainer import search_config  # the trainer imports this module
+        from training.muzero_trainer import sampling_moves, search_config  # the trainer imports this module
 
         self.model, self.search = model, search_config(cfg)
+        self.sampling_moves = sampling_moves(cfg)
+        self.move_number = np.zeros(num_envs, np.int64)  # moves made in each game so far
         # Long games reach the replay in segments: a 500-move CartPole game would otherwise teach nothing
         # until it ends, 500 x num_envs env steps after it began.
         self.segment_length, self.lookahead = cfg.segment_length, cfg.unroll_steps + cfg.td_steps
@@ -116,8 +118,8 @@ class SelfPlayWorker:
         self.model.load_state_dict(state_dict)
 
     def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        """`moves` moves in every game: moves sampled from the root visits ^ (1 / temperature) (Gumbel: the
-        search's own choice)."""
+        """`moves` moves in every game: the first sampling_moves of each game sampled from the root visits ^
+        (1 / temperature), later ones the most visited (Gumbel: the search's own choice)."""
         start = time.perf_counter()
         games, returns, lengths, root_values, entropies = [], [], [], [], []
         for _ in range(moves):
@@ -130,6 +132,9 @@ class SelfPlayWorker:
                 weights = result.visit_counts.astype(np.float64) ** (1.0 / temperature)
                 weights /= weights.sum(-1, keepdims=True)
                 actions = np.array([self.rng.choice(len(w), p=w) for w in weights])
+                if self.sampling_moves:
+                    greedy = self.move_number >= self.sampling_moves
+                    actions = np.where(greedy, result.visit_counts.argmax(-1), actions)
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
             for i, rec in enumerate(self.records):
                 rec.observations.append(features[i])
@@ -139,7 +144,9 @@ class SelfPlayWorker:
                 rec.root_values.append(float(result.root_value[i]))
                 if self.segment_length and (segment := rec.cut_segment(self.segment_length, self.lookahead)):
                     games.append(segment)
+            self.move_number += 1
             for i in np.flatnonzero(terminated | truncated):
+                self.move_number[i] = 0
                 final = info["final_obs"][i]
                 final_features = np.asarray(final["obs"] if isinstance(final, dict) else final, features.dtype).reshape(-1)
                 # A time limit cut the game: its last state is worth what the model says, not 0.
