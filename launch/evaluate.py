@@ -10,7 +10,7 @@ import tyro
 
 from training.cli import run_cli
 from training.config import ConfigError
-from training.evaluation import PolicyArgs, evaluate_policy
+from training.evaluation import PERFECT_OPPONENT_ENVS, PolicyArgs, audit_against_perfect_play, evaluate_policy
 
 
 @dataclass
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         trained.policy, trained.env_id, args.episodes, seed, not args.stochastic, args.num_envs, trained.env_kwargs
     )
     print(result.report(deterministic=not args.stochastic, per_episode=not args.quiet))
+    if trained.env_id in PERFECT_OPPONENT_ENVS:
+        print(audit_against_perfect_play(trained.policy, not args.stochastic, seed).summary())
     return 0
 
 

@@ -77,8 +77,8 @@ class _ScriptedPolicy:
         yield torch.zeros(1)  # evaluation reads the policy's device from its parameters
 
     def act(self, obs, generator=None, deterministic=True):
-        board = tuple(int(x) for x in obs["obs"][0].tolist())
-        return torch.tensor([self.rule(board)]), torch.zeros(1), torch.zeros(1)
+        moves = [self.rule(tuple(int(x) for x in row)) for row in obs["obs"].tolist()]
+        return torch.tensor(moves), torch.zeros(len(moves)), torch.zeros(len(moves))
 
 
 def test_matches_against_the_perfect_player_score_the_policys_side():
@@ -93,6 +93,22 @@ def test_matches_against_the_perfect_player_score_the_policys_side():
     assert naive.returns.min() == -1.0 and naive.returns.max() <= 0.0  # it loses, and nobody beats perfect play
     illegal = _ScriptedPolicy(lambda board: 4)  # the centre, again and again: illegal from its second move
     assert play_against_perfect_player(illegal, games=4, seed=0).returns.tolist() == [-1.0] * 4
+
+
+def test_the_audit_finds_the_one_losing_move_of_an_otherwise_perfect_policy():
+    from training.evaluation import audit_against_perfect_play
+
+    perfect = audit_against_perfect_play(_ScriptedPolicy(lambda board: perfect_moves(board)[0]))
+    assert perfect.losing_moves == [] and perfect.positions > 50
+    # Against X in a corner only the centre holds the draw: the edge next to it loses.
+    x_in_corner = (-1, 0, 0, 0, 0, 0, 0, 0, 0)
+    flawed = _ScriptedPolicy(lambda board: 1 if board == x_in_corner else perfect_moves(board)[0])
+    audit = audit_against_perfect_play(flawed)
+    assert audit.losing_moves == [(x_in_corner, 1)]
+    assert "1 losing moves in the" in audit.summary()
+    # an illegal move counts as losing too: the centre again once it is taken
+    centre_always = audit_against_perfect_play(_ScriptedPolicy(lambda board: 4))
+    assert all(board[4] != 0 for board, move in centre_always.losing_moves) and centre_always.losing_moves
 
 
 def test_a_symmetric_copy_of_a_game_is_a_game_with_the_same_results():

@@ -83,6 +83,13 @@ def test_tictactoe_self_play_runs(tmp_path):
                        batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9)  # fmt: skip
     result = train_muzero(cfg)
     assert result.global_step == 320 and result.episodes >= 320 // 9
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    losing = acc.Scalars("eval/losing_moves")  # the audit against every perfect line, beside the match
+    assert len(losing) == 1 and losing[0].value >= 0
+    proc = _launch("evaluate.py", str(result.run_dir), "--episodes", "4", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"over 4 episodes\n\d+ losing moves in the \d+ positions met", proc.stdout)
 
 
 def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():

@@ -231,6 +231,56 @@ def play_against_perfect_player(
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
 
 
+@dataclass
+class PerfectPlayAudit:
+    positions: int
+    """distinct positions the policy had to move in"""
+    losing_moves: list[tuple[tuple[int, ...], int]]
+    """(board from the mover's view, move) where the move gave away the game's value"""
+
+    def summary(self) -> str:
+        return f"{len(self.losing_moves)} losing moves in the {self.positions} positions met against every perfect line"
+
+
+def audit_against_perfect_play(policy: torch.nn.Module, deterministic: bool = True, seed: int = 0) -> PerfectPlayAudit:
+    """Every TicTacToe position the policy meets, as X and as O, against a perfect player that tries each
+    of its best moves in turn, and the policy's moves there that lose the game's value (a drawn position
+    left lost, or an illegal move). No losing move means no perfect opponent can ever beat the policy; a
+    match of random games only samples these lines. Positions are searched in one batch per depth."""
+    from envs.board_games import perfect_moves, solve, winner
+
+    def play(board: tuple[int, ...], move: int) -> tuple[int, ...]:
+        return tuple(-x for x in board[:move] + (1,) + board[move + 1 :])  # the next mover's view
+
+    def over(board: tuple[int, ...]) -> bool:
+        return winner(board) != 0 or all(board)
+
+    def value_after(board: tuple[int, ...], move: int) -> int:
+        """The game value for the mover after playing move."""
+        after = play(board, move)
+        return 1 if winner(after) else 0 if all(after) else -solve(after)
+
+    generator = torch.Generator().manual_seed(seed)
+    device = _device(policy)
+    empty = (0,) * 9
+    frontier = {empty} | {play(empty, m) for m in perfect_moves(empty)}  # the policy as X, and as O
+    positions, losing = 0, []
+    while frontier:
+        boards = sorted(frontier)
+        obs = {"obs": np.array(boards, np.float32), "action_mask": (np.array(boards) == 0).astype(np.int8)}
+        moves = policy.act(_obs_batch(obs, device), generator, deterministic)[0].tolist()
+        positions += len(boards)
+        frontier = set()
+        for board, move in zip(boards, moves, strict=True):
+            if board[move] != 0 or value_after(board, move) < solve(board):
+                losing.append((board, int(move)))
+                continue
+            after = play(board, move)
+            if not over(after):
+                frontier |= {nxt for m in perfect_moves(after) if not over(nxt := play(after, m))}
+    return PerfectPlayAudit(positions, losing)
+
+
 # Envs whose evaluation is a match against a perfect opponent rather than the env's own returns.
 PERFECT_OPPONENT_ENVS = ("rlgames/TicTacToe-v0",)
 
@@ -364,6 +414,9 @@ class TrainingEvaluator:
             "eval/episodic_return_std": result.std_return,
             "eval/episodic_length": float(result.lengths.mean()),
         }, global_step)  # fmt: skip
+        if self.env_id in PERFECT_OPPONENT_ENVS:
+            audit = audit_against_perfect_play(policy, seed=self.seed)
+            self.logger.scalars({"eval/losing_moves": len(audit.losing_moves)}, global_step)
         if result.mean_return > self.best_return:
             self.best_return = result.mean_return
             save_best_checkpoint(self.run_dir, {**checkpoint_state(), "eval_return": result.mean_return})
