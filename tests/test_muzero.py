@@ -113,6 +113,32 @@ def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
     assert untouched is game.root_values
 
 
+def test_reanalyse_searches_the_unrolls_positions_again_with_the_latest_model():
+    """The policy half of Reanalyse on TicTacToe self-play games: the unroll's positions get new search
+    policies over their legal moves (the only legal move, alone, when one is left), the positions outside
+    the unroll and the stored games keep theirs."""
+    from training.muzero_trainer import MuZeroConfig, build_model, reanalysed_policies
+    from training.self_play import SelfPlayWorker
+
+    cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", num_simulations=8, unroll_steps=2, reanalyse_policy_fraction=1.0)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    games = SelfPlayWorker(cfg, model, num_envs=4, seed=0).play(moves=20, temperature=1.0).games
+    game = next(g for g in games if len(g) == 9)  # a full board: one legal move left at position 8
+    np.testing.assert_array_equal(game.legal_actions, game.observations[:-1] == 0)
+    for p in model.parameters():  # the latest model differs from the one that played
+        torch.nn.init.normal_(p, std=0.3)
+    stored = game.policies.copy()
+    (early, late) = reanalysed_policies(model, [(game, 0), (game, 7)], cfg, np.random.default_rng(0))
+    assert not np.allclose(early[:3], stored[:3]) and (early[3:] == stored[3:]).all()  # positions 0 .. K only
+    np.testing.assert_allclose(early[:3].sum(-1), 1.0)
+    assert (early[:3][~game.legal_actions[:3]] == 0).all()  # no visits to illegal moves
+    assert (late[:7] == stored[:7]).all() and late[8].tolist() == game.legal_actions[8].astype(float).tolist()
+    assert (game.policies == stored).all()  # the stored game is not changed
+    untouched = reanalysed_policies(model, [(game, 0)], MuZeroConfig(), np.random.default_rng(0))[0]
+    assert untouched is game.policies
+
+
 def test_the_consistency_loss_compares_the_dynamics_with_the_reached_observations():
     torch.manual_seed(0)
     model = MuZeroMLP(4, 4)

@@ -80,7 +80,8 @@ def test_resume_continues_the_run(short_run, tmp_path):
 
 def test_tictactoe_self_play_runs(tmp_path):
     cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", runs_dir=str(tmp_path), total_timesteps=320, warmup_steps=160,
-                       batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9)  # fmt: skip
+                       batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9,
+                       reanalyse_policy_fraction=0.5)  # fmt: skip
     result = train_muzero(cfg)
     assert result.global_step == 320 and result.episodes >= 320 // 9
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
@@ -111,6 +112,8 @@ def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="--num-simulations must be > 0.*smaller than one --batch-size"):
         validate_muzero(dataclasses.replace(MuZeroConfig(), num_simulations=0, replay_capacity=10))
+    with pytest.raises(ConfigError, match=r"--reanalyse-policy-fraction must lie in \[0, 1\] \(got 1.5\)"):
+        validate_muzero(MuZeroConfig(reanalyse_policy_fraction=1.5))
     with pytest.raises(ConfigError, match="plays Discrete action spaces"):
         train_muzero(MuZeroConfig(env_id="Pendulum-v1", runs_dir="/tmp/never"))
 
@@ -193,3 +196,6 @@ def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):
     check_replay_fits(MuZeroConfig(replay_capacity=100_000), spaces, memory_bytes=24 * 2**30)  # 3.5 GiB: fine
     with pytest.raises(ConfigError, match="--replay-capacity 400000 positions of 28,304 bytes"):  # whole games
         check_replay_fits(MuZeroConfig(replay_capacity=400_000, segment_length=0), spaces, memory_bytes=16 * 2**30)
+    masked = ModelSpaces((4, 84, 84), np.dtype(np.uint8), 6, True)  # the legal moves stored too: 6 bytes more
+    with pytest.raises(ConfigError, match="--replay-capacity 400000 positions of 28,310 bytes"):
+        check_replay_fits(MuZeroConfig(replay_capacity=400_000, segment_length=0), masked, memory_bytes=16 * 2**30)

@@ -97,6 +97,8 @@ class MuZeroConfig:
     """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
     reanalyse_fraction: float = 1.0
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
+    reanalyse_policy_fraction: float = 0.0
+    """share of sampled unrolls whose policy targets come from a new search by the latest model at the unroll's positions (the policy half of MuZero Reanalyse; costs a search of batch_size x (unroll_steps + 1) roots per update); 0 = the searches made at play time"""
     visit_temperature: float | None = None
     """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
     augment_symmetries: bool = True
@@ -135,8 +137,9 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
                  "replay_capacity", "checkpoint_every", "eval_episodes"):  # fmt: skip
         if getattr(cfg, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
-    if not 0 <= cfg.reanalyse_fraction <= 1:
-        problems.append(f"--reanalyse-fraction must lie in [0, 1] (got {cfg.reanalyse_fraction})")
+    for name in ("reanalyse_fraction", "reanalyse_policy_fraction"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)})")
     if cfg.sampling_moves is not None and cfg.sampling_moves < 0:
         problems.append(f"--sampling-moves must be >= 0 (0 = every move; got {cfg.sampling_moves})")
     if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
@@ -195,6 +198,8 @@ def check_replay_fits(cfg: MuZeroConfig, spaces: ModelSpaces, memory_bytes: int 
     if memory_bytes is None:
         memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     per_position = int(np.prod(spaces.obs_shape)) * spaces.obs_dtype.itemsize + 8 * (spaces.num_actions + 4)
+    if spaces.masked:
+        per_position += spaces.num_actions  # the legal moves, one byte each
     if cfg.segment_length:
         # each segment also stores the unroll_steps + td_steps moves after its starts
         per_position = math.ceil(per_position * (1 + (cfg.unroll_steps + cfg.td_steps + 1) / cfg.segment_length))
@@ -462,6 +467,31 @@ def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], c
     return values
 
 
+def reanalysed_policies(model: torch.nn.Module, samples: list[tuple[Game, int]], cfg: MuZeroConfig,
+                        rng: np.random.Generator) -> list[np.ndarray]:
+    """Each sample's policy targets, with those of its unroll (positions pos .. pos + K inside the game)
+    replaced by a new search of `model` for a cfg.reanalyse_policy_fraction share of the samples: the
+    policy half of MuZero Reanalyse (appendix H). The searches made at play time used an older model;
+    as it improves, their visit counts teach yesterday's policy. All positions are searched as one batch,
+    with the self-play search's settings (root noise included) and the legal moves stored with the game."""
+    policies = [g.policies for g, _ in samples]
+    chosen = [i for i in range(len(samples)) if rng.random() < cfg.reanalyse_policy_fraction]
+    if not chosen:
+        return policies
+    spans = [(i, samples[i][1], min(samples[i][1] + cfg.unroll_steps + 1, len(samples[i][0]))) for i in chosen]
+    obs = np.concatenate([samples[i][0].observations[pos:end] for i, pos, end in spans])
+    masked = samples[chosen[0]][0].legal_actions is not None
+    masks = np.concatenate([samples[i][0].legal_actions[pos:end] for i, pos, end in spans]) if masked else None
+    state, logits, value = root_inference(model, obs.reshape(len(obs), -1))
+    fresh = run_search(state, logits, value, search_callback(model), search_config(cfg), rng, masks).policy
+    offset = 0
+    for i, pos, end in spans:
+        policies[i] = policies[i].copy()
+        policies[i][pos:end] = fresh[offset : offset + end - pos]
+        offset += end - pos
+    return policies
+
+
 def apply_symmetries(
     symmetries: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, obs: np.ndarray, actions: np.ndarray,
     policies: np.ndarray, next_obs: np.ndarray | None = None,
@@ -489,9 +519,10 @@ def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioriti
             actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:  # fmt: skip
     samples, weights, keys = replay.sample(cfg.batch_size)
     root_values = reanalysed_values(actor_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
-    targets = [make_targets(g.rewards, values, g.policies, g.actions, g.terminated, pos, cfg.unroll_steps,
-                            cfg.td_steps, cfg.discount, rng, two_player)
-               for (g, pos), values in zip(samples, root_values, strict=True)]  # fmt: skip
+    policies = reanalysed_policies(actor_model, samples, cfg, rng) if cfg.reanalyse_policy_fraction > 0 else [g.policies for g, _ in samples]
+    targets = [make_targets(g.rewards, values, pi, g.actions, g.terminated, pos, cfg.unroll_steps, cfg.td_steps,
+                            cfg.discount, rng, two_player)
+               for (g, pos), values, pi in zip(samples, root_values, policies, strict=True)]  # fmt: skip
     arrays = {name: np.stack([getattr(t, name) for t in targets])
               for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
     obs = np.stack([g.observations[pos] for g, pos in samples])

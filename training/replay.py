@@ -29,6 +29,7 @@ class Game:
     num_starts: int | None = None
     """positions sampled as unroll starts (default: all T). A segment cut from a game in progress carries
     K + n moves past its starts, so every start's unroll and n-step targets stay inside it."""
+    legal_actions: np.ndarray | None = None  # [T, A] bool, for envs with action masks (a reanalysing search needs them)
 
     def __post_init__(self) -> None:
         if self.num_starts is None:

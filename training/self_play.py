@@ -34,6 +34,7 @@ class _GameRecord:
     rewards: list = field(default_factory=list)
     policies: list = field(default_factory=list)
     root_values: list = field(default_factory=list)
+    legal_actions: list = field(default_factory=list)  # empty for envs without action masks
 
     def finish(self, final_obs: np.ndarray, final_value: float, terminated: bool, num_starts: int | None = None) -> Game:
         return Game(
@@ -43,6 +44,7 @@ class _GameRecord:
             policies=np.stack(self.policies),
             root_values=np.array([*self.root_values, final_value], np.float64),
             terminated=terminated,
+            legal_actions=np.stack(self.legal_actions) if self.legal_actions else None,
             num_starts=num_starts,
         )
 
@@ -54,9 +56,10 @@ class _GameRecord:
         if len(self.actions) <= T:
             return None
         head = _GameRecord(self.observations[:T], self.actions[:T], self.rewards[:T], self.policies[:T],
-                           self.root_values[:T])  # fmt: skip
+                           self.root_values[:T], self.legal_actions[:T])  # fmt: skip
         segment = head.finish(self.observations[T], self.root_values[T], terminated=False, num_starts=starts)
-        for values in (self.observations, self.actions, self.rewards, self.policies, self.root_values):
+        for values in (self.observations, self.actions, self.rewards, self.policies, self.root_values,
+                       self.legal_actions):  # fmt: skip
             del values[:starts]
         return segment
 
@@ -142,6 +145,8 @@ class SelfPlayWorker:
                 rec.rewards.append(float(rewards[i]))
                 rec.policies.append(result.policy[i])
                 rec.root_values.append(float(result.root_value[i]))
+                if mask is not None:
+                    rec.legal_actions.append(mask[i])
                 if self.segment_length and (segment := rec.cut_segment(self.segment_length, self.lookahead)):
                     games.append(segment)
             self.move_number += 1
