@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import envs.board_games  # noqa: F401  (registers rlgames/TicTacToe-v0)
+import envs.board_games  # noqa: F401  (registers rlgames/TicTacToe-v0 and rlgames/ConnectFour-v0)
 from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
 
 # Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import tyro
 
+from envs.board_games import BOARD_OPPONENTS
 from training.cli import run_cli
 from training.config import ConfigError
 from training.evaluation import PERFECT_OPPONENT_ENVS, PolicyArgs, audit_against_perfect_play, evaluate_policy
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         trained.policy, trained.env_id, args.episodes, seed, not args.stochastic, args.num_envs, trained.env_kwargs
     )
     print(result.report(deterministic=not args.stochastic, per_episode=not args.quiet))
+    if trained.env_id in BOARD_OPPONENTS:
+        print(f"(games against {BOARD_OPPONENTS[trained.env_id].name}, half of them moving first: +1 win, 0 draw, -1 loss)")
     if trained.env_id in PERFECT_OPPONENT_ENVS:
         print(audit_against_perfect_play(trained.policy, not args.stochastic, seed).summary())
     return 0

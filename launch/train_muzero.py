@@ -1,5 +1,5 @@
 """Train MuZero: `python launch/train_muzero.py` plays CartPole-v1 with a learned model and tree search;
-`--env-id rlgames/TicTacToe-v0` plays both sides of TicTacToe; `--gumbel` for Gumbel MuZero; `--help`."""
+`--env-id rlgames/TicTacToe-v0` (or rlgames/ConnectFour-v0) plays both sides of the board game; `--gumbel` for Gumbel MuZero; `--help`."""
 
 from __future__ import annotations
 

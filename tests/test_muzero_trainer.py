@@ -1,5 +1,5 @@
 """MuZero's training command end to end: learning CartPole within a step budget, the run's outputs,
-watching and evaluating a MuZero run, resuming it, and TicTacToe self-play."""
+watching and evaluating a MuZero run, resuming it, and TicTacToe and Connect Four self-play."""
 
 import dataclasses
 import math
@@ -90,7 +90,25 @@ def test_tictactoe_self_play_runs(tmp_path):
     assert len(losing) == 1 and losing[0].value >= 0
     proc = _launch("evaluate.py", str(result.run_dir), "--episodes", "4", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"over 4 episodes\n\d+ losing moves in the \d+ positions met", proc.stdout)
+    assert re.search(r"over 4 episodes\n\(games against the perfect minimax player, .*\)\n\d+ losing moves in the \d+ "
+                     r"positions met", proc.stdout)  # fmt: skip
+
+
+def test_connect_four_trains_and_is_evaluated_against_the_lookahead_player(tmp_path):
+    proc = _launch("train_muzero.py", "--env-id", "rlgames/ConnectFour-v0", "--total-timesteps", "200",
+                   "--warmup-steps", "100", "--batch-size", "16", "--num-simulations", "6", "--eval-every", "100",
+                   "--eval-episodes", "2", "--runs-dir", str(tmp_path), "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished rlgames/ConnectFour-v0 after 200 env steps" in proc.stdout  # no solved threshold to stop at
+    (run_dir,) = tmp_path.iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    results = [e.value for e in acc.Scalars("eval/episodic_return")]  # match results, +1 win .. -1 loss
+    assert len(results) >= 2 and all(-1 <= r <= 1 for r in results)
+    assert "eval/losing_moves" not in acc.Tags()["scalars"]  # the audit needs a perfect player: TicTacToe's
+    proc = _launch("evaluate.py", str(run_dir), "--episodes", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "over 2 episodes\n(games against a 4-ply lookahead player, half of them moving first" in proc.stdout
 
 
 def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():

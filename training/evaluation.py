@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import tyro
 
+from envs.board_games import BOARD_OPPONENTS
 from envs.factory import is_atari, make_env, make_vector_env
 from envs.sc2 import is_sc2
 from training.checkpoint import (
@@ -164,15 +165,15 @@ def evaluate_policy(
     env_kwargs: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Play `episodes` whole episodes on `min(num_envs, episodes)` envs stepped together (for a board
-    game with a perfect player, `episodes` games against it: see play_against_perfect_player).
+    game, `episodes` games against its fixed opponent: see play_against_board_opponent).
 
     Each env plays a fixed share of the episodes (SB3's evaluate_policy does the same): counting the first
     episodes to finish, whichever env they come from, would favour short episodes.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (got {episodes})")
-    if env_id in PERFECT_OPPONENT_ENVS:
-        return play_against_perfect_player(policy, episodes, seed, deterministic)
+    if env_id in BOARD_OPPONENTS:
+        return play_against_board_opponent(policy, env_id, episodes, seed, deterministic)
     n = min(num_envs, episodes)
     targets = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     counts = np.zeros(n, dtype=np.int64)
@@ -198,19 +199,19 @@ def evaluate_policy(
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))
 
 
-def play_against_perfect_player(
-    policy: torch.nn.Module, games: int, seed: int, deterministic: bool = True
+def play_against_board_opponent(
+    policy: torch.nn.Module, env_id: str, games: int, seed: int, deterministic: bool = True
 ) -> EvalResult:
-    """TicTacToe games against the exact minimax player (picking at random among its best moves), the
-    policy playing first (X) in even games and second in odd ones. Each game's return is the policy's
-    result: +1 win, 0 draw, -1 loss (an illegal move loses). Perfect play cannot be beaten, so the mean
-    is 0 exactly when the policy never loses."""
-    from envs.board_games import TicTacToeEnv, perfect_moves
-
+    """Board games against the game's fixed opponent (envs.board_games.BOARD_OPPONENTS: TicTacToe's exact
+    minimax player, Connect Four's lookahead player; each picks at random among the moves it rates best),
+    the policy moving first in even games and second in odd ones. Each game's return is the policy's
+    result: +1 win, 0 draw, -1 loss (an illegal move loses). Against a perfect opponent the mean is 0
+    exactly when the policy never loses."""
+    opponent = BOARD_OPPONENTS[env_id]
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     device = _device(policy)
-    env = TicTacToeEnv()
+    env = gym.make(env_id).unwrapped
     returns, lengths = [], []
     for game in range(games):
         side = 1 if game % 2 == 0 else -1
@@ -221,7 +222,7 @@ def play_against_perfect_player(
             if mover == side:
                 action = int(policy.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[0][0])
             else:
-                action = int(rng.choice(perfect_moves(tuple(int(x) for x in env.board))))
+                action = int(rng.choice(opponent.moves(env.board)))
             obs, reward, terminated, _, _ = env.step(action)
             length += 1
             if terminated:  # the reward is the mover's: +1 for a win, -1 for an illegal move, 0 for a draw
@@ -281,8 +282,8 @@ def audit_against_perfect_play(policy: torch.nn.Module, deterministic: bool = Tr
     return PerfectPlayAudit(positions, losing)
 
 
-# Envs whose evaluation is a match against a perfect opponent rather than the env's own returns.
-PERFECT_OPPONENT_ENVS = ("rlgames/TicTacToe-v0",)
+# Board games whose evaluation opponent cannot be beaten: 0 (no game lost) is their solved threshold.
+PERFECT_OPPONENT_ENVS = tuple(env_id for env_id, opponent in BOARD_OPPONENTS.items() if opponent.perfect)
 
 
 def make_render_env(env_id: str, seed: int, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:

@@ -40,7 +40,7 @@ from training.self_play import RESUME_SEED_STRIDE, make_self_play
 @dataclass
 class MuZeroConfig:
     env_id: str = "CartPole-v1"
-    """the Gymnasium env id (Discrete actions; rlgames/TicTacToe-v0 plays both sides)"""
+    """the Gymnasium env id (Discrete actions; the board games rlgames/TicTacToe-v0 and rlgames/ConnectFour-v0 play both sides)"""
     exp_name: str = "muzero"
     """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
     seed: int = 1
@@ -102,7 +102,7 @@ class MuZeroConfig:
     visit_temperature: float | None = None
     """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
     augment_symmetries: bool = True
-    """train each sampled unroll turned by a random rotation or reflection of the board, for games that declare them (TicTacToe)"""
+    """train each sampled unroll turned by a random rotation or reflection of the board, for games that declare them (TicTacToe's 8, Connect Four's mirror)"""
     sampling_moves: int | None = None
     """moves at the start of each self-play game sampled at the visit temperature; later moves take the most visited action (root noise still explores). 0 = every move sampled. Default: 2 for board games (AlphaZero's num_sampling_moves: openings stay varied while the rest of the game, whose outcome the value targets learn, is played as well as the search can), 0 otherwise"""
     hidden_state: int = 64
@@ -219,8 +219,8 @@ def is_two_player(env_id: str) -> bool:
 
 def solved_threshold(env_id: str) -> float | None:
     """The greedy evaluation at which a run counts as solved. Board games are evaluated against the
-    perfect player (+1 win, 0 draw, -1 loss; see training.evaluation.play_against_perfect_player): a
-    mean of 0 means no game lost."""
+    perfect player (+1 win, 0 draw, -1 loss; see training.evaluation.play_against_board_opponent): a
+    mean of 0 means no game lost. Connect Four's opponent can be beaten, so it has no threshold."""
     return 0.0 if env_id in PERFECT_OPPONENT_ENVS else SOLVED_RETURN.get(env_id)
 
 
