@@ -158,18 +158,23 @@ class _FusedRecurrent:
     - the three heads (reward, policy, value), which all read the next hidden state through layers of the
       same widths, run as one batched product per layer, their outputs padded to the widest;
     - h^-1 of the [B] reward and value expectations runs in numpy, where tiny arrays cost less.
+    - the weights are read once, detached, so the calls record no autograd without entering
+      inference_mode on every call (~18 us a call here).
     Equal to recurrent_inference followed by support_to_scalar up to float rounding (tested).
     """
 
+    @torch.no_grad()
     def __init__(self, model: MuZeroMLP):
         self.num_actions = model.num_actions
         hidden_state = model.dynamics_state[0].in_features - model.num_actions
         dynamics = _layers(model.dynamics_state)
         first = dynamics[0][0]
-        self.state_weight = first.weight[:, :hidden_state].t()
+        self.state_weight = first.weight[:, :hidden_state].t().detach()
         # Row a: the first layer's response to action a plus its bias.
         self.action_rows = (first.weight[:, hidden_state:].t() + first.bias).contiguous()
-        self.dynamics = [(linear.weight, linear.bias, norm) for linear, norm in dynamics]
+        self.dynamics = [(linear.weight.detach(), linear.bias.detach(),
+                          None if norm is None else (norm.normalized_shape, norm.weight.detach(), norm.bias.detach(), norm.eps))
+                         for linear, norm in dynamics]  # fmt: skip
         heads = [_layers(m) for m in (model.dynamics_reward, model.prediction_policy, model.prediction_value)]
         self.head_weight = torch.cat([h[0][0].weight for h in heads]).t()
         self.head_bias = torch.cat([h[0][0].bias for h in heads])
@@ -190,14 +195,13 @@ class _FusedRecurrent:
                 self.head_norms.append((torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]), norms[0].eps))
         self.supports = [torch.arange(-n, n + 1, dtype=torch.float32) for n in (model.reward_support_size, model.support_size)]
 
-    @torch.inference_mode()
     def __call__(self, state: torch.Tensor, action: torch.Tensor):
         x = torch.addmm(F.embedding(action.long(), self.action_rows), state, self.state_weight)
         for i, (weight, bias, norm) in enumerate(self.dynamics):
             if i > 0:
                 x = F.linear(x, weight, bias)
             if norm is not None:
-                x = F.elu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+                x = F.elu(torch.layer_norm(x, *norm))
         lo, hi = torch.aminmax(x, dim=1, keepdim=True)
         next_state = (x - lo) / (hi - lo).clamp(min=1e-5)  # scale_hidden_state
 
@@ -208,7 +212,7 @@ class _FusedRecurrent:
             if depth > 0:
                 w, b = self.heads[depth - 1]
                 h = torch.baddbmm(b, h.transpose(0, 1), w).transpose(0, 1).contiguous()
-            h = F.elu(torch.addcmul(beta, F.layer_norm(h, (h.shape[-1],), eps=eps), gamma))
+            h = F.elu(torch.addcmul(beta, torch.layer_norm(h, (h.shape[-1],), None, None, eps), gamma))
         w, b = self.heads[-1]
         out = torch.baddbmm(b, h.transpose(0, 1), w)  # [3, B, widest output]
         reward_support, value_support = self.supports
@@ -217,7 +221,7 @@ class _FusedRecurrent:
         else:
             expected = torch.stack([out[0, :, : len(reward_support)].softmax(-1) @ reward_support,
                                     out[2, :, : len(value_support)].softmax(-1) @ value_support])  # fmt: skip
-        reward, value = h_inverse(expected.double().numpy())  # support_to_scalar's last step
+        reward, value = h_inverse(expected.numpy())  # support_to_scalar's last step (float64 out)
         return reward, next_state, out[1, :, : self.num_actions].numpy(), value
 
 

@@ -8,6 +8,9 @@ the bins is scale-free, unlike a squared error on raw returns.
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 import torch
 
@@ -21,10 +24,18 @@ def h(x: torch.Tensor) -> torch.Tensor:
 
 def h_inverse(y: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """The exact inverse of h (solving the quadratic in sqrt(|x| + 1)). Takes torch tensors or numpy
-    arrays (the search converts its few scalars in numpy, where small-array calls cost less)."""
-    xp = np if isinstance(y, np.ndarray) else torch
-    root = (xp.sqrt(1 + 4 * EPS * (abs(y) + 1 + EPS)) - 1) / (2 * EPS)
-    return xp.sign(y) * (root * root - 1)
+    arrays (the search converts its few scalars in numpy: one compiled ufunc call, where the ten
+    small-array operations of the formula cost ~20 us a search step)."""
+    if isinstance(y, np.ndarray):
+        return _h_inverse_ufunc(y)
+    root = (torch.sqrt(1 + 4 * EPS * (y.abs() + 1 + EPS)) - 1) / (2 * EPS)
+    return torch.sign(y) * (root * root - 1)
+
+
+@numba.vectorize(["float64(float64)"], cache=True)
+def _h_inverse_ufunc(y: float) -> float:
+    root = (math.sqrt(1 + 4 * EPS * (abs(y) + 1 + EPS)) - 1) / (2 * EPS)
+    return (1.0 if y > 0 else -1.0 if y < 0 else 0.0) * (root * root - 1)
 
 
 def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:

@@ -58,6 +58,7 @@ def test_the_search_callback_equals_recurrent_inference(hidden, reward_support):
     with torch.no_grad():
         expected_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
     torch.testing.assert_close(next_state, expected_state)
+    assert not next_state.requires_grad  # the search records no autograd graph (its weights are detached)
     np.testing.assert_allclose(logits, policy_logits.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(reward, support_to_scalar(reward_logits, reward_support).numpy(), rtol=2e-4, atol=1e-3)
     np.testing.assert_allclose(value, support_to_scalar(value_logits, 20).numpy(), rtol=2e-4, atol=1e-3)

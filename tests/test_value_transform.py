@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,10 @@ def test_h_by_hand_and_its_inverse_round_trips():
     assert h(torch.tensor(-8.0)).item() == pytest.approx(-(3.0 - 1.0) - 0.008)
     x = torch.cat([torch.linspace(-1e4, 1e4, 2001, dtype=torch.float64), torch.tensor([0.0, 1e-3, -0.5])])
     torch.testing.assert_close(h_inverse(h(x)), x, rtol=1e-5, atol=1e-5)
+    # the search's numpy path (a compiled ufunc) gives the same numbers, float32 input included
+    y = h(x).numpy()
+    np.testing.assert_allclose(h_inverse(y), h_inverse(h(x)).numpy(), rtol=1e-12, atol=1e-9)
+    assert h_inverse(y.astype(np.float32)).dtype == np.float64 and h_inverse(np.zeros(1))[0] == 0.0
 
 
 def test_two_hot_support_by_hand():
