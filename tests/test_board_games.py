@@ -235,3 +235,16 @@ def test_connect_fours_evaluation_is_a_match_against_the_lookahead_player():
     first_legal = _ScriptedPolicy(lambda board: next(c for c in range(7) if board[c] == 0))
     result = evaluate_policy(first_legal, "rlgames/ConnectFour-v0", episodes=6, seed=0)  # a match, both sides
     assert result.returns.tolist() == [-1.0] * 6
+
+
+def test_watching_a_game_ends_on_the_winning_move():
+    """play_episode's frames: the position before each move, then the final one (value None), so a
+    watched game shows the move that won it."""
+    from training.evaluation import play_episode
+
+    frames = []
+    first_empty = _ScriptedPolicy(lambda board: board.index(0))  # X: 0, 2, 4, 6 (a diagonal); O: 1, 3, 5
+    episode = play_episode(first_empty, TicTacToeEnv(render_mode="ansi"), seed=0,
+                           on_frame=lambda frame, step, ret, value: frames.append((frame, value)))  # fmt: skip
+    assert episode.length == 7 and len(frames) == 8 and frames[-1][1] is None
+    assert frames[-2][0] == "XOX\nOXO\n..." and frames[-1][0] == "XOX\nOXO\nX.."

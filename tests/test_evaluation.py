@@ -101,7 +101,7 @@ def test_capture_video_writes_files_and_tensorboard_gifs(short_cartpole_run):
     env = make_render_env(cfg.env_id, cfg.seed + EVAL_SEED_OFFSET)
     episode = play_episode(final.policy, env, cfg.seed + EVAL_SEED_OFFSET)
     env.close()
-    assert imageio.get_reader(videos[-1]).count_frames() == episode.length
+    assert imageio.get_reader(videos[-1]).count_frames() == episode.length + 1  # and the final state
     acc = EventAccumulator(str(result.run_dir), size_guidance={"images": 0})
     acc.Reload()
     images = acc.Images("eval/video")

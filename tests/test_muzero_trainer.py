@@ -64,7 +64,7 @@ def test_watch_and_evaluate_play_a_muzero_run(short_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (length, path) = re.search(r"episode 1: return [\d.]+, length (\d+) -> (\S+)", proc.stdout).groups()
     assert "MUZERO after 480 env steps" in proc.stdout
-    assert imageio.get_reader(path).count_frames() == int(length)
+    assert imageio.get_reader(path).count_frames() == int(length) + 1
     proc = _launch("evaluate.py", str(run_dir), "--episodes", "3")
     assert proc.returncode == 0 and "over 3 episodes" in proc.stdout
 

@@ -33,7 +33,7 @@ def test_watch_without_a_display_writes_mp4s_frame_for_step(short_cartpole_run):
     assert len(episodes) == 2
     for _, length, path in episodes:
         assert Path(path).parent == result.run_dir / "videos" and path.endswith(".mp4")
-        assert imageio.get_reader(path).count_frames() == length
+        assert imageio.get_reader(path).count_frames() == length + 1  # a frame per step, and the final state
 
 
 def test_watch_gif_plays_for_as_long_as_the_episode(short_cartpole_run):
@@ -45,7 +45,7 @@ def test_watch_gif_plays_for_as_long_as_the_episode(short_cartpole_run):
     assert "after 2048 env steps" in proc.stdout and path.endswith(".gif")
     # GIF encoders merge identical consecutive frames into one longer frame, so compare playing time.
     meta = [iio.immeta(path, index=i) for i in range(iio.improps(path, index=None).shape[0])]
-    assert sum(m["duration"] for m in meta) == pytest.approx(length * 40, abs=1)
+    assert sum(m["duration"] for m in meta) == pytest.approx((length + 1) * 40, abs=1)
 
 
 def test_evaluate_prints_episodes_and_their_mean(short_cartpole_run):

@@ -314,11 +314,13 @@ def play_episode(
     seed: int,
     deterministic: bool = True,
     generator: torch.Generator | None = None,
-    on_frame: Callable[[np.ndarray, int, float, float], bool | None] | None = None,
+    on_frame: Callable[[np.ndarray, int, float, float | None], bool | None] | None = None,
 ) -> Episode:
     """Play one episode on a rendering env. Before each action, on_frame(frame, step, return so far,
-    value estimate) sees the state the agent acts in, so an episode of length T gives T frames;
-    on_frame returning False ends the episode early."""
+    value estimate) sees the state the agent acts in, and once more at the end the state the last action
+    led to, with value None (a board game's winning move, the crash that ended the episode), so a whole
+    episode of length T gives T + 1 frames, as gymnasium's RecordVideo records; on_frame returning False
+    ends the episode early."""
     device = _device(policy)
     obs, _ = env.reset(seed=seed)
     episode_return, step, values = 0.0, 0, []
@@ -337,7 +339,9 @@ def play_episode(
         if terminated or truncated:
             if "episode" in info:
                 episode_return = float(info["episode"]["r"])
-            # The length in agent steps (= frames); Atari's info["episode"]["l"] counts emulator frames.
+            if on_frame is not None:
+                on_frame(env.render(), step, episode_return, None)
+            # The length in agent steps; Atari's info["episode"]["l"] counts emulator frames.
             return Episode(episode_return, step, True, values)
 
 
@@ -355,12 +359,16 @@ def record_episode(
         viewer.fps = fps
     writer = VideoWriter(path, fps) if path is not None else None
 
-    def on_frame(frame: np.ndarray, step: int, episode_return: float, value: float) -> bool:
+    def on_frame(frame: np.ndarray, step: int, episode_return: float, value: float | None) -> bool:
         if overlay:
-            lines = [f"step {step}", f"return {episode_return:.1f}", f"value {value:.2f}"]
-            # A searching agent (MuZero) also shows what its search of this move found.
-            if hasattr(policy, "search_summary"):
-                lines += policy.search_summary()
+            lines = [f"step {step}", f"return {episode_return:.1f}"]
+            if value is None:
+                lines.append("episode over")
+            else:
+                lines.append(f"value {value:.2f}")
+                # A searching agent (MuZero) also shows what its search of this move found.
+                if hasattr(policy, "search_summary"):
+                    lines += policy.search_summary()
             frame = overlay_text(frame, lines)
         if writer is not None:
             writer.append(frame)
