@@ -1,5 +1,5 @@
-"""Learning thresholds on the heavier envs (PPO: about 30 s and 70 s here; MuZero on TicTacToe about 11
-minutes): `make test-slow`."""
+"""Learning thresholds on the heavier envs (PPO: about 30 s and 70 s here; MuZero on TicTacToe about 13
+minutes; 15:21 for all three on the idle machine): `make test-slow`."""
 
 import dataclasses
 
