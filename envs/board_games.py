@@ -247,8 +247,10 @@ def _drop(mine: int, occupied: int, column: int) -> tuple[int, int]:
 def _lookahead_value(mine: int, occupied: int, plies: int) -> int:
     """The mover's result when both sides look `plies` moves ahead: +1 a win they can force, -1 a loss
     the opponent can force, 0 neither (or a full board)."""
+    if plies == 0:
+        return 0
     children = _children(mine, occupied)
-    if plies == 0 or not children:
+    if not children:
         return 0
     if any(won for _, _, won in children.values()):
         return 1
