@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import tyro
 
-from envs.board_games import BOARD_OPPONENTS
+from envs.board_games import BOARD_OPPONENTS, perfect_moves, solve, winner
 from envs.factory import is_atari, make_env, make_vector_env
 from envs.sc2 import is_sc2
 from training.checkpoint import (
@@ -248,7 +248,6 @@ def audit_against_perfect_play(policy: torch.nn.Module, deterministic: bool = Tr
     of its best moves in turn, and the policy's moves there that lose the game's value (a drawn position
     left lost, or an illegal move). No losing move means no perfect opponent can ever beat the policy; a
     match of random games only samples these lines. Positions are searched in one batch per depth."""
-    from envs.board_games import perfect_moves, solve, winner
 
     def play(board: tuple[int, ...], move: int) -> tuple[int, ...]:
         return tuple(-x for x in board[:move] + (1,) + board[move + 1 :])  # the next mover's view
