@@ -1,12 +1,14 @@
 """The Ray backend against a real Ray head on 127.0.0.1: the same data as local workers, replacement of
 a killed actor, and the training command end to end."""
 
+import contextlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,6 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason=
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-# A head on loopback with Ray's default token authentication; the executor sets the same on its side.
-RAY_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def _free_port() -> int:
@@ -33,15 +33,99 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_head():
+def _session_pids(sid: int) -> list[int]:
+    """Processes of the session `sid` (field 6 of /proc/PID/stat): what a head started in its own
+    session has spawned, and nothing else on the machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _ray_core_pids(sid: int) -> set[int]:
+    """The GCS server and raylet of the head in session `sid`."""
+    core = set()
+    for pid in _session_pids(sid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("gcs_server", "raylet"):
+                core.add(pid)
+    return core
+
+
+@contextlib.contextmanager
+def ray_head(home: Path):
+    """A Ray head on 127.0.0.1 with token authentication, configured explicitly as Ray documents it: a
+    token generated into `home` (a fresh folder, never the user's own ~/.ray), RAY_AUTH_MODE=token for the
+    head. Yields (address, the token file, the head's session id). Started with --block in a session of
+    its own, it is stopped by ending that one process; whatever of its session is left then is killed.
+    No `ray stop`, which would stop every Ray on the machine."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    generated = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    token = home / ".ray" / "auth_token"
     port = _free_port()
-    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
-    started = subprocess.run(cmd, env=RAY_ENV, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr[-3000:]
-    yield f"127.0.0.1:{port}"
-    subprocess.run([RAY, "stop", "--force"], env=RAY_ENV, capture_output=True, timeout=120)
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up once its GCS port takes connections and its raylet runs
+            assert head.poll() is None, f"ray start --head exited: {head.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the Ray head did not start within 120 s"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0 and len(_ray_core_pids(head.pid)) == 2:
+                    break
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", token, head.pid
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        deadline = time.monotonic() + 30
+        while _session_pids(head.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in _session_pids(head.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        head.stderr.close()
+
+
+@pytest.fixture(scope="module", name="ray_head")
+def ray_head_fixture(tmp_path_factory):
+    """The module's head. The drivers (this process and the commands it runs) get only the token's path:
+    the executor must turn token mode on by itself when it finds a token, as `ray start --head` does."""
+    with ray_head(tmp_path_factory.mktemp("ray_home")) as (address, token, _), pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_AUTH_MODE", raising=False)  # restored (unset) after the module, whatever the executor set
+        mp.delenv("RAY_AUTH_TOKEN", raising=False)
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        yield address
+
+
+def test_the_suite_stops_only_the_ray_head_it_started(tmp_path):
+    """Two heads on the machine: stopping one leaves every process of the other running."""
+    with ray_head(tmp_path / "bystander") as (bystander, _, bystander_sid):
+        with ray_head(tmp_path / "ours") as (_, _, our_sid):
+            assert _session_pids(our_sid)
+            core = _ray_core_pids(bystander_sid)
+            assert len(core) == 2  # its GCS server and raylet
+        assert _session_pids(our_sid) == []
+        assert core <= _ray_core_pids(bystander_sid)
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(bystander.rsplit(":", 1)[1]))) == 0
+    assert _session_pids(bystander_sid) == []
 
 
 def _executors(address):
@@ -90,6 +174,30 @@ def test_train_ppo_runs_on_the_ray_cluster(ray_head, tmp_path):
     assert "finished CartPole-v1 after 2048 env steps" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
     assert (run_dir / "checkpoints").is_dir()
+
+
+def test_train_ppo_starts_and_stops_its_own_ray_on_a_fresh_machine(tmp_path):
+    """--backend ray without an address, from an empty home directory (no token anywhere): a Ray of its
+    own on loopback, stopped at the end, nothing of it left running."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    cmd = [sys.executable, str(ROOT / "launch" / "train_ppo.py"), "--backend", "ray", "--num-workers", "1",
+           "--total-timesteps", "1024", "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--eval-every", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**env, "HOME": str(home)}, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert "finished CartPole-v1 after 1024 env steps" in out
+        deadline = time.monotonic() + 30  # Ray's own processes were in the command's session
+        while _session_pids(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _session_pids(proc.pid) == []
+    finally:
+        for pid in _session_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_ray_backend_without_ray_names_the_extra(monkeypatch):
