@@ -13,6 +13,8 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from agents.initialization import orthogonal_
+
 
 class Categorical:
     """Categorical over the last dim. `mask` (bool, True = allowed) removes actions: a masked action
@@ -109,7 +111,7 @@ class ActionHead(nn.Module):
             )
         self.is_continuous = isinstance(action_space, gym.spaces.Box)
         self.linear = nn.Linear(in_features, out)
-        nn.init.orthogonal_(self.linear.weight, 0.01)
+        orthogonal_(self.linear.weight, 0.01)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> Distribution:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.distributions import ActionHead, Distribution
+from agents.initialization import orthogonal_
 
 MASK_KEY = "action_mask"
 OBS_KEY = "obs"
@@ -28,7 +29,7 @@ def obs_spaces(observation_space: gym.Space) -> dict[str, gym.Space]:
 
 
 def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
-    nn.init.orthogonal_(layer.weight, gain)
+    orthogonal_(layer.weight, gain)
     nn.init.constant_(layer.bias, bias)
     return layer
 

@@ -46,7 +46,7 @@ class PPOConfig:
     num_learners: int = 0
     """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
     torch_threads: int = 0
-    """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all cores for CNNs)"""
+    """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all usable cores for CNNs); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
 
     # Rollout workers
     num_envs: int = 4

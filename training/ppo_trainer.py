@@ -46,6 +46,7 @@ from training.evaluation import TrainingEvaluator
 from training.executors import Executor, make_executor
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
+from training.provenance import usable_cores
 from training.rollout import Rollout
 
 
@@ -253,8 +254,10 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     agent = build_agent(cfg, observation_space, action_space).to(device)
-    # One thread for MLPs (a second costs more in synchronisation than it gives); all cores for CNNs.
-    torch.set_num_threads(cfg.torch_threads or (torch.get_num_threads() if agent.is_image else 1))
+    # One thread for MLPs (a second costs more in synchronisation than it gives); all usable cores for CNNs.
+    # Chosen here, never inherited from OMP_NUM_THREADS: a thread count changes float rounding, so a
+    # user's environment variable would otherwise change a seeded run.
+    torch.set_num_threads(cfg.torch_threads or (usable_cores() if agent.is_image else 1))
     learner = PPOLearner(agent, cfg, device, parallel)
 
     global_step, iteration, seconds_before = 0, 0, 0.0
