@@ -19,10 +19,12 @@ import json
 import multiprocessing as mp
 import resource
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
+import torch
 import tyro
 
 from envs.factory import SOLVED_RETURN
@@ -30,6 +32,7 @@ from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
 from training.config import ConfigError, PPOConfig, apply_preset
 from training.plots import plot_seed_band
+from training.provenance import collect, describe
 
 
 @dataclass
@@ -37,7 +40,9 @@ class BenchmarkArgs:
     envs: tuple[str, ...] = ("CartPole-v1", "Acrobot-v1", "LunarLander-v3")
     """env ids to benchmark"""
     seeds: int = 3
-    """seeds per env (1 .. seeds)"""
+    """seeds per env (--first-seed .. --first-seed + seeds - 1)"""
+    first_seed: int = 1
+    """the first seed (to split one benchmark's seeds over several processes)"""
     budget: int | None = None
     """env-step budget per run; default: each preset's total_timesteps"""
     preset: str = "auto"
@@ -83,6 +88,8 @@ class RunResult:
     peak_rss_mib: float
     final_mean_return: float | None
     eval_return: float | None = None
+    torch_threads: int = 1
+    """the run's own intra-op thread count, for the table's provenance line"""
     history: list = field(default_factory=list)
 
 
@@ -118,7 +125,7 @@ def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
         seconds_to_solve=first[1], total_steps=result.global_step, total_seconds=result.seconds, sps=result.sps,
         rollout_seconds=result.rollout_seconds, update_seconds=result.update_seconds,
         peak_rss_mib=rss_kib / 1024, final_mean_return=result.mean_return, eval_return=result.eval_return,
-        history=result.history,
+        torch_threads=torch.get_num_threads(), history=result.history,
     ))  # fmt: skip
 
 
@@ -127,7 +134,7 @@ def run_benchmark(args: BenchmarkArgs) -> list[RunResult]:
     ctx = mp.get_context("spawn")
     results = []
     for env_id in args.envs:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = apply_preset(PPOConfig(env_id=env_id, preset=args.preset))
             cfg = dataclasses.replace(cfg, seed=seed, progress=False, exp_name="benchmark", runs_dir=args.runs_dir,
                                       stop_when_solved=args.stop, **overrides)  # fmt: skip
@@ -150,6 +157,12 @@ def run_benchmark(args: BenchmarkArgs) -> list[RunResult]:
                 print(f"{env_id:16s} seed {seed}: {solve}; {r.sps:.0f} SPS (rollout {r.rollout_seconds:.1f}s, "
                       f"update {r.update_seconds:.1f}s), peak RSS {r.peak_rss_mib:.0f} MiB", flush=True)  # fmt: skip
     return results
+
+
+def provenance_line(torch_threads: Iterable[int]) -> str:
+    """What measured a table: this process's machine, versions, commit and command, with the torch thread
+    counts that the measured runs set for themselves (each run is its own process)."""
+    return describe(collect(), sorted(set(torch_threads)))
 
 
 def _fmt(values: list[float], digits: int = 0) -> str:
@@ -197,6 +210,7 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
         fig.tight_layout()
         fig.savefig(out_dir / f"{label}_{env_id.replace('/', '-')}.png", dpi=90)
         plt.close(fig)
+    lines += ["", provenance_line(r.torch_threads for r in results)]
     table = out_dir / f"{label}.md"
     table.write_text("\n".join(lines) + "\n")
     return table
@@ -205,6 +219,7 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
 def sweep_backends(args: BenchmarkArgs) -> list[str]:
     """SPS per env, backend and worker count (one seed each, the whole budget): Markdown table rows."""
     rows = ["| env | backend | workers | SPS | rollout / update s |", "|---|---|---|---|---|"]
+    threads: list[int] = []
     for backend in args.sweep_backends:
         for workers in (1,) if backend == "inprocess" else args.sweep_workers:
             combo = dataclasses.replace(args, seeds=1, stop=False, set=(*args.set, f"backend={backend}",
@@ -212,7 +227,8 @@ def sweep_backends(args: BenchmarkArgs) -> list[str]:
             for r in run_benchmark(combo):
                 rows.append(f"| {r.env_id} | {backend} | {workers} | {r.sps:.0f} | "
                             f"{r.rollout_seconds:.1f} / {r.update_seconds:.1f} |")  # fmt: skip
-    return rows
+                threads.append(r.torch_threads)
+    return [*rows, "", provenance_line(threads)] if len(rows) > 2 else rows
 
 
 # Published mean scores on the mini-games: (random policy, FullyConv, StarCraft GrandMaster) from the
@@ -246,7 +262,7 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
         steps = [r.total_steps for r in results if r.env_id == env_id]
         rows.append(f"| {name} | {random_score} | {fully_conv} | {grandmaster} | {REAVER_SCORES.get(name, '-')} | "
                     f"{_fmt(scores, 1)} | {_fmt(steps)} |")  # fmt: skip
-    return rows
+    return [*rows, "", provenance_line(r.torch_threads for r in results)]
 
 
 def muzero_report(args: BenchmarkArgs) -> list[str]:
@@ -264,17 +280,18 @@ def muzero_report(args: BenchmarkArgs) -> list[str]:
             rows.append(f"| {roots} x 50 | {'CartPole model' if model == 'real' else 'constant stand-in'} | "
                         f"{r.simulations_per_second:,.0f} |")  # fmt: skip
             print(rows[-1], flush=True)
+    rows += ["", provenance_line([torch.get_num_threads()])]  # search_throughput ran here, on one thread
     solve_cfg = dataclasses.replace(cfg, exp_name="benchmark", runs_dir=args.runs_dir)
     if args.budget:
         solve_cfg = dataclasses.replace(solve_cfg, total_timesteps=args.budget)
-    results = time_to_solve(solve_cfg, args.seeds)
+    results = time_to_solve(solve_cfg, args.seeds, args.first_seed)
     for r in results:
         solve = f"solved at {r.env_steps} env steps, {r.seconds:.0f}s" if r.solved else f"not solved in {r.total_steps} env steps"
         print(f"MuZero {r.env_id} seed {r.seed}: {solve}; final greedy evaluation {r.final_eval_return}", flush=True)
     ok = [r for r in results if r.solved]
     rows += ["", "| env | solved | env steps to solve | wall s to solve |", "|---|---|---|---|",
              f"| {cfg.env_id} | {len(ok)}/{len(results)} | {_fmt([r.env_steps for r in ok])} | "
-             f"{_fmt([r.seconds for r in ok])} |"]  # fmt: skip
+             f"{_fmt([r.seconds for r in ok])} |", "", provenance_line(r.torch_threads for r in results)]  # fmt: skip
     return rows
 
 

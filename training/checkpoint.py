@@ -7,6 +7,7 @@ refuses any pickle payload that would construct arbitrary objects or run code.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -14,6 +15,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from training import provenance
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -42,10 +45,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _atomic_save(path: Path, payload: dict) -> Path:
+def _atomic_save(path: Path, payload: dict, run_dir: Path) -> Path:
+    """Write the payload, with the run folder's provenance records (as JSON text), to path atomically."""
     tmp = path.parent / f".{path.name}.tmp"
+    records = json.dumps(provenance.read_run(run_dir))
     with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+        torch.save({"format_version": FORMAT_VERSION, "provenance": records, **payload}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -57,7 +62,7 @@ def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> P
     """Write payload as run_dir/checkpoints/step_{step}.pt atomically; keep the newest `keep` files."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = _atomic_save(folder / f"step_{step:012d}.pt", payload)
+    path = _atomic_save(folder / f"step_{step:012d}.pt", payload, run_dir)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -67,7 +72,7 @@ def save_best_checkpoint(run_dir: Path, payload: dict) -> Path:
     """Write payload as run_dir/checkpoints/best.pt (the best evaluation so far), atomically."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    return _atomic_save(folder / BEST_NAME, payload)
+    return _atomic_save(folder / BEST_NAME, payload, run_dir)
 
 
 def find_checkpoint(path: str | Path, best: bool = False) -> Path:

@@ -15,6 +15,8 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from training import provenance
+
 # TensorBoard's "Custom Scalars" tab: one page with the charts people read first, curves that belong
 # together drawn on the same axes (each entry is a regex over the tags of the same run).
 DASHBOARD_LAYOUT = {
@@ -45,6 +47,8 @@ DASHBOARD_LAYOUT = {
         "skipped updates, worker and env restarts, dropped episodes": ["Multiline", ["faults/.*"]],
     },
 }  # fmt: skip
+
+CONFIG_FILE = "config.json"
 
 # The figures that the HParams tab shows beside each run's hyperparameters (their latest values).
 HPARAM_METRICS = ("eval/episodic_return", "charts/mean_return_100", "charts/SPS")
@@ -82,8 +86,12 @@ class RunLogger:
     def __init__(self, run_dir: Path, config: dict | None = None, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        # This process's machine, threads, versions, commit and command, beside the config; a resume adds one.
+        self.provenance = provenance.record_run(self.run_dir)
+        self.writer.add_text("provenance", provenance.describe(self.provenance[-1]), global_step=purge_step or 0)
         if config is not None:
             self.writer.add_text("hyperparameters", config_markdown(config), global_step=purge_step or 0)
+            provenance.write_json_atomically(self.run_dir / CONFIG_FILE, config)
 
     def dashboards(self, hparams: dict) -> None:
         """The custom-scalars layout, and this run's hyperparameters for the HParams tab (where runs are

@@ -68,6 +68,8 @@ class SolveResult:
     seconds: float | None
     final_eval_return: float | None
     total_steps: int
+    torch_threads: int
+    """the run's own intra-op thread count, for the table's provenance line"""
 
 
 def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
@@ -75,14 +77,14 @@ def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
     threshold = cfg.stop_return if cfg.stop_return is not None else solved_threshold(cfg.env_id)
     first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
     queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
-                          result.global_step))  # fmt: skip
+                          result.global_step, torch.get_num_threads()))  # fmt: skip
 
 
-def time_to_solve(cfg: MuZeroConfig, seeds: int) -> list[SolveResult]:
-    """train_muzero once per seed (1 .. seeds), each in a fresh process."""
+def time_to_solve(cfg: MuZeroConfig, seeds: int, first_seed: int = 1) -> list[SolveResult]:
+    """train_muzero once per seed (first_seed .. first_seed + seeds - 1), each in a fresh process."""
     ctx = mp.get_context("spawn")
     results = []
-    for seed in range(1, seeds + 1):
+    for seed in range(first_seed, first_seed + seeds):
         queue = ctx.Queue()
         proc = ctx.Process(target=_solve_one, args=(dataclasses.replace(cfg, seed=seed, progress=False), queue))
         proc.start()
