@@ -15,6 +15,7 @@ time, mean and spread over seeds) into --out-dir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import multiprocessing as mp
 import resource
@@ -159,10 +160,16 @@ def run_benchmark(args: BenchmarkArgs) -> list[RunResult]:
     return results
 
 
+@functools.cache
+def _started() -> dict:
+    """This benchmark's record, read once when it starts (the commit then is the one measured)."""
+    return collect()
+
+
 def provenance_line(torch_threads: Iterable[int]) -> str:
     """What measured a table: this process's machine, versions, commit and command, with the torch thread
     counts that the measured runs set for themselves (each run is its own process)."""
-    return describe(collect(), sorted(set(torch_threads)))
+    return describe(_started(), sorted(set(torch_threads)))
 
 
 def _fmt(values: list[float], digits: int = 0) -> str:
@@ -306,6 +313,7 @@ def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(BenchmarkArgs, args=argv, description=__doc__.split("\n")[0])
+    _started()
     if args.muzero:
         _print_and_write(muzero_report(args), args.out_dir, args.label or "muzero")
         return 0
