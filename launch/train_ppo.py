@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from training.cli import interrupted, run_cli, run_footer
+from training.cli import run_cli, run_footer
 from training.config import parse_ppo_config
 from training.ppo_trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_ppo_config(argv)
-    try:
-        result = train(cfg)
-    except KeyboardInterrupt:
-        return interrupted()
+    result = train(cfg)
     status = "solved" if result.solved else "finished"
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.1f}"
     evaluation = "" if result.eval_return is None else f"; greedy evaluation: {result.eval_return:.1f}"

@@ -113,3 +113,22 @@ for _id, _kwargs in (("tests/CrashingEnv-v0", {}), ("tests/AlwaysCrashingEnv-v0"
                      ("tests/NeverCrashingEnv-v0", {"crash_at": 10**12})):
     if _id not in gym.registry:
         gym.register(_id, entry_point=CrashingEnv, kwargs=_kwargs)
+
+
+class EvaluationCrashingEnv(CrashingEnv):
+    """Never crashes in training; raises on the first step of any episode started from an evaluation
+    seed (training.evaluation.EVAL_SEED_OFFSET and up): a crash in the loop outside env stepping."""
+
+    def __init__(self):
+        super().__init__(crash_at=10**12)
+
+    def reset(self, seed=None, options=None):
+        from training.evaluation import EVAL_SEED_OFFSET
+
+        if seed is not None:
+            self.crash_at = 0 if seed >= EVAL_SEED_OFFSET else 10**12
+        return super().reset(seed=seed, options=options)
+
+
+if "tests/EvaluationCrashingEnv-v0" not in gym.registry:
+    gym.register("tests/EvaluationCrashingEnv-v0", entry_point=EvaluationCrashingEnv)

@@ -36,8 +36,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only file system, ...); the older ones stand."""
+
+
+def step_of(path: Path) -> int:
+    """The env step in a periodic checkpoint's name (step_000000004096.pt -> 4096)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a periodic checkpoint (step_*.pt)")
+    return int(m.group(1))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
+    """The run's periodic checkpoints, oldest first."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return []
@@ -46,15 +58,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _atomic_save(path: Path, payload: dict, run_dir: Path) -> Path:
-    """Write the payload, with the run folder's provenance records (as JSON text), to path atomically."""
-    tmp = path.parent / f".{path.name}.tmp"
+    """Write the payload, with the run folder's provenance records (as JSON text), to path atomically.
+    The temp file's name is this process's own; on any failure it is removed, so nothing partial is left,
+    and a failure of the file system (disk full, read-only) becomes one CheckpointWriteError line."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     records = json.dumps(provenance.read_run(run_dir))
-    with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, "provenance": records, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, "provenance": records, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a short write as RuntimeError ("file write failed"), the OS as OSError.
+        tmp.unlink(missing_ok=True)
+        last = [p.name for p in list_checkpoints(run_dir) if p != path]
+        kept = f"the last good checkpoint is {path.parent / last[-1]}" if last else "no earlier checkpoint exists"
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        raise CheckpointWriteError(f"could not write the checkpoint {path} ({reason}); {kept}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -64,7 +89,8 @@ def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> P
     folder.mkdir(parents=True, exist_ok=True)
     path = _atomic_save(folder / f"step_{step:012d}.pt", payload, run_dir)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+        if old != path:  # never the file just written, whatever the names say
+            old.unlink(missing_ok=True)
     return path
 
 

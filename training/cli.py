@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,14 +13,17 @@ from envs.sc2 import SC2NotFoundError, SC2OptionsError
 from envs.sc2_compat import SC2NotInstalledError
 from training.checkpoint import CheckpointError
 from training.config import ConfigError
+from training.run_folder import Interrupted, stop_on_signals
 
 USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Bad input exits 2 and a run that had to stop (training diverged) exits 1, each with one line."""
+    """Bad input exits 2 and a run that had to stop (training diverged) exits 1, each with one line;
+    SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command."""
     from training.ppo_trainer import TrainingDiverged
 
+    stop_on_signals()
     try:
         return main()
     except USER_ERRORS as e:
@@ -27,6 +32,19 @@ def run_cli(main: Callable[[], int]) -> int:
     except TrainingDiverged as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted()
+        print(f"\n{interruption_line(stop)}", file=sys.stderr)
+        return stop.exit_code
+
+
+def interruption_line(stop: Interrupted) -> str:
+    """What a stopped command says: the signal, and the checkpoint with the command that resumes it."""
+    name = signal.Signals(stop.signum).name
+    if stop.run_dir is None or stop.checkpoint is None:
+        return f"interrupted ({name})"
+    resume = shlex.join(["python", f"launch/{Path(sys.argv[0]).name}", "--resume", str(stop.run_dir)])
+    return f"interrupted ({name}): checkpoint {stop.checkpoint} written; continue with: {resume}"
 
 
 def run_footer(run_dir: Path, checkpoint: Path | None, script: str) -> str:
@@ -38,8 +56,3 @@ def run_footer(run_dir: Path, checkpoint: Path | None, script: str) -> str:
         f"  watch:       python launch/watch.py {run_dir}\n"
         f"  resume:      python launch/{script} --resume {run_dir}"
     )
-
-
-def interrupted() -> int:
-    print("\ninterrupted: a checkpoint was written; continue with --resume RUN_DIR", file=sys.stderr)
-    return 130

@@ -12,17 +12,17 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import tyro
 
 from envs.sc2 import SC2Options, is_sc2
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together, or a value out of range."""
+from training.errors import ConfigError  # noqa: F401 - re-exported: PPO's modules import it from here
+from training.resume import CHANGEABLE_ON_RESUME, resume_changes
 
 
 @dataclass
@@ -127,7 +127,9 @@ class PPOConfig:
     keep_checkpoints: int = 3
     """periodic checkpoints kept on disk (newest first)"""
     resume: str | None = None
-    """a run folder (or one of its checkpoint files) to continue from; its saved config is used"""
+    """a run folder (or one of its checkpoint files) to continue from; its saved config is used; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
+    resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """the fields a --resume takes from this config instead of the run's (set from the command line)"""
     progress: bool = True
     """show a progress bar (a log line every few seconds when stderr is not a terminal)"""
 
@@ -213,17 +215,26 @@ def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     return dataclasses.replace(cfg, preset=preset, **PRESETS[preset])
 
 
+# What `--resume` may change in a PPO run: the shared list, and where workers run and how a run is watched.
+PPO_CHANGEABLE_ON_RESUME = (
+    *CHANGEABLE_ON_RESUME, "backend", "num_workers", "ray_address", "worker_timeout", "torch_threads",
+    "capture_video", "video_every", "max_bad_updates",
+)  # fmt: skip
+
+
 def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
     """Parse the command line: the preset (chosen by --preset / --env-id) supplies the defaults that
     `--help` shows, and every flag given explicitly overrides it."""
-    import tyro
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--env-id", "--env_id", default=PPOConfig.env_id)
     pre.add_argument("--preset", default=PPOConfig.preset)
     known, _ = pre.parse_known_args(argv)
     defaults = apply_preset(PPOConfig(env_id=known.env_id, preset=known.preset))
-    return tyro.cli(PPOConfig, args=argv, default=defaults, description="Train PPO on a Gymnasium env.")
+    cfg = tyro.cli(PPOConfig, args=argv, default=defaults, description="Train PPO on a Gymnasium env.")
+    if cfg.resume:
+        given = sys.argv[1:] if argv is None else argv
+        cfg = dataclasses.replace(cfg, resume_changes=resume_changes(given, PPOConfig, PPO_CHANGEABLE_ON_RESUME))
+    return cfg
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,6 +22,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 from torch import nn
 
 from agents.mcts import SearchConfig, run_search
@@ -29,12 +30,18 @@ from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
 from envs.board_games import board_symmetries
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
-from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import CheckpointError, load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import ConfigError, resolve_device
 from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.replay import Game, PrioritizedReplay
+from training.resume import CHANGEABLE_ON_RESUME, apply_resume_changes
+from training.run_folder import claim_run_dir, crashed_with_checkpoint, interrupted_with_checkpoint
 from training.self_play import RESUME_SEED_STRIDE, make_self_play
+
+# What `--resume` may change in a MuZero run (the shared list and the cluster to join). A longer
+# --total-timesteps also stretches the self-play temperature schedule, which follows the run's progress.
+MUZERO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "ray_address")
 
 
 @dataclass
@@ -126,7 +133,9 @@ class MuZeroConfig:
     keep_checkpoints: int = 3
     """periodic checkpoints kept on disk"""
     resume: str | None = None
-    """a run folder (or checkpoint) to continue from; the replay starts empty again"""
+    """a run folder (or checkpoint) to continue from; the replay starts empty again; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
+    resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """the fields a --resume takes from this config instead of the run's (set from the command line)"""
     progress: bool = True
     """show a progress bar"""
 
@@ -320,11 +329,18 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     payload, run_dir = None, None
     if cfg.resume:
         payload, path = load_algo_checkpoint(cfg.resume, "muzero")
-        cfg = dataclasses.replace(_saved_config(payload), resume=cfg.resume, device=cfg.device, progress=cfg.progress)
+        cfg = apply_resume_changes(_saved_config(payload), cfg)
         run_dir = run_dir_of(path)
     validate_muzero(cfg)
     check_env_id(cfg.env_id)
     check_replay_fits(cfg, model_spaces(cfg.env_id))
+    if payload is None:
+        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
+    with claim_run_dir(run_dir, payload["global_step"] if payload is not None else None):
+        return _train_in_folder(cfg, payload, run_dir)
+
+
+def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> MuZeroResult:
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -344,8 +360,6 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
         optimizer.load_state_dict(payload["optimizer"])
         global_step, updates, episodes = payload["global_step"], payload["updates"], payload["episodes"]
         seconds_before = payload["elapsed_seconds"]
-    else:
-        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
     actor_model.load_state_dict(model.state_dict())
     config_dict = dataclasses.asdict(cfg)
     logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
@@ -362,12 +376,15 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     def checkpoint_state() -> dict:
         return {
             "algo": "muzero",
-            "config": json.dumps(dataclasses.asdict(dataclasses.replace(cfg, resume=None))),
+            "config": json.dumps(dataclasses.asdict(dataclasses.replace(cfg, resume=None, resume_changes=()))),
             "global_step": global_step, "updates": updates, "episodes": episodes,
             "elapsed_seconds": seconds_before + time.perf_counter() - start,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "best_eval_return": evaluator.best_return,
         }  # fmt: skip
+
+    def checkpoint() -> Path:
+        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
 
     # Envs restart from fresh games after a resume; a distinct seed keeps them off the old ones.
     self_play = make_self_play(cfg, actor_model, cfg.seed + RESUME_SEED_STRIDE * (global_step + 1), rng)
@@ -377,6 +394,7 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     owed_updates, eval_return, solved, last_checkpoint = 0.0, None, False, None
     history: list[tuple[int, float, float]] = []
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    consistent = True  # the state a checkpoint would hold is one between two updates
     try:
         while global_step < cfg.total_timesteps and not solved:
             # Self-play: every worker's games make self_play_moves moves with the current weights.
@@ -397,10 +415,12 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
             if global_step >= cfg.warmup_steps and replay.num_positions >= cfg.batch_size:
                 owed_updates += cfg.updates_per_step * cfg.num_envs
                 stats = None
+                consistent = False  # a crash in here leaves the model half-updated
                 while owed_updates >= 1:
                     stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model, symmetries)
                     owed_updates -= 1
                     updates += 1
+                consistent = True
                 if stats is not None:
                     weights = {k: v.cpu() for k, v in model.state_dict().items()}
                     actor_model.load_state_dict(weights)  # for evaluation (and the in-process worker, which shares it)
@@ -423,15 +443,19 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
                 history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
                 solved = cfg.stop_when_solved and threshold is not None and eval_return >= threshold
             if global_step >= next_checkpoint:
-                last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+                last_checkpoint = checkpoint()
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
         if not solved:
             eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
             history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
             solved = threshold is not None and eval_return >= threshold
-        last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        last_checkpoint = save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
+        last_checkpoint = checkpoint()
+    except KeyboardInterrupt as stop:
+        raise interrupted_with_checkpoint(stop, run_dir, checkpoint) from None
+    except CheckpointError:  # says what happened in its own line
+        raise
+    except Exception:
+        crashed_with_checkpoint(run_dir, global_step, checkpoint if consistent else None, last_checkpoint)
         raise
     finally:
         progress.close()

@@ -30,7 +30,7 @@ from agents.ppo import (
 )
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from envs.sc2 import is_sc2
-from training.checkpoint import load_algo_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import CheckpointError, load_algo_checkpoint, run_dir_of, save_checkpoint
 from training.config import (
     PPOConfig,
     config_from_dict,
@@ -47,7 +47,9 @@ from training.executors import Executor, make_executor
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.provenance import usable_cores
+from training.resume import apply_resume_changes
 from training.rollout import Rollout
+from training.run_folder import claim_run_dir, crashed_with_checkpoint, interrupted_with_checkpoint
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -195,8 +197,7 @@ def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
     """The saved config of the run to resume (with this invocation's device/progress), its checkpoint
     payload and its run folder."""
     payload, path = load_algo_checkpoint(cfg.resume, "ppo")
-    saved = config_from_dict(json.loads(payload["config"]))
-    resumed = dataclasses.replace(saved, resume=str(cfg.resume), device=cfg.device, progress=cfg.progress)
+    resumed = apply_resume_changes(config_from_dict(json.loads(payload["config"])), cfg)
     return resumed, payload, run_dir_of(path)
 
 
@@ -242,6 +243,15 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
         cfg, payload, run_dir = load_resume_config(cfg)
     validate(cfg)
     check_env_id(cfg.env_id)
+    if payload is None and parallel.is_main:
+        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
+    if not parallel.is_main:  # rank 0 holds the folder for all learners
+        return _train_in_folder(cfg, parallel, payload, run_dir)
+    with claim_run_dir(run_dir, payload["global_step"] if payload is not None else None):
+        return _train_in_folder(cfg, parallel, payload, run_dir)
+
+
+def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | None, run_dir: Path | None) -> TrainResult:
     device = resolve_device(cfg.device)
     if parallel.enabled and device.type == "cuda":
         device = torch.device("cuda", parallel.rank)  # one GPU per learner
@@ -273,8 +283,6 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
         recent_returns.extend(payload["recent_returns"].tolist())
         torch.set_rng_state(payload["rng"]["torch"])
         random.setstate(payload["rng"]["python"])
-    elif main:
-        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
 
     threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
     config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers,
@@ -294,7 +302,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     def checkpoint_state() -> dict:
         return {
             "algo": "ppo",
-            "config": json.dumps(config_to_dict(dataclasses.replace(cfg, resume=None))),
+            "config": json.dumps(config_to_dict(dataclasses.replace(cfg, resume=None, resume_changes=()))),
             "global_step": global_step,
             "iteration": iteration,
             "elapsed_seconds": seconds_before + time.perf_counter() - start,
@@ -321,6 +329,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
     history: list[tuple[int, float, float]] = []
     eval_return = None
     solved, last_checkpoint, next_checkpoint = False, None, (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    consistent = True  # the state a checkpoint would hold is one between two updates
     try:
         executor.set_weights(agent.state_dict(), iteration)
         steps_at_start = global_step
@@ -332,6 +341,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
             rollout = executor.collect_next() if cfg.async_rollouts else executor.collect()
             t1 = time.perf_counter()
             policy_lag = iteration - rollout.policy_version
+            consistent = False  # from here to the new weights, a crash leaves the learner half-updated
             step_before = global_step
             global_step += rollout.num_steps * parallel.world_size
             iteration += 1
@@ -344,6 +354,7 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
                     "observations, or lower --learning-rate"
                 )
             executor.set_weights(agent.state_dict(), iteration)
+            consistent = True
             t2 = time.perf_counter()
             rollout_seconds += t1 - t0
             update_seconds += t2 - t1
@@ -398,8 +409,12 @@ def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
         if main and cfg.capture_video:
             evaluator.record_video(agent, global_step)
         last_checkpoint = checkpoint()
-    except KeyboardInterrupt:
-        last_checkpoint = checkpoint()
+    except KeyboardInterrupt as stop:
+        raise interrupted_with_checkpoint(stop, run_dir, checkpoint) from None
+    except (TrainingDiverged, CheckpointError):  # each says what happened in its own line
+        raise
+    except Exception:
+        crashed_with_checkpoint(run_dir, global_step, checkpoint if consistent else None, last_checkpoint)
         raise
     finally:
         progress.close()

@@ -1,0 +1,208 @@
+"""The run folder's safety: one training process at a time, clean timelines on resume, checkpoints that
+fail to write leave no partial file and one line."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import CheckpointWriteError, list_checkpoints, save_best_checkpoint, save_checkpoint
+from training.run_folder import Interrupted, RunFolderInUse, RunLock, start_timeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_locked_run_folder_is_refused_naming_the_holder(tmp_path):
+    with RunLock(tmp_path), pytest.raises(RunFolderInUse, match=rf"process {os.getpid()} is training in it now"):
+        RunLock(tmp_path)
+    RunLock(tmp_path).release()  # free again once released
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from training.run_folder import RunLock; "
+                               f"RunLock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunFolderInUse, match=rf"process {holder.pid} "):
+        RunLock(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    RunLock(tmp_path).release()
+
+
+def _payload(step: int) -> dict:
+    return {"global_step": step, "x": torch.full((2,), float(step))}
+
+
+def test_resuming_from_an_older_checkpoint_moves_the_abandoned_timeline_aside(tmp_path):
+    for step in (100, 200, 300, 400):
+        save_checkpoint(tmp_path, _payload(step), step, keep=3)
+    save_best_checkpoint(tmp_path, _payload(300))
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"step_{s:012d}.pt" for s in (200, 300, 400)]
+
+    aside = start_timeline(tmp_path, 200)
+    assert aside is not None and aside.name.startswith("abandoned_")
+    assert sorted(p.name for p in aside.iterdir()) == ["best.pt", "step_000000000300.pt", "step_000000000400.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000000200.pt"]
+    # The new timeline's checkpoints are kept, however few are kept and whatever the old names were.
+    new = save_checkpoint(tmp_path, _payload(264), 264, keep=1)
+    assert list_checkpoints(tmp_path) == [new]
+    assert start_timeline(tmp_path, 264) is None  # nothing newer: nothing moves
+
+
+def test_resuming_from_best_keeps_best(tmp_path):
+    for step in (100, 200):
+        save_checkpoint(tmp_path, _payload(step), step)
+    save_best_checkpoint(tmp_path, _payload(100))
+    aside = start_timeline(tmp_path, 100)
+    assert [p.name for p in aside.iterdir()] == ["step_000000000200.pt"]
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_full_disk_leaves_no_partial_file_and_names_the_last_good_checkpoint(tmp_path):
+    good = save_checkpoint(tmp_path, _payload(100), 100)
+    # The temp file is this process's own name; pointing it at /dev/full makes the kernel's ENOSPC real.
+    tmp = tmp_path / "checkpoints" / f".step_{200:012d}.pt.{os.getpid()}.tmp"
+    tmp.symlink_to("/dev/full")
+    with pytest.raises(CheckpointWriteError) as error:
+        save_checkpoint(tmp_path, _payload(200), 200)
+    message = str(error.value)
+    assert "No space left on device" in message and f"the last good checkpoint is {good}" in message
+    assert "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [good.name]
+
+
+def test_interrupted_exits_as_the_shell_expects():
+    assert Interrupted(signal.SIGINT).exit_code == 130 and Interrupted(signal.SIGTERM).exit_code == 143
+    assert isinstance(Interrupted(), KeyboardInterrupt)
+
+
+# The training commands, end to end: real signals to the process group, a second process on the same
+# folder, flags given with --resume, a crash in the loop.
+
+TRAIN_PPO = [sys.executable, str(ROOT / "launch" / "train_ppo.py")]
+TRAIN_MUZERO = [sys.executable, str(ROOT / "launch" / "train_muzero.py")]
+LONG_PPO = ["--total-timesteps", "10000000", "--checkpoint-every", "2048", "--no-stop-when-solved", "--no-progress",
+            "--eval-every", "0"]  # fmt: skip
+LONG_MUZERO = ["--total-timesteps", "1000000", "--checkpoint-every", "64", "--no-stop-when-solved", "--no-progress",
+               "--eval-every", "0", "--warmup-steps", "64"]  # fmt: skip
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    # A session of its own, so that a signal to its process group reaches it and its workers only.
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _wait_for_checkpoint(runs: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(runs.glob("*/checkpoints/step_*.pt"))
+        if found:
+            return found[0].parent.parent
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "signum"),
+    [
+        (TRAIN_PPO, [*LONG_PPO, "--backend", "inprocess"], signal.SIGTERM),
+        (TRAIN_PPO, [*LONG_PPO, "--backend", "multiprocess", "--num-workers", "2"], signal.SIGTERM),
+        (TRAIN_PPO, [*LONG_PPO, "--backend", "inprocess"], signal.SIGINT),
+        (TRAIN_MUZERO, LONG_MUZERO, signal.SIGTERM),
+        (TRAIN_MUZERO, [*LONG_MUZERO, "--self-play-backend", "multiprocess", "--self-play-workers", "2"], signal.SIGTERM),
+    ],
+    ids=["ppo-inprocess-term", "ppo-processes-term", "ppo-inprocess-int", "muzero-inprocess-term", "muzero-processes-term"],
+)  # fmt: skip
+def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_path, command, extra, signum):
+    proc = _start([*command, "--runs-dir", str(tmp_path), *extra])
+    run_dir = _wait_for_checkpoint(tmp_path, proc)
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    script = Path(command[1]).name
+    expected = (rf"interrupted \({signal.Signals(signum).name}\): checkpoint (\S+) written; "
+                rf"continue with: python launch/{script} --resume {run_dir}$")  # fmt: skip
+    assert re.fullmatch(expected, lines[-1]), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    written = Path(re.fullmatch(expected, lines[-1]).group(1))
+    assert written.is_file() and written == sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def _short_ppo_run(runs: Path, steps: int = 2048) -> Path:
+    done = subprocess.run([*TRAIN_PPO, "--runs-dir", str(runs), "--total-timesteps", str(steps), "--no-progress",
+                           "--eval-every", "0", "--no-stop-when-solved", "--checkpoint-every", "2048"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = runs.iterdir()
+    return run_dir
+
+
+def test_resume_extends_a_run_and_refuses_flags_that_would_change_it(tmp_path):
+    run_dir = _short_ppo_run(tmp_path)
+    refused = subprocess.run([*TRAIN_PPO, "--resume", str(run_dir), "--learning-rate", "0.1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--learning-rate with --resume" in refused.stderr and "--total-timesteps" in refused.stderr
+    extended = subprocess.run([*TRAIN_PPO, "--resume", str(run_dir), "--total-timesteps", "4096", "--no-progress"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "finished CartPole-v1 after 4096 env steps" in extended.stdout
+    assert torch.load(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)["global_step"] == 4096
+
+
+def test_a_second_process_on_a_training_run_folder_is_refused(tmp_path):
+    proc = _start([*TRAIN_PPO, "--runs-dir", str(tmp_path), *LONG_PPO])
+    try:
+        run_dir = _wait_for_checkpoint(tmp_path, proc)
+        second = subprocess.run([*TRAIN_PPO, "--resume", str(run_dir), "--no-progress"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr == f"error: {run_dir} is in use: process {proc.pid} is training in it now; wait for " \
+                                "it to end (or stop it), or start a new run\n"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_resuming_from_best_moves_the_newer_checkpoints_aside(tmp_path):
+    run_dir = _short_ppo_run(tmp_path, steps=8192)
+    checkpoints = run_dir / "checkpoints"
+    first = sorted(checkpoints.glob("step_*.pt"))[0]
+    newer = sorted(p.name for p in checkpoints.glob("step_*.pt"))[1:]
+    assert newer
+    resumed = subprocess.run([*TRAIN_PPO, "--resume", str(first), "--no-progress"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (aside,) = checkpoints.glob("abandoned_*")
+    assert sorted(p.name for p in aside.iterdir()) == newer and "abandoned timeline" in resumed.stderr
+    assert "step_000000008192.pt" in [p.name for p in checkpoints.glob("step_*.pt")]  # the new timeline's end
+
+
+def test_a_crash_in_the_loop_saves_the_state_before_it(tmp_path, capsys):
+    """An env that raises during periodic evaluation (training envs are rebuilt; evaluation's are not):
+    the state between two updates is saved and named before the error goes on up."""
+    import dataclasses
+
+    from training.config import PPOConfig
+    from training.ppo_trainer import train
+
+    cfg = dataclasses.replace(PPOConfig(env_id="tests/EvaluationCrashingEnv-v0"), runs_dir=str(tmp_path), num_envs=2,
+                              num_steps=64, total_timesteps=4096, eval_every=512, eval_episodes=2, progress=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match="the game crashed"):
+        train(cfg)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    m = re.fullmatch(r"crashed at env step (\d+): the state before it is saved in (\S+); continue with --resume "
+                     r"(\S+) \(the traceback follows\)", line)  # fmt: skip
+    assert m, line
+    assert torch.load(m.group(2), weights_only=True)["global_step"] == int(m.group(1)) == 512

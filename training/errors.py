@@ -1,0 +1,7 @@
+"""The errors that mean bad input: each becomes one line on stderr and exit code 2 in every command."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together, or a value out of range."""
