@@ -1,3 +1,5 @@
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -132,3 +134,30 @@ class EvaluationCrashingEnv(CrashingEnv):
 
 if "tests/EvaluationCrashingEnv-v0" not in gym.registry:
     gym.register("tests/EvaluationCrashingEnv-v0", entry_point=EvaluationCrashingEnv)
+
+
+class HangingEnv(CrashingEnv):
+    """Its step never returns once `hang_at` steps of its life have passed (a deadlocked game or emulator);
+    with hang_at=None, only in episodes started from an evaluation seed."""
+
+    def __init__(self, hang_at: int | None = 30):
+        super().__init__(crash_at=10**12)
+        self.hang_at = hang_at
+
+    def reset(self, seed=None, options=None):
+        from training.evaluation import EVAL_SEED_OFFSET
+
+        if self.hang_at is None and seed is not None:
+            self.hanging = seed >= EVAL_SEED_OFFSET
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if (self.life >= self.hang_at) if self.hang_at is not None else getattr(self, "hanging", False):
+            while True:
+                time.sleep(3600)
+        return super().step(action)
+
+
+for _id, _kwargs in (("tests/HangingEnv-v0", {}), ("tests/HangingInEvaluationEnv-v0", {"hang_at": None})):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=HangingEnv, kwargs=_kwargs)

@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, exit code 2, before any work starts."""
 
 import builtins
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,3 +79,103 @@ def test_validate_collects_every_problem():
     with pytest.raises(ConfigError) as e:
         validate(PPOConfig(num_envs=0, gamma=1.5))
     assert "--num-envs must be > 0" in str(e.value) and "--gamma must lie in [0, 1]" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0 (got nan)"),
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number > 0 (got inf)"),
+        (["--seed", "-1"], "--seed must lie in [0, 2**32 - 1]"),
+        (["--device", "bogus"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got 'bogus')"),
+        (["--torch-threads", "-2"], "--torch-threads must be a finite number >= 0 (got -2)"),
+        (["--exp-name", "a/b"], "--exp-name becomes part of the run folder's name"),
+        (["--exp-name", ".."], "--exp-name becomes part of the run folder's name"),
+        (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number > 0 (got -1.0)"),
+        (["--max-grad-norm", "0"], "--max-grad-norm must be a finite number > 0 (got 0.0)"),
+        (["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0 (got -1.0)"),
+        (["--target-kl", "-1"], "--target-kl must be a finite number > 0, or left out (got -1.0)"),
+        (["--worker-timeout", "nan"], "--worker-timeout must be a finite number > 0 (got nan)"),
+        (["--stop-return", "nan"], "--stop-return must be a finite number (got nan)"),
+    ],
+)  # fmt: skip
+def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
+    assert expected in _cli_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0 (got -1.0)"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0 (got -1.0)"),
+        (["--hidden-state", "0"], "--hidden-state must be a finite number > 0 (got 0)"),
+        (["--updates-per-step", "-1"], "--updates-per-step must be a finite number > 0 (got -1.0)"),
+        (["--seed", "-1"], "--seed must lie in [0, 2**32 - 1]"),
+        (["--device", "cpu:x"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got 'cpu:x')"),
+    ],
+)  # fmt: skip
+def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):
+    import train_muzero
+
+    code = run_cli(lambda: train_muzero.main(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
+
+
+def test_a_runs_folder_that_is_a_file_or_read_only(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    assert "is a file, not a folder" in _cli_error(capsys, "--runs-dir", str(tmp_path / "file"))
+    assert f"{tmp_path / 'file'} is not a folder" in _cli_error(capsys, "--runs-dir", str(tmp_path / "file" / "runs"))
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only file system here (needs root)")
+    try:
+        err = _cli_error(capsys, "--runs-dir", str(read_only / "runs"))
+        assert f"{read_only} cannot be written (read-only or no permission)" in err
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+
+
+def test_a_loadable_checkpoint_with_the_wrong_contents_gets_one_line(capsys, short_cartpole_run, tmp_path):
+    import shutil
+
+    import torch
+
+    _, result = short_cartpole_run
+    run = tmp_path / "run"
+    shutil.copytree(result.run_dir, run, ignore=shutil.ignore_patterns(".lock"))
+    (path,) = sorted((run / "checkpoints").glob("step_*.pt"))[-1:]
+    for label, edit in (
+        ("missing key", lambda p: p.pop("iteration")),
+        ("wrong shape", lambda p: p["learner"]["model"].update(
+            {k: torch.zeros(3) for k in list(p["learner"]["model"])[:1]})),
+        ("wrong type", lambda p: p.update(global_step="many")),
+    ):  # fmt: skip
+        payload = torch.load(path, weights_only=True)
+        edit(payload)
+        for other in (run / "checkpoints").glob("*.pt"):
+            other.unlink()
+        torch.save(payload, path)
+        err = _cli_error(capsys, "--resume", str(path))
+        assert "loads, but its contents do not fit the run its config describes" in err, (label, err)
+
+
+def test_a_checkpoint_that_could_run_code_is_refused_saying_so(tmp_path):
+    import os
+
+    import torch
+
+    from training.checkpoint import CheckpointError, load_checkpoint
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, ("true",)
+
+    path = tmp_path / "checkpoints" / "step_000000000001.pt"
+    path.parent.mkdir()
+    torch.save({"format_version": 1, "x": Exploit()}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "loading such a file could run code" in str(e.value) and "weights_only=False" not in str(e.value)

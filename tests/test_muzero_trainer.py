@@ -68,6 +68,9 @@ def short_run(tmp_path_factory):
 
 def test_the_command_prints_where_everything_is(short_run):
     proc, run_dir = short_run
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(acc.Scalars("eval/episodic_return")) == 1  # the final evaluation, logged once
     assert re.search(r"(finished|solved) CartPole-v1 after 480 env steps", proc.stdout)
     for what in ("run folder:", "checkpoint:", f"watch:       python launch/watch.py {run_dir}"):
         assert what in proc.stdout

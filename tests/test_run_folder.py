@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from training.checkpoint import CheckpointWriteError, list_checkpoints, save_best_checkpoint, save_checkpoint
-from training.run_folder import Interrupted, RunFolderInUse, RunLock, start_timeline
+from training.interrupts import Interrupted
+from training.run_folder import RunFolderInUse, RunLock, start_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +160,13 @@ def test_resume_extends_a_run_and_refuses_flags_that_would_change_it(tmp_path):
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert "finished CartPole-v1 after 4096 env steps" in extended.stdout
     assert torch.load(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)["global_step"] == 4096
+    # The points logged at the checkpoint's own step belong to it: TensorBoard's loader keeps them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("charts/SPS")]
+    assert 2048 in steps and steps == sorted(steps) and steps[-1] == 4096
 
 
 def test_a_second_process_on_a_training_run_folder_is_refused(tmp_path):
@@ -206,3 +214,55 @@ def test_a_crash_in_the_loop_saves_the_state_before_it(tmp_path, capsys):
                      r"(\S+) \(the traceback follows\)", line)  # fmt: skip
     assert m, line
     assert torch.load(m.group(2), weights_only=True)["global_step"] == int(m.group(1)) == 512
+
+
+def test_printed_commands_are_shell_quoted(tmp_path):
+    from training.cli import run_footer
+
+    run_dir = tmp_path / "my runs" / "CartPole-v1__ppo__1__1"
+    footer = run_footer(run_dir, run_dir / "checkpoints" / "step_1.pt", "train_ppo.py")
+    assert f"python launch/train_ppo.py --resume '{run_dir}'" in footer
+    assert f"python launch/watch.py '{run_dir}'" in footer and f"--logdir '{run_dir.parent}'" in footer
+
+
+def _run_command(module_name: str, argv: list[str], capsys) -> tuple[int, str]:
+    import importlib
+
+    from training.cli import run_cli
+
+    sys.path.insert(0, str(ROOT / "launch"))
+    try:
+        main = importlib.import_module(module_name).main
+    finally:
+        sys.path.pop(0)
+    code = run_cli(lambda: main(argv))
+    return code, capsys.readouterr().err
+
+
+HUNG = (r"stopped: {what} made no progress in 1s \(an env whose step hangs\?\): checkpoint (\S+) written; "
+        r"continue with: python launch/\S+ --resume \S+")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("module_name", "argv", "what"),
+    [
+        ("train_ppo", ["--env-id", "tests/HangingEnv-v0", "--num-envs", "2", "--num-steps", "16",
+                       "--backend", "inprocess", "--eval-every", "0"],
+         "collecting a rollout of tests/HangingEnv-v0 in this process"),
+        ("train_ppo", ["--env-id", "tests/HangingInEvaluationEnv-v0", "--num-envs", "2", "--num-steps", "16",
+                       "--backend", "inprocess", "--eval-every", "64", "--eval-episodes", "1"],
+         "evaluating on tests/HangingInEvaluationEnv-v0"),
+        ("train_muzero", ["--env-id", "tests/HangingEnv-v0", "--num-envs", "2", "--num-simulations", "4",
+                          "--eval-every", "0"], "self-play on tests/HangingEnv-v0"),
+    ],
+    ids=["ppo-rollout", "ppo-evaluation", "muzero-self-play"],
+)  # fmt: skip
+def test_an_env_whose_step_hangs_stops_the_run_with_a_checkpoint_and_one_line(tmp_path, capsys, module_name, argv, what):
+    start = time.monotonic()
+    code, err = _run_command(module_name, [*argv, "--runs-dir", str(tmp_path), "--worker-timeout", "1",
+                                           "--total-timesteps", "100000", "--no-progress"], capsys)  # fmt: skip
+    assert code == 1, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    m = re.fullmatch(HUNG.format(what=re.escape(what)), line)
+    assert m and Path(m.group(1)).is_file(), err[-3000:]
+    assert time.monotonic() - start < 60

@@ -135,3 +135,45 @@ def test_training_with_self_play_in_worker_processes(tmp_path):
                        self_play_workers=2, self_play_moves=5, progress=False)  # fmt: skip
     result = train_muzero(cfg)
     assert result.global_step == 320 and result.episodes > 0 and result.eval_return is not None
+
+
+def test_an_env_that_raises_is_rebuilt_and_its_games_dropped():
+    """tests/CrashingEnv-v0 raises once 40 steps of its life have passed (each rebuild starts a new life)."""
+    cfg = MuZeroConfig(env_id="tests/CrashingEnv-v0", num_envs=2, num_simulations=4, segment_length=0)
+    worker = SelfPlayWorker(cfg, build_model(cfg), num_envs=2, seed=0)
+    played = worker.play(100, temperature=1.0)
+    assert played.env_restarts == 2  # at moves 41 and 82
+    assert played.dropped_episodes == 2 * 2  # both games in progress, each time
+    assert played.steps == 200 and played.nonfinite_steps == 0
+    # The games that reached the end (25-step time limits) are whole, from a reset, and finite.
+    assert played.games and all(len(g) == 25 and np.isfinite(g.rewards).all() for g in played.games)
+
+
+def test_non_finite_rewards_never_reach_the_replay():
+    """tests/NaNRewardOnce-v0 pays NaN at step 300 of each env's life."""
+    cfg = MuZeroConfig(env_id="tests/NaNRewardOnce-v0", num_envs=2, num_simulations=4, segment_length=0)
+    worker = SelfPlayWorker(cfg, build_model(cfg), num_envs=2, seed=0)
+    played = worker.play(320, temperature=1.0)
+    assert played.nonfinite_steps == 2 and played.env_restarts == 1
+    assert all(np.isfinite(g.rewards).all() and np.isfinite(g.observations).all() for g in played.games)
+
+
+def test_updates_that_go_non_finite_are_skipped_then_stop_the_run(tmp_path):
+    from training.errors import TrainingDiverged
+
+    # A learning rate of 1e30 blows the weights up within a few steps: NaN/inf losses for real.
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), num_envs=2, num_simulations=4, learning_rate=1e30, warmup_steps=32,
+                       batch_size=16, total_timesteps=4000, eval_every=0, max_bad_updates=3, progress=False)  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"3 updates in a row had a NaN or inf loss or gradient"):
+        train_muzero(cfg)
+
+
+def test_training_counts_the_faults_it_survives(tmp_path):
+    cfg = MuZeroConfig(env_id="tests/CrashingEnv-v0", runs_dir=str(tmp_path), num_envs=2, num_simulations=4,
+                       total_timesteps=200, warmup_steps=32, batch_size=16, eval_every=0, eval_episodes=1,
+                       progress=False)  # fmt: skip
+    result = train_muzero(cfg)
+    from training.checkpoint import load_checkpoint
+
+    faults = load_checkpoint(result.checkpoint)["faults"]
+    assert faults["env_restarts"] == 2 and faults["dropped_episodes"] == 4 and faults["skipped_updates"] == 0

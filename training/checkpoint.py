@@ -7,16 +7,20 @@ refuses any pickle payload that would construct arbitrary objects or run code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from training import provenance
+from envs.factory import EnvSpecError
+from training import interrupts, provenance
+from training.errors import ConfigError
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -88,6 +92,7 @@ def save_checkpoint(run_dir: Path, payload: dict, step: int, keep: int = 3) -> P
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = _atomic_save(folder / f"step_{step:012d}.pt", payload, run_dir)
+    interrupts.note_checkpoint(path)  # named by the watchdog's last line if a hang cannot be stopped
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         if old != path:  # never the file just written, whatever the names say
             old.unlink(missing_ok=True)
@@ -133,7 +138,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = find_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except pickle.UnpicklingError as e:
+        opcode = re.search(r"Unsupported operand (\d+)", str(e))
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # the PROTO opcode a pickle stream (protocol >= 2) starts with
+        if "Weights only load failed" not in str(e) or (opcode and not pickled):
+            reason = "not a checkpoint file" if opcode else str(e).strip()[:200]
+            raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({reason})") from None
+        # torch's own text goes on to advise weights_only=False: say plainly why the file is refused instead.
+        found = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(e))
+        what = (f"a raw pickle stream (pickle opcode {opcode.group(1)}), not torch's checkpoint format" if opcode
+                else f"Python objects other than tensors and plain values ({next(g for g in found.groups() if g)})"
+                if found else "Python objects other than tensors and plain values")  # fmt: skip
+        raise CheckpointError(
+            f"{path} was refused: it holds {what}, and loading such a file could run code. Checkpoints of this "
+            "project never do; do not load this file unless you know where it came from"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         older = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
         hint = f"; older checkpoints in the same folder: {', '.join(older)}" if older else ""
@@ -141,6 +162,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a checkpoint of this project (format version {FORMAT_VERSION})")
     return payload
+
+
+@contextlib.contextmanager
+def reading_contents(path: str | Path) -> Iterator[None]:
+    """Around code that reads a loaded checkpoint: a missing key, a value of the wrong type or tensors
+    whose shapes do not match the model its config builds become one CheckpointError line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        if isinstance(e, CheckpointError | ConfigError | EnvSpecError):  # already one line of their own
+            raise
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        reason = "; ".join(lines[:2])[:300] or type(e).__name__
+        raise CheckpointError(
+            f"{path} loads, but its contents do not fit the run its config describes ({type(e).__name__}: {reason}); "
+            "was it written by another version of this project, or edited?"
+        ) from None
 
 
 def load_algo_checkpoint(path: str | Path, algo: str) -> tuple[dict, Path]:

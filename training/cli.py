@@ -13,7 +13,8 @@ from envs.sc2 import SC2NotFoundError, SC2OptionsError
 from envs.sc2_compat import SC2NotInstalledError
 from training.checkpoint import CheckpointError
 from training.config import ConfigError
-from training.run_folder import Interrupted, stop_on_signals
+from training.errors import TrainingDiverged
+from training.interrupts import EnvHung, Interrupted, stop_on_signals
 
 USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)
 
@@ -21,9 +22,7 @@ USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2
 def run_cli(main: Callable[[], int]) -> int:
     """Bad input exits 2 and a run that had to stop (training diverged) exits 1, each with one line;
     SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command."""
-    from training.ppo_trainer import TrainingDiverged
-
-    stop_on_signals()
+    previous = stop_on_signals()
     try:
         return main()
     except USER_ERRORS as e:
@@ -36,23 +35,29 @@ def run_cli(main: Callable[[], int]) -> int:
         stop = e if isinstance(e, Interrupted) else Interrupted()
         print(f"\n{interruption_line(stop)}", file=sys.stderr)
         return stop.exit_code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def interruption_line(stop: Interrupted) -> str:
     """What a stopped command says: the signal, and the checkpoint with the command that resumes it."""
     name = signal.Signals(stop.signum).name
+    what = (f"stopped: {stop.what} made no progress in {stop.timeout:g}s (an env whose step hangs?)"
+            if isinstance(stop, EnvHung) else f"interrupted ({name})")  # fmt: skip
     if stop.run_dir is None or stop.checkpoint is None:
-        return f"interrupted ({name})"
+        return what
     resume = shlex.join(["python", f"launch/{Path(sys.argv[0]).name}", "--resume", str(stop.run_dir)])
-    return f"interrupted ({name}): checkpoint {stop.checkpoint} written; continue with: {resume}"
+    return f"{what}: checkpoint {stop.checkpoint} written; continue with: {resume}"
 
 
 def run_footer(run_dir: Path, checkpoint: Path | None, script: str) -> str:
     """The lines a training command ends with: where the run is and the commands to use it next."""
+    quoted = shlex.quote(str(run_dir))  # the commands are for pasting into a shell
     return (
         f"  run folder:  {run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {run_dir.parent}\n"
+        f"  TensorBoard: tensorboard --logdir {shlex.quote(str(run_dir.parent))}\n"
         f"  checkpoint:  {checkpoint}\n"
-        f"  watch:       python launch/watch.py {run_dir}\n"
-        f"  resume:      python launch/{script} --resume {run_dir}"
+        f"  watch:       python launch/watch.py {quoted}\n"
+        f"  resume:      python launch/{script} --resume {quoted}"
     )

@@ -23,6 +23,7 @@ import tyro
 from envs.sc2 import SC2Options, is_sc2
 from training.errors import ConfigError  # noqa: F401 - re-exported: PPO's modules import it from here
 from training.resume import CHANGEABLE_ON_RESUME, resume_changes
+from training.validation import device_problems, range_problems, run_problems
 
 
 @dataclass
@@ -62,7 +63,7 @@ class PPOConfig:
     async_rollouts: bool = False
     """collect the next rollout while the learner updates (workers never wait; the data lags the learner by at most one policy version, corrected with V-trace targets and a PPO ratio clipped around the acting policy, as in APPO); needs --backend multiprocess or ray"""
     worker_timeout: float = 300.0
-    """seconds a worker process or actor may take for its share of one rollout before it counts as hung and is replaced"""
+    """seconds a worker process or actor may take for its share of one rollout before it counts as hung and is replaced; in-process envs and evaluation: seconds without a single env step before the run counts them hung and stops with a checkpoint"""
 
     # PPO
     learning_rate: float = 2.5e-4
@@ -238,6 +239,8 @@ def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    for problem in device_problems(name):
+        raise ConfigError(problem)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -284,8 +287,6 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--save-replay-every is for StarCraft II envs (sc2/<map>); {cfg.env_id} has no replays")
     if cfg.eval_every < 0:
         problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
-    if cfg.worker_timeout <= 0:
-        problems.append(f"--worker-timeout must be > 0 seconds (got {cfg.worker_timeout})")
     if cfg.eval_episodes < 1 or cfg.video_every < 1:
         problems.append(f"--eval-episodes and --video-every must be >= 1 (got {cfg.eval_episodes}, {cfg.video_every})")
     if not problems:
@@ -321,11 +322,12 @@ def validate(cfg: PPOConfig) -> None:
             problems.append(
                 f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"
             )
-    for name in ("gamma", "gae_lambda"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)})")
-    if cfg.learning_rate <= 0 or cfg.clip_coef <= 0:
-        problems.append("--learning-rate and --clip-coef must be > 0")
+    problems += range_problems(
+        cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "worker_timeout"),
+        non_negative=("ent_coef", "vf_coef", "torch_threads"), unit=("gamma", "gae_lambda"),
+        optional_positive=("target_kl",),
+    )  # fmt: skip
+    problems += run_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 

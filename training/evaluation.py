@@ -29,9 +29,11 @@ from training.checkpoint import (
     CheckpointError,
     find_checkpoint,
     load_checkpoint,
+    reading_contents,
     run_dir_of,
     save_best_checkpoint,
 )
+from training.interrupts import beat
 from training.logger import RunLogger
 from training.video import (
     LiveViewer,
@@ -131,18 +133,22 @@ def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
         from training.config import config_from_dict, env_kwargs
         from training.ppo_trainer import build_agent
 
-        cfg = config_from_dict(json.loads(payload["config"]))
-        check_env_id(cfg.env_id)
-        policy = build_agent(cfg, *probe_spaces(cfg.env_id, env_kwargs(cfg)))
-        policy.load_state_dict(payload["learner"]["model"])
+        with reading_contents(checkpoint):
+            cfg = config_from_dict(json.loads(payload["config"]))
+            check_env_id(cfg.env_id)
+            policy = build_agent(cfg, *probe_spaces(cfg.env_id, env_kwargs(cfg)))
+            policy.load_state_dict(payload["learner"]["model"])
     elif algo == "muzero":
         from training.muzero_trainer import load_muzero_actor
 
-        cfg, policy = load_muzero_actor(payload)
+        with reading_contents(checkpoint):
+            cfg, policy = load_muzero_actor(payload)
     else:
         raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
     policy.eval()
-    return TrainedAgent(algo, cfg, policy, checkpoint, run_dir_of(checkpoint), int(payload["global_step"]), payload)
+    with reading_contents(checkpoint):
+        step = int(payload["global_step"])
+    return TrainedAgent(algo, cfg, policy, checkpoint, run_dir_of(checkpoint), step, payload)
 
 
 def _device(policy: torch.nn.Module) -> torch.device:
@@ -187,6 +193,7 @@ def evaluate_policy(
         while (counts < targets).any():
             action, _, _ = policy.act(_obs_batch(obs, device), generator, deterministic)
             obs, _, _, _, info = envs.step(_env_action(action, envs.single_action_space))
+            beat()  # progress, for the watchdog
             final = info.get("final_info")
             if final and "episode" in final:
                 for i in np.flatnonzero(final["_episode"]):
@@ -224,6 +231,7 @@ def play_against_board_opponent(
             else:
                 action = int(rng.choice(opponent.moves(env.board)))
             obs, reward, terminated, _, _ = env.step(action)
+            beat()
             length += 1
             if terminated:  # the reward is the mover's: +1 for a win, -1 for an illegal move, 0 for a draw
                 returns.append(reward if mover == side else -reward)

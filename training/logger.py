@@ -80,17 +80,20 @@ def config_markdown(config: dict) -> str:
 class RunLogger:
     """Scalars and text into run_dir's TensorBoard event files.
 
-    On resume, `purge_step` drops events logged after the checkpoint, so curves do not double back.
+    On resume at env step `resumed_at`, events the abandoned run logged after that step are dropped (the
+    points at the step itself, its evaluation included, belong to the checkpoint and stay), so curves do
+    not double back.
     """
 
-    def __init__(self, run_dir: Path, config: dict | None = None, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, config: dict | None = None, resumed_at: int | None = None):
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        # TensorBoard purges events at or after purge_step: one past the checkpoint's own step.
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=None if resumed_at is None else resumed_at + 1)
         # This process's machine, threads, versions, commit and command, beside the config; a resume adds one.
         self.provenance = provenance.record_run(self.run_dir)
-        self.writer.add_text("provenance", provenance.describe(self.provenance[-1]), global_step=purge_step or 0)
+        self.writer.add_text("provenance", provenance.describe(self.provenance[-1]), global_step=resumed_at or 0)
         if config is not None:
-            self.writer.add_text("hyperparameters", config_markdown(config), global_step=purge_step or 0)
+            self.writer.add_text("hyperparameters", config_markdown(config), global_step=resumed_at or 0)
             provenance.write_json_atomically(self.run_dir / CONFIG_FILE, config)
 
     def dashboards(self, hparams: dict) -> None:

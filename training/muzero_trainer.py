@@ -8,6 +8,7 @@ same parts as PPO. This first version self-plays in the learner's process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,14 +31,22 @@ from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
 from envs.board_games import board_symmetries
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
-from training.checkpoint import CheckpointError, load_algo_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import (
+    load_algo_checkpoint,
+    reading_contents,
+    run_dir_of,
+    save_checkpoint,
+)
 from training.config import ConfigError, resolve_device
+from training.errors import TrainingDiverged
 from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
+from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.replay import Game, PrioritizedReplay
 from training.resume import CHANGEABLE_ON_RESUME, apply_resume_changes
-from training.run_folder import claim_run_dir, crashed_with_checkpoint, interrupted_with_checkpoint
+from training.run_folder import claim_run_dir, loop_exit
 from training.self_play import RESUME_SEED_STRIDE, make_self_play
+from training.validation import range_problems, run_problems
 
 # What `--resume` may change in a MuZero run (the shared list and the cluster to join). A longer
 # --total-timesteps also stretches the self-play temperature schedule, which follows the run's progress.
@@ -132,6 +141,10 @@ class MuZeroConfig:
     """env steps between checkpoints"""
     keep_checkpoints: int = 3
     """periodic checkpoints kept on disk"""
+    worker_timeout: float = 300.0
+    """seconds that self-play in this process or an evaluation may go without a single env step before the run counts it hung and stops with a checkpoint"""
+    max_bad_updates: int = 5
+    """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
     resume: str | None = None
     """a run folder (or checkpoint) to continue from; the replay starts empty again; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
     resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
@@ -143,7 +156,7 @@ class MuZeroConfig:
 def validate_muzero(cfg: MuZeroConfig) -> None:
     problems = []
     for name in ("total_timesteps", "num_envs", "num_simulations", "unroll_steps", "td_steps", "batch_size",
-                 "replay_capacity", "checkpoint_every", "eval_episodes"):  # fmt: skip
+                 "replay_capacity", "checkpoint_every", "eval_episodes", "max_bad_updates"):  # fmt: skip
         if getattr(cfg, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     for name in ("reanalyse_fraction", "reanalyse_policy_fraction"):
@@ -165,6 +178,14 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --self-play-workers {cfg.self_play_workers}")
     if cfg.replay_capacity < cfg.batch_size:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
+    problems += range_problems(
+        cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "worker_timeout",
+                       "res_channels"),
+        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "keep_checkpoints", "res_blocks",
+                      "eval_every"),
+        unit=("priority_beta",),
+    )  # fmt: skip
+    problems += run_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -329,7 +350,9 @@ def train_muzero(cfg: MuZeroConfig) -> MuZeroResult:
     payload, run_dir = None, None
     if cfg.resume:
         payload, path = load_algo_checkpoint(cfg.resume, "muzero")
-        cfg = apply_resume_changes(_saved_config(payload), cfg)
+        with reading_contents(path):
+            cfg = apply_resume_changes(_saved_config(payload), cfg)
+            payload["global_step"] = int(payload["global_step"])
         run_dir = run_dir_of(path)
     validate_muzero(cfg)
     check_env_id(cfg.env_id)
@@ -355,14 +378,19 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
     # The search runs on a CPU copy (its batches are small), refreshed after every gradient step.
     actor_model = build_model(cfg)
     global_step, updates, episodes, seconds_before = 0, 0, 0, 0.0
+    # Faults survived, over the whole run (they carry over a resume): logged as faults/*.
+    faults = dict.fromkeys(("skipped_updates", "env_restarts", "dropped_episodes", "nonfinite_steps"), 0)
+    bad_in_a_row = 0
     if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        global_step, updates, episodes = payload["global_step"], payload["updates"], payload["episodes"]
-        seconds_before = payload["elapsed_seconds"]
+        with reading_contents(cfg.resume):
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            global_step, updates, episodes = payload["global_step"], payload["updates"], payload["episodes"]
+            seconds_before = payload["elapsed_seconds"]
+            faults.update({k: int(v) for k, v in payload.get("faults", {}).items() if k in faults})
     actor_model.load_state_dict(model.state_dict())
     config_dict = dataclasses.asdict(cfg)
-    logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+    logger = RunLogger(run_dir, config_dict, resumed_at=global_step if payload is not None else None)
     if payload is None:
         logger.dashboards(config_dict)
     evaluator = TrainingEvaluator(cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every,
@@ -381,6 +409,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
             "elapsed_seconds": seconds_before + time.perf_counter() - start,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "best_eval_return": evaluator.best_return,
+            "faults": dict(faults),
         }  # fmt: skip
 
     def checkpoint() -> Path:
@@ -395,14 +424,18 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
     history: list[tuple[int, float, float]] = []
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     consistent = True  # the state a checkpoint would hold is one between two updates
+    in_process = cfg.self_play_backend == "inprocess"  # no worker timeout of its own: the watchdog stands in
     try:
         while global_step < cfg.total_timesteps and not solved:
             # Self-play: every worker's games make self_play_moves moves with the current weights.
             progress_fraction = global_step / cfg.total_timesteps
             temperature = start_temperature * (1.0 if progress_fraction < 0.5 else 0.5 if progress_fraction < 0.75 else 0.25)
-            played = self_play.play(cfg.self_play_moves, temperature)
+            with armed(f"self-play on {cfg.env_id}", cfg.worker_timeout) if in_process else contextlib.nullcontext():
+                played = self_play.play(cfg.self_play_moves, temperature)
             step_before = global_step
             global_step += played.steps
+            for name in ("env_restarts", "dropped_episodes", "nonfinite_steps"):
+                faults[name] += getattr(played, name)
             for game in played.games:
                 replay.add(game)
             for episode_return, length in zip(played.episode_returns, played.episode_lengths, strict=True):
@@ -417,9 +450,21 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
                 stats = None
                 consistent = False  # a crash in here leaves the model half-updated
                 while owed_updates >= 1:
-                    stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model, symmetries)
+                    step_stats = _update(model, optimizer, replay, cfg, rng, two_player, device, actor_model, symmetries)
                     owed_updates -= 1
                     updates += 1
+                    if step_stats is None:
+                        faults["skipped_updates"] += 1
+                        bad_in_a_row += 1
+                        if bad_in_a_row >= cfg.max_bad_updates:
+                            kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
+                            raise TrainingDiverged(
+                                f"{bad_in_a_row} updates in a row had a NaN or inf loss or gradient, so the run stopped "
+                                f"at env step {global_step}; {kept}. Lower --learning-rate, or look for NaN/inf in the "
+                                "env's rewards and observations"
+                            )
+                    else:
+                        stats, bad_in_a_row = step_stats, 0
                 consistent = True
                 if stats is not None:
                     weights = {k: v.cpu() for k, v in model.state_dict().items()}
@@ -432,31 +477,30 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
                 "charts/updates": updates,
                 "charts/replay_positions": replay.num_positions,
                 "charts/visit_temperature": temperature,
-                "search/root_value": float(np.mean(played.root_values)),
-                "search/root_visit_entropy": float(np.mean(played.root_visit_entropies)),
+                **({"search/root_value": float(np.mean(played.root_values)),
+                    "search/root_visit_entropy": float(np.mean(played.root_visit_entropies))}
+                   if played.root_values else {}),  # a round cut short by a rebuilt env may search nothing
                 "time/self_play_seconds": played.seconds,
+                **{f"faults/{k}": v for k, v in faults.items()},
             }, global_step)  # fmt: skip
             progress.update(global_step, global_step / max(elapsed, 1e-9), float(np.mean(recent)) if recent else None)
 
             if evaluator.evaluation_due(step_before, global_step):
-                eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
+                with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
+                    eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
                 history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
                 solved = cfg.stop_when_solved and threshold is not None and eval_return >= threshold
             if global_step >= next_checkpoint:
                 last_checkpoint = checkpoint()
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        if not solved:
-            eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
+        if not solved and not (history and history[-1][0] == global_step):  # once per step: never logged twice
+            with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
+                eval_return = evaluator.evaluate(actor, global_step, checkpoint_state).mean_return
             history.append((global_step, seconds_before + time.perf_counter() - start, eval_return))
             solved = threshold is not None and eval_return >= threshold
         last_checkpoint = checkpoint()
-    except KeyboardInterrupt as stop:
-        raise interrupted_with_checkpoint(stop, run_dir, checkpoint) from None
-    except CheckpointError:  # says what happened in its own line
-        raise
-    except Exception:
-        crashed_with_checkpoint(run_dir, global_step, checkpoint if consistent else None, last_checkpoint)
-        raise
+    except BaseException as error:  # a stop or a crash: save what can be saved, then say so (run_folder)
+        raise loop_exit(error, run_dir, global_step, checkpoint, consistent, last_checkpoint)  # noqa: B904
     finally:
         progress.close()
         self_play.close()
@@ -540,7 +584,7 @@ def apply_symmetries(
 
 def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
-            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:  # fmt: skip
+            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float] | None:  # fmt: skip
     samples, weights, keys = replay.sample(cfg.batch_size)
     root_values = reanalysed_values(actor_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
     policies = reanalysed_policies(actor_model, samples, cfg, rng) if cfg.reanalyse_policy_fraction > 0 else [g.policies for g, _ in samples]
@@ -550,6 +594,9 @@ def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioriti
     arrays = {name: np.stack([getattr(t, name) for t in targets])
               for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
     obs = np.stack([g.observations[pos] for g, pos in samples])
+    # Targets built from a model gone NaN (reanalysed values) cannot be put on the value support.
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        return None
     next_obs = next_obs_mask = None
     if cfg.consistency_coef > 0:
         # The observations reached after each unrolled action (the last one repeated past the end, masked).
@@ -571,6 +618,11 @@ def _update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioriti
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+    # A NaN or inf would spread through Adam's moments into every weight (and into the priorities):
+    # refuse the step; the caller counts it and stops the run after --max-bad-updates in a row.
+    if not (math.isfinite(loss.item()) and math.isfinite(stats["grad_norm"])):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     optimizer.step()
     replay.update_priorities(keys, priorities.cpu().numpy())
     stats["loss"] = loss.item()

@@ -5,6 +5,7 @@ The learner has one code path whatever runs the workers (in-process, worker proc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -30,7 +31,12 @@ from agents.ppo import (
 )
 from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
 from envs.sc2 import is_sc2
-from training.checkpoint import CheckpointError, load_algo_checkpoint, run_dir_of, save_checkpoint
+from training.checkpoint import (
+    load_algo_checkpoint,
+    reading_contents,
+    run_dir_of,
+    save_checkpoint,
+)
 from training.config import (
     PPOConfig,
     config_from_dict,
@@ -42,14 +48,16 @@ from training.config import (
     validate,
 )
 from training.distributed import SINGLE, DataParallel, run_data_parallel
+from training.errors import TrainingDiverged
 from training.evaluation import TrainingEvaluator
 from training.executors import Executor, make_executor
+from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.provenance import usable_cores
 from training.resume import apply_resume_changes
 from training.rollout import Rollout
-from training.run_folder import claim_run_dir, crashed_with_checkpoint, interrupted_with_checkpoint
+from training.run_folder import claim_run_dir, loop_exit
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -71,10 +79,6 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
 def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
     names = {f.name for f in dataclasses.fields(PPOHyperparams)}
     return PPOHyperparams(**{n: getattr(cfg, n) for n in names})
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many updates in a row had a NaN or inf loss or gradient; the run stops."""
 
 
 class PPOLearner:
@@ -197,7 +201,9 @@ def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
     """The saved config of the run to resume (with this invocation's device/progress), its checkpoint
     payload and its run folder."""
     payload, path = load_algo_checkpoint(cfg.resume, "ppo")
-    resumed = apply_resume_changes(config_from_dict(json.loads(payload["config"])), cfg)
+    with reading_contents(path):
+        resumed = apply_resume_changes(config_from_dict(json.loads(payload["config"])), cfg)
+        payload["global_step"] = int(payload["global_step"])
     return resumed, payload, run_dir_of(path)
 
 
@@ -274,21 +280,22 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
     recent_returns: deque[float] = deque(maxlen=100)
     faults = FaultCounts()
     if payload is not None:
-        saved = payload.get("faults", {})
-        learner.skipped_updates = saved.get("skipped_updates", 0)
-        faults = FaultCounts(**{k: saved.get(k, 0) for k in ("env_restarts", "worker_restarts", "dropped_episodes")})
-        learner.load_state_dict(payload["learner"])
-        global_step, iteration = payload["global_step"], payload["iteration"]
-        seconds_before = payload["elapsed_seconds"]
-        recent_returns.extend(payload["recent_returns"].tolist())
-        torch.set_rng_state(payload["rng"]["torch"])
-        random.setstate(payload["rng"]["python"])
+        with reading_contents(cfg.resume):
+            saved = payload.get("faults", {})
+            learner.skipped_updates = saved.get("skipped_updates", 0)
+            faults = FaultCounts(**{k: saved.get(k, 0) for k in ("env_restarts", "worker_restarts", "dropped_episodes")})
+            learner.load_state_dict(payload["learner"])
+            global_step, iteration = payload["global_step"], payload["iteration"]
+            seconds_before = payload["elapsed_seconds"]
+            recent_returns.extend(payload["recent_returns"].tolist())
+            torch.set_rng_state(payload["rng"]["torch"])
+            random.setstate(payload["rng"]["python"])
 
     threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
     config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers,
                    "resolved_num_learners": parallel.world_size}  # fmt: skip
     if main:
-        logger = RunLogger(run_dir, config_dict, purge_step=global_step if payload is not None else None)
+        logger = RunLogger(run_dir, config_dict, resumed_at=global_step if payload is not None else None)
         if payload is None:
             logger.dashboards(config_dict)
     else:
@@ -330,6 +337,11 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
     eval_return = None
     solved, last_checkpoint, next_checkpoint = False, None, (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     consistent = True  # the state a checkpoint would hold is one between two updates
+
+    def watching(what: str) -> contextlib.AbstractContextManager:
+        # Envs stepped in this process have no --worker-timeout of their own: the watchdog stands in.
+        return armed(what, cfg.worker_timeout) if backend == "inprocess" else contextlib.nullcontext()
+
     try:
         executor.set_weights(agent.state_dict(), iteration)
         steps_at_start = global_step
@@ -338,7 +350,8 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
             if cfg.anneal_lr:
                 lr *= 1.0 - iteration / cfg.num_iterations
             t0 = time.perf_counter()
-            rollout = executor.collect_next() if cfg.async_rollouts else executor.collect()
+            with watching(f"collecting a rollout of {cfg.env_id} in this process"):
+                rollout = executor.collect_next() if cfg.async_rollouts else executor.collect()
             t1 = time.perf_counter()
             policy_lag = iteration - rollout.policy_version
             consistent = False  # from here to the new weights, a crash leaves the learner half-updated
@@ -365,7 +378,8 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
             episode_lengths = np.concatenate([n for _, n in episodes])
             for ret, length in zip(episode_returns, episode_lengths, strict=True):
                 logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
-            recent_returns.extend(episode_returns.tolist())
+            # A NaN or inf return (a broken reward) would hold the last-100 mean at NaN for 100 episodes.
+            recent_returns.extend(episode_returns[np.isfinite(episode_returns)].tolist())
             faults.env_restarts += rollout.env_restarts
             faults.dropped_episodes += rollout.dropped_episodes
             mean_return = float(np.mean(recent_returns)) if recent_returns else None
@@ -396,26 +410,25 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
             # Periodic evaluation and videos; the last of each runs after the loop, once training is over.
             finished = solved or global_step >= cfg.total_timesteps
             if main and evaluator.evaluation_due(step_before, global_step) and not finished:
-                evaluator.evaluate(agent, global_step, checkpoint_state)
+                with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
+                    evaluator.evaluate(agent, global_step, checkpoint_state)
             if main and evaluator.video_due(iteration) and not finished:
-                evaluator.record_video(agent, global_step)
+                with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
+                    evaluator.record_video(agent, global_step)
             if global_step >= next_checkpoint and not finished:
                 last_checkpoint = checkpoint()
                 next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
             if solved:
                 break
         if main and cfg.eval_every > 0:
-            eval_return = evaluator.evaluate(agent, global_step, checkpoint_state).mean_return
+            with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
+                eval_return = evaluator.evaluate(agent, global_step, checkpoint_state).mean_return
         if main and cfg.capture_video:
-            evaluator.record_video(agent, global_step)
+            with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
+                evaluator.record_video(agent, global_step)
         last_checkpoint = checkpoint()
-    except KeyboardInterrupt as stop:
-        raise interrupted_with_checkpoint(stop, run_dir, checkpoint) from None
-    except (TrainingDiverged, CheckpointError):  # each says what happened in its own line
-        raise
-    except Exception:
-        crashed_with_checkpoint(run_dir, global_step, checkpoint if consistent else None, last_checkpoint)
-        raise
+    except BaseException as error:  # a stop or a crash: save what can be saved, then say so (run_folder)
+        raise loop_exit(error, run_dir, global_step, checkpoint, consistent, last_checkpoint)  # noqa: B904
     finally:
         progress.close()
         executor.close()

@@ -19,6 +19,7 @@ import torch
 
 from agents.networks import PolicyValueNet, obs_spaces
 from envs.factory import episode_stats_from_info, make_vector_env
+from training.interrupts import beat
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
@@ -192,6 +193,7 @@ class RolloutWorker:
                     a["bootstrap_values"][t - 1, cut] = a["values"][t, cut]
                 continue
             failures_in_a_row = 0
+            beat()  # progress, for the watchdog of in-process runs
             a["rewards"][t] = reward
             a["terminated"][t] = terminated
             a["truncated"][t] = truncated

@@ -6,8 +6,8 @@ clean timeline when a run resumes from an older checkpoint, and signals that sto
 - Resuming from a checkpoint older than the folder's newest (best.pt, or an explicit step file) starts a
   new timeline: the newer files of the abandoned one are moved into checkpoints/abandoned_<time>/ (never
   deleted), so the rotation of the new timeline's checkpoints cannot remove what it has just written.
-- SIGTERM (a scheduler, `docker stop`, a pre-empted VM) is handled like Ctrl-C: both raise `Interrupted`
-  in the training loop, which saves a checkpoint and stops with one line naming it.
+- A stop (SIGINT, SIGTERM, the watchdog: training.interrupts) in the training loop saves a checkpoint
+  first, with further signals held off, and the command ends with one line naming it.
 """
 
 from __future__ import annotations
@@ -20,40 +20,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 
 import torch
 
 from training.checkpoint import BEST_NAME, CHECKPOINT_DIR, CheckpointError, list_checkpoints, step_of
+from training.errors import ConfigError, TrainingDiverged
+from training.interrupts import Interrupted, take_fired
 
 LOCK_FILE = ".lock"
 
 
 class RunFolderInUse(CheckpointError):
     """Another process trains in the run folder now."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop asked for by a signal (SIGINT or SIGTERM). The training loop saves a checkpoint and raises
-    it again with the run folder and that checkpoint filled in, for the command's one line."""
-
-    def __init__(self, signum: int = signal.SIGINT, run_dir: Path | None = None, checkpoint: Path | None = None):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.run_dir, self.checkpoint = signum, run_dir, checkpoint
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
-def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise Interrupted in the main thread (call once, from a command's main)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_interrupted)
 
 
 class RunLock:
@@ -126,7 +104,8 @@ def interrupted_with_checkpoint(stop: KeyboardInterrupt, run_dir: Path | None,
                                 checkpoint: Callable[[], Path | None]) -> Interrupted:  # fmt: skip
     """Save a checkpoint after SIGINT or SIGTERM stopped the loop (further signals held off meanwhile, so a
     second Ctrl-C cannot cut the file short) and return the Interrupted to raise, naming it."""
-    signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+    # A plain KeyboardInterrupt is Ctrl-C under Python's own handler, or the watchdog's alarm.
+    stop = stop if isinstance(stop, Interrupted) else take_fired() or Interrupted(signal.SIGINT)
     held = {}
     with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
         held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -135,7 +114,8 @@ def interrupted_with_checkpoint(stop: KeyboardInterrupt, run_dir: Path | None,
     finally:
         for s, handler in held.items():
             signal.signal(s, handler)
-    return Interrupted(signum, run_dir, path)
+    stop.run_dir, stop.checkpoint = run_dir, path
+    return stop
 
 
 def crashed_with_checkpoint(run_dir: Path | None, step: int, checkpoint: Callable[[], Path | None] | None,
@@ -151,3 +131,18 @@ def crashed_with_checkpoint(run_dir: Path | None, step: int, checkpoint: Callabl
             saved = f"saving the state failed too ({str(e).strip()[:200]}); the last good checkpoint is {last}"
     resume = f"; continue with --resume {run_dir}" if run_dir is not None else ""
     print(f"crashed at env step {step}: {saved}{resume} (the traceback follows)", file=sys.stderr)
+
+
+def loop_exit(error: BaseException, run_dir: Path | None, step: int, checkpoint: Callable[[], Path | None],
+              consistent: bool, last_checkpoint: Path | None) -> BaseException:  # fmt: skip
+    """What a training loop raises when `error` ends it: a stop (signal, watchdog) after saving a
+    checkpoint; a crash between two updates (`consistent`) after saving that state and saying so in one
+    line; errors that already say what happened in one line (bad input, a failed checkpoint write, a
+    diverged run), as they are."""
+    if isinstance(error, KeyboardInterrupt):
+        stop = interrupted_with_checkpoint(error, run_dir, checkpoint)
+        stop.__suppress_context__ = True
+        return stop
+    if isinstance(error, Exception) and not isinstance(error, CheckpointError | ConfigError | TrainingDiverged):
+        crashed_with_checkpoint(run_dir, step, checkpoint if consistent else None, last_checkpoint)
+    return error

@@ -21,6 +21,7 @@ from agents.mcts import run_search
 from agents.muzero_networks import root_inference, search_callback
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.executors import NO_REPLY, receive_reply, serve_commands
+from training.interrupts import beat
 from training.replay import Game
 
 # Self-play envs of a resumed run start from seeds this far from the previous ones.
@@ -64,6 +65,17 @@ class _GameRecord:
         return segment
 
 
+# Envs rebuilt after a fault start from seeds this far apart, away from the other workers' envs.
+ENV_RESTART_SEED_STRIDE = 1_000_033
+
+
+def _finite_rows(features: np.ndarray) -> np.ndarray:
+    """[B] whether row b of [B, F] features is all finite (integer observations always are)."""
+    if not np.issubdtype(features.dtype, np.floating):
+        return np.ones(len(features), bool)
+    return np.isfinite(features).all(-1)
+
+
 def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(obs, dict):
         return obs["obs"].reshape(len(obs["obs"]), -1), obs["action_mask"].astype(bool)
@@ -82,6 +94,12 @@ class SelfPlayRound:
     root_values: list[float] = field(default_factory=list)
     root_visit_entropies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    env_restarts: int = 0
+    """times the worker's envs were rebuilt because one raised or gave a non-finite observation or reward"""
+    dropped_episodes: int = 0
+    """games in progress cut and dropped by those rebuilds (they reach neither the replay nor the statistics)"""
+    nonfinite_steps: int = 0
+    """env steps whose observation or reward was NaN or inf (dropped before they reach the replay)"""
 
     @classmethod
     def merge(cls, rounds: list[SelfPlayRound]) -> SelfPlayRound:
@@ -93,6 +111,9 @@ class SelfPlayRound:
             root_values=[v for r in rounds for v in r.root_values],
             root_visit_entropies=[v for r in rounds for v in r.root_visit_entropies],
             seconds=max(r.seconds for r in rounds),
+            env_restarts=sum(r.env_restarts for r in rounds),
+            dropped_episodes=sum(r.dropped_episodes for r in rounds),
+            nonfinite_steps=sum(r.nonfinite_steps for r in rounds),
         )
 
 
@@ -113,9 +134,26 @@ class SelfPlayWorker:
         # until it ends, 500 x num_envs env steps after it began.
         self.segment_length, self.lookahead = cfg.segment_length, cfg.unroll_steps + cfg.td_steps
         self.rng = rng if rng is not None else np.random.default_rng(seed)
-        self.envs = make_vector_env(cfg.env_id, num_envs, seed)
-        self.obs, _ = self.envs.reset(seed=[seed + i for i in range(num_envs)])
-        self.records = [_GameRecord() for _ in range(num_envs)]
+        self.env_id, self.num_envs, self.seed, self.restarts = cfg.env_id, num_envs, seed, 0
+        self.envs = None
+        self._start_envs(seed)
+
+    def _start_envs(self, seed: int) -> None:
+        if self.envs is not None:
+            with contextlib.suppress(Exception):  # the envs being replaced may be broken
+                self.envs.close()
+        self.envs = make_vector_env(self.env_id, self.num_envs, seed)
+        self.obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
+        self.records = [_GameRecord() for _ in range(self.num_envs)]
+        self.move_number[:] = 0
+
+    def _restart_envs(self) -> int:
+        """Rebuild the envs on fresh seeds after one raised or gave NaN/inf; the games in progress are cut
+        and dropped (how many is returned): their last moves have no trustworthy outcome."""
+        dropped = sum(1 for rec in self.records if rec.actions)
+        self.restarts += 1
+        self._start_envs(self.seed + ENV_RESTART_SEED_STRIDE * self.restarts)
+        return dropped
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
@@ -125,6 +163,7 @@ class SelfPlayWorker:
         (1 / temperature), later ones the most visited (Gumbel: the search's own choice)."""
         start = time.perf_counter()
         games, returns, lengths, root_values, entropies = [], [], [], [], []
+        restarts = dropped = nonfinite = 0
         for _ in range(moves):
             features, mask = _features(self.obs)
             state, logits, value = root_inference(self.model, features)
@@ -138,7 +177,19 @@ class SelfPlayWorker:
                 if self.sampling_moves:
                     greedy = self.move_number >= self.sampling_moves
                     actions = np.where(greedy, result.visit_counts.argmax(-1), actions)
-            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            try:
+                next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+                beat()  # progress, for the watchdog of in-process runs
+            except Exception:  # a crashed game or emulator: rebuild, drop the games it cut, play on
+                restarts, dropped = restarts + 1, dropped + self._restart_envs()
+                continue
+            bad = ~(_finite_rows(_features(next_obs)[0]) & np.isfinite(np.asarray(rewards, np.float64)))
+            if bad.any():
+                # NaN/inf would reach the model's inputs and the value targets: nothing of these games is
+                # kept, and the envs start again (a vector env cannot reset one of its envs alone).
+                nonfinite += int(bad.sum())
+                restarts, dropped = restarts + 1, dropped + self._restart_envs()
+                continue
             for i, rec in enumerate(self.records):
                 rec.observations.append(features[i])
                 rec.actions.append(int(actions[i]))
@@ -170,7 +221,7 @@ class SelfPlayWorker:
         return SelfPlayRound(
             games, np.concatenate(returns) if returns else np.empty(0, np.float32),
             np.concatenate(lengths) if lengths else np.empty(0, np.int64), moves * len(self.records),
-            root_values, entropies, time.perf_counter() - start,
+            root_values, entropies, time.perf_counter() - start, restarts, dropped, nonfinite,
         )  # fmt: skip
 
     def close(self) -> None:

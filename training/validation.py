@@ -1,0 +1,90 @@
+"""Range checks that every algorithm's config shares, each giving the flag, its valid range and what
+was given. NaN fails every range (a plain `x <= 0` lets it through), and so does infinity where a
+finite number is needed."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Names that become part of a path (run folders): letters, digits and . _ - only, not '.' or '..'.
+_PATH_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def range_problems(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
+                   unit: Iterable[str] = (), optional_positive: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """The fields of cfg outside their range: positive (finite, > 0), non_negative (finite, >= 0), unit
+    (in [0, 1]), optional_positive (None, or finite and > 0)."""
+    problems = []
+    for name in positive:
+        value = getattr(cfg, name)
+        if not (_number(value) and value > 0):
+            problems.append(f"{flag(name)} must be a finite number > 0 (got {value})")
+    for name in non_negative:
+        value = getattr(cfg, name)
+        if not (_number(value) and value >= 0):
+            problems.append(f"{flag(name)} must be a finite number >= 0 (got {value})")
+    for name in unit:
+        value = getattr(cfg, name)
+        if not (_number(value) and 0 <= value <= 1):
+            problems.append(f"{flag(name)} must lie in [0, 1] (got {value})")
+    for name in optional_positive:
+        value = getattr(cfg, name)
+        if value is not None and not (_number(value) and value > 0):
+            problems.append(f"{flag(name)} must be a finite number > 0, or left out (got {value})")
+    return problems
+
+
+def run_problems(cfg: Any) -> list[str]:
+    """The settings every training run has: seed, device, experiment name, runs folder, stop threshold."""
+    problems = []
+    if not 0 <= cfg.seed < 2**32:
+        problems.append(f"--seed must lie in [0, 2**32 - 1] (numpy's seed range; got {cfg.seed})")
+    problems += device_problems(cfg.device)
+    if not _PATH_SAFE.fullmatch(cfg.exp_name) or cfg.exp_name in (".", ".."):
+        problems.append(f"--exp-name becomes part of the run folder's name: use letters, digits, '.', '_' and '-' "
+                        f"only (got {cfg.exp_name!r})")  # fmt: skip
+    problems += runs_dir_problems(cfg.runs_dir)
+    if cfg.stop_return is not None and not _number(cfg.stop_return):
+        problems.append(f"--stop-return must be a finite number (got {cfg.stop_return})")
+    return problems
+
+
+def device_problems(name: str) -> list[str]:
+    if name == "auto":
+        return []
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return [f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {name!r})"]
+    if device.type not in ("cpu", "cuda"):
+        return [f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {name!r})"]
+    return []
+
+
+def runs_dir_problems(runs_dir: str) -> list[str]:
+    """A runs folder that is a file, or that cannot be written (read-only, no permission), where it is or
+    at its nearest existing parent (where it would be made)."""
+    path = Path(runs_dir)
+    if path.exists() and not path.is_dir():
+        return [f"--runs-dir {runs_dir} is a file, not a folder"]
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return [f"--runs-dir {runs_dir}: {existing} is not a folder"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--runs-dir {runs_dir}: {existing} cannot be written (read-only or no permission)"]
+    return []
