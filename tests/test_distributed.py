@@ -54,3 +54,25 @@ def test_train_with_two_learners(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_000000001024.pt"]
     assert np.isfinite(result.sps)
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp* write them) of the sockets listening on port."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+def test_the_rendezvous_store_listens_on_loopback_only():
+    from training.distributed import _free_port, loopback_store
+
+    port = _free_port()
+    store = loopback_store(0, 1, port)
+    store.set("k", "v")
+    assert store.get("k") == b"v"
+    assert _listening(port) == ["0100007F"]  # 127.0.0.1, and no 0.0.0.0 or :: socket beside it

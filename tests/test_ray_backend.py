@@ -256,3 +256,20 @@ def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
         remote.close()
         for w in locals_:
             w.close()
+
+
+def test_a_killed_self_play_actor_is_replaced_and_counted(ray_head):
+    from training.muzero_trainer import MuZeroConfig, build_model
+    from training.self_play import RaySelfPlay
+
+    cfg = MuZeroConfig(num_envs=2, num_simulations=4)
+    remote = RaySelfPlay(cfg, [(1, 20), (1, 21)], ray_address=ray_head, timeout=60)
+    try:
+        remote.set_weights(build_model(cfg).state_dict())
+        remote.play(2, 1.0)
+        os.kill(remote.pids[0], signal.SIGKILL)  # the actor's process, on this machine
+        played = remote.play(2, 1.0)
+        assert played.steps == 4 and played.worker_restarts == 1 and remote.restarts == [1, 0]
+        assert remote.play(2, 1.0).worker_restarts == 0
+    finally:
+        remote.close()

@@ -266,3 +266,27 @@ def test_an_env_whose_step_hangs_stops_the_run_with_a_checkpoint_and_one_line(tm
     m = re.fullmatch(HUNG.format(what=re.escape(what)), line)
     assert m and Path(m.group(1)).is_file(), err[-3000:]
     assert time.monotonic() - start < 60
+
+
+def test_a_killed_learner_leaves_its_workers_to_end_quietly(tmp_path):
+    proc = _start([*TRAIN_PPO, "--runs-dir", str(tmp_path), *LONG_PPO, "--backend", "multiprocess", "--num-workers", "2"])
+    _wait_for_checkpoint(tmp_path, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the learner alone; its workers find the pipe closed
+    _, err = proc.communicate(timeout=60)  # returns once the workers, which share stderr, have ended
+    assert "Traceback" not in err and "Error" not in err, err[-3000:]
+
+
+def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
+    proc = _start([*TRAIN_PPO, "--runs-dir", str(tmp_path), *LONG_PPO, "--backend", "multiprocess", "--num-workers", "2"])
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*/provenance.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the run folder exists: the workers are being started now
+    # Past the instants in which the learner starts each process (it ignores SIGINT for those, so that the
+    # worker inherits the ignoring: a Ctrl-C within them is lost) and well before the workers are ready.
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert re.fullmatch(r"interrupted \(SIGINT\)(: checkpoint \S+ written; continue with: .*)?", lines[-1]), err[-3000:]

@@ -1,6 +1,7 @@
 """MuZero's self-play workers: the same games whichever process plays them, finished games only, and the
 training command with workers in processes."""
 
+import dataclasses
 import os
 import signal
 
@@ -118,15 +119,27 @@ def test_worker_processes_play_the_same_games_as_the_in_process_worker():
         local.close()
 
 
-def test_a_dead_worker_process_is_reported():
-    remote = MultiprocessSelfPlay(CFG, [(1, 0), (1, 1)], timeout=60)
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_a_dead_or_hung_worker_process_is_replaced_and_counted(fault, capsys):
+    remote = MultiprocessSelfPlay(CFG, [(1, 0), (1, 1)], timeout=3)
     try:
-        os.kill(remote.processes[1].pid, signal.SIGKILL)
-        remote.processes[1].join(timeout=10)
-        with pytest.raises(SelfPlayError, match="self-play worker 1 died"):
-            remote.play(2, 1.0)
+        remote.set_weights(_weights(1))
+        remote.play(2, 1.0)
+        victim = remote.processes[1]
+        os.kill(victim.pid, fault)
+        played = remote.play(2, 1.0)
+        assert played.steps == 4 and played.worker_restarts == 1 and played.dropped_episodes == 1
+        assert remote.processes[1].pid != victim.pid and remote.restarts == [0, 1]
+        reason = "died" if fault == signal.SIGKILL else "hung (no reply within 3s, --worker-timeout)"
+        assert f"self-play worker 1 {reason}" in capsys.readouterr().err
+        assert remote.play(2, 1.0).worker_restarts == 0  # the replacement plays on
     finally:
         remote.close()
+
+
+def test_a_worker_that_cannot_start_is_a_setup_error():
+    with pytest.raises(SelfPlayError, match="self-play worker 0 could not start"):
+        MultiprocessSelfPlay(dataclasses.replace(CFG, env_id="tests/NoSuchEnv-v0"), [(1, 0)], timeout=60)
 
 
 def test_training_with_self_play_in_worker_processes(tmp_path):
@@ -177,3 +190,26 @@ def test_training_counts_the_faults_it_survives(tmp_path):
 
     faults = load_checkpoint(result.checkpoint)["faults"]
     assert faults["env_restarts"] == 2 and faults["dropped_episodes"] == 4 and faults["skipped_updates"] == 0
+
+
+def test_training_goes_on_when_a_self_play_worker_dies(tmp_path, monkeypatch):
+    """A worker process killed in the middle of a run: replaced, counted in faults/worker_restarts, and the
+    run reaches its end."""
+    killed = []
+    real_play = MultiprocessSelfPlay.play
+
+    def play_and_kill_once(self, moves, temperature):
+        if not killed and self.restarts == [0, 0]:
+            killed.append(self.processes[0].pid)
+            os.kill(self.processes[0].pid, signal.SIGKILL)
+        return real_play(self, moves, temperature)
+
+    monkeypatch.setattr(MultiprocessSelfPlay, "play", play_and_kill_once)
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=160, warmup_steps=80, batch_size=32, num_envs=4,
+                       num_simulations=4, eval_episodes=1, eval_every=0, self_play_backend="multiprocess",
+                       self_play_workers=2, self_play_moves=5, progress=False)  # fmt: skip
+    result = train_muzero(cfg)
+    from training.checkpoint import load_checkpoint
+
+    assert killed and result.global_step == 160
+    assert load_checkpoint(result.checkpoint)["faults"]["worker_restarts"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,9 +83,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_store(rank: int, world_size: int, port: int) -> dist.TCPStore:
+    """The process group's rendezvous store on 127.0.0.1:port. Rank 0 serves it from a socket it binds to
+    loopback itself: given only an address, TCPStore's server listens on every interface."""
+    listener = None
+    if rank == 0:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0, wait_for_workers=False,
+                          master_listen_fd=listener.fileno() if listener else None)  # fmt: skip
+    if listener is not None:
+        listener.detach()  # the store owns the file descriptor now, and closes it
+    return store
+
+
 def _entry(rank: int, world_size: int, port: int, backend: str, fn: Callable, args: tuple, results) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if sys.platform.startswith("linux"):  # the learners' own connections stay on loopback too
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    store = loopback_store(rank, world_size, port)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     try:
         result = fn(*args, DataParallel(rank, world_size))
         if rank == 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
 import sys
 import traceback
 from abc import ABC, abstractmethod
@@ -128,6 +129,22 @@ class InProcessExecutor(Executor):
 NO_REPLY = object()
 
 
+def start_worker_process(process) -> None:
+    """Start a worker process that ignores SIGINT. Ctrl-C in a terminal reaches the whole process group;
+    the learner, not each worker, decides what it means (it saves a checkpoint and closes its workers), so
+    workers print no KeyboardInterrupt tracebacks, not even during start-up. An ignored signal stays ignored
+    across spawn's exec, and Python then installs no handler of its own for it."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: start it as it is
+        process.start()
+        return
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def serve_commands(
     conn: Connection, start_worker: Callable[[], Any], handlers: Mapping[str, Callable[..., Any]]
 ) -> None:
@@ -147,10 +164,11 @@ def serve_commands(
             reply = handlers[command](worker, *args)
             if reply is not NO_REPLY:
                 conn.send(("ok", reply))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+    except (KeyboardInterrupt, EOFError, ConnectionError):  # ConnectionError: a learner that vanished
         pass
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        with contextlib.suppress(OSError):  # the learner may be gone too
+            conn.send(("error", traceback.format_exc()))
     finally:
         if worker is not None:
             worker.close()
@@ -320,7 +338,7 @@ class MultiprocessExecutor(ReplacingExecutor):
         buffers = [_slice_arrays(arrays, lo, hi) for arrays in self.buffers]
         args = (self.env_id, hi - lo, self.worker_seed(i), self.policies, buffers, child_conn, self.env_kwargs)
         proc = self.ctx.Process(target=_worker_process, args=args, daemon=True, name=f"rollout-worker-{lo}")
-        proc.start()
+        start_worker_process(proc)
         child_conn.close()
         self.conns[i], self.processes[i] = parent_conn, proc
 

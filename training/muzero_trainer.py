@@ -379,7 +379,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
     actor_model = build_model(cfg)
     global_step, updates, episodes, seconds_before = 0, 0, 0, 0.0
     # Faults survived, over the whole run (they carry over a resume): logged as faults/*.
-    faults = dict.fromkeys(("skipped_updates", "env_restarts", "dropped_episodes", "nonfinite_steps"), 0)
+    faults = dict.fromkeys(("skipped_updates", "env_restarts", "dropped_episodes", "nonfinite_steps", "worker_restarts"), 0)
     bad_in_a_row = 0
     if payload is not None:
         with reading_contents(cfg.resume):
@@ -434,7 +434,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
                 played = self_play.play(cfg.self_play_moves, temperature)
             step_before = global_step
             global_step += played.steps
-            for name in ("env_restarts", "dropped_episodes", "nonfinite_steps"):
+            for name in ("env_restarts", "dropped_episodes", "nonfinite_steps", "worker_restarts"):
                 faults[name] += getattr(played, name)
             for game in played.games:
                 replay.add(game)

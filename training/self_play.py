@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -20,7 +23,14 @@ import torch
 from agents.mcts import run_search
 from agents.muzero_networks import root_inference, search_callback
 from envs.factory import episode_stats_from_info, make_vector_env
-from training.executors import NO_REPLY, receive_reply, serve_commands
+from training.executors import (
+    MIN_STARTUP_TIMEOUT,
+    NO_REPLY,
+    WORKER_RESTART_SEED_STRIDE,
+    receive_reply,
+    serve_commands,
+    start_worker_process,
+)
 from training.interrupts import beat
 from training.replay import Game
 
@@ -100,6 +110,8 @@ class SelfPlayRound:
     """games in progress cut and dropped by those rebuilds (they reach neither the replay nor the statistics)"""
     nonfinite_steps: int = 0
     """env steps whose observation or reward was NaN or inf (dropped before they reach the replay)"""
+    worker_restarts: int = 0
+    """self-play workers replaced during the round (dead, hung or raising)"""
 
     @classmethod
     def merge(cls, rounds: list[SelfPlayRound]) -> SelfPlayRound:
@@ -261,82 +273,207 @@ def _worker_process(cfg, num_envs: int, seed: int, conn: Connection) -> None:
                    {"weights": set_weights, "play": SelfPlayWorker.play})  # fmt: skip
 
 
-class MultiprocessSelfPlay(SelfPlayExecutor):
+class _ReplacingSelfPlay(SelfPlayExecutor, ABC):
+    """Workers outside the learner's process, each with its share of the games. One that dies, raises or
+    stays silent for `timeout` seconds during a round is stopped and replaced by a fresh one (new env seeds,
+    the latest weights) that plays its share of the round again; the games it had in progress are lost
+    (counted as dropped). At start-up a failure is raised at once: it is a setup problem, not bad luck.
+    Subclasses say how to start, ask, hear from and stop worker i."""
+
+    # Replacements of one worker in a row (within one round) before the round gives up.
+    MAX_REPLACEMENTS_IN_A_ROW = 3
+
+    def __init__(self, cfg, shares: list[tuple[int, int]], timeout: float):
+        self.cfg, self.shares, self.timeout = cfg, shares, timeout
+        self.restarts = [0] * len(shares)
+        self.weights: dict[str, torch.Tensor] | None = None
+        for i in range(len(shares)):
+            self._start(i)
+        try:
+            for i in range(len(shares)):
+                self._wait_ready(i)
+        except BaseException as e:
+            self.close()
+            if isinstance(e, SelfPlayError):
+                raise SelfPlayError(f"self-play worker {i} could not start: {e}") from None
+            raise
+
+    def worker_seed(self, i: int) -> int:
+        return self.shares[i][1] + WORKER_RESTART_SEED_STRIDE * self.restarts[i]
+
+    @abstractmethod
+    def _start(self, i: int) -> None:
+        """Start worker i (without waiting for it)."""
+
+    @abstractmethod
+    def _wait_ready(self, i: int) -> None:
+        """Return once worker i has built its envs; SelfPlayError if it cannot."""
+
+    @abstractmethod
+    def _send_weights(self, i: int) -> None:
+        """Give worker i self.weights (before its next round)."""
+
+    @abstractmethod
+    def _request(self, i: int, moves: int, temperature: float) -> None:
+        """Ask worker i for a round of `moves` moves."""
+
+    @abstractmethod
+    def _receive(self, i: int) -> SelfPlayRound:
+        """Worker i's round; SelfPlayError if it died, raised or hung."""
+
+    @abstractmethod
+    def _stop(self, i: int) -> None:
+        """Stop worker i for good, whatever state it is in."""
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+        for i in range(len(self.shares)):
+            with contextlib.suppress(SelfPlayError):  # a dead worker is replaced at the next round
+                self._send_weights(i)
+
+    def _replace(self, i: int, reason: SelfPlayError) -> None:
+        self._stop(i)
+        self.restarts[i] += 1
+        print(f"self-play worker {i} {reason}; replacing it (new env seeds)", file=sys.stderr)
+        self._start(i)
+        self._wait_ready(i)
+        if self.weights is not None:
+            self._send_weights(i)
+
+    def play(self, moves: int, temperature: float) -> SelfPlayRound:
+        for i in range(len(self.shares)):
+            with contextlib.suppress(SelfPlayError):  # a worker already dead fails in _receive below
+                self._request(i, moves, temperature)
+        rounds, replaced, dropped = [], 0, 0
+        for i in range(len(self.shares)):
+            for attempt in range(self.MAX_REPLACEMENTS_IN_A_ROW + 1):
+                try:
+                    rounds.append(self._receive(i))
+                    break
+                except SelfPlayError as e:
+                    if attempt == self.MAX_REPLACEMENTS_IN_A_ROW:
+                        raise SelfPlayError(f"self-play worker {i} failed {attempt + 1} times in a row: {e}") from None
+                    self._replace(i, e)
+                    replaced, dropped = replaced + 1, dropped + self.shares[i][0]
+                    self._request(i, moves, temperature)
+        merged = SelfPlayRound.merge(rounds)
+        merged.worker_restarts, merged.dropped_episodes = replaced, merged.dropped_episodes + dropped
+        return merged
+
+
+class MultiprocessSelfPlay(_ReplacingSelfPlay):
     """Workers in their own processes (spawned), each with its share of the games; a round runs them
     all at once and waits for every one."""
 
-    def __init__(self, cfg, shares: list[tuple[int, int]], timeout: float = 600.0):
-        ctx = torch.multiprocessing.get_context("spawn")
-        self.timeout, self.conns, self.processes = timeout, [], []
-        for num_envs, seed in shares:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_process, args=(cfg, num_envs, seed, child), daemon=True,
-                               name=f"self-play-{seed}")  # fmt: skip
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.processes.append(proc)
-        for i in range(len(self.conns)):
-            self._reply(i, "ready")
+    def __init__(self, cfg, shares: list[tuple[int, int]], timeout: float = 300.0):
+        self.ctx = torch.multiprocessing.get_context("spawn")
+        self.conns: list = [None] * len(shares)
+        self.processes: list = [None] * len(shares)
+        super().__init__(cfg, shares, timeout)
 
-    def _reply(self, i: int, expected: str):
-        try:
-            return receive_reply(self.conns[i], self.processes[i], expected, self.timeout, SelfPlayError, "the timeout")
-        except SelfPlayError as e:
-            raise SelfPlayError(f"self-play worker {i} {e}") from None
+    def _start(self, i: int) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_process, args=(self.cfg, self.shares[i][0], self.worker_seed(i), child),
+                                daemon=True, name=f"self-play-{i}")  # fmt: skip
+        start_worker_process(proc)
+        child.close()
+        self.conns[i], self.processes[i] = parent, proc
 
-    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
-        for i in range(len(self.conns)):
-            self._send(i, ("weights", cpu))
+    def _reply(self, i: int, expected: str, timeout: float):
+        return receive_reply(self.conns[i], self.processes[i], expected, timeout, SelfPlayError, "--worker-timeout")
+
+    def _wait_ready(self, i: int) -> None:
+        self._reply(i, "ready", max(self.timeout, MIN_STARTUP_TIMEOUT))
 
     def _send(self, i: int, message: tuple) -> None:
         try:
             self.conns[i].send(message)
         except (BrokenPipeError, ConnectionResetError, OSError):
-            raise SelfPlayError(f"self-play worker {i} died (exit code {self.processes[i].exitcode})") from None
+            raise SelfPlayError(f"died (exit code {self.processes[i].exitcode})") from None
 
-    def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        for i in range(len(self.conns)):
-            self._send(i, ("play", moves, temperature))
-        return SelfPlayRound.merge([self._reply(i, "ok") for i in range(len(self.conns))])
+    def _send_weights(self, i: int) -> None:
+        self._send(i, ("weights", self.weights))
+
+    def _request(self, i: int, moves: int, temperature: float) -> None:
+        self._send(i, ("play", moves, temperature))
+
+    def _receive(self, i: int) -> SelfPlayRound:
+        return self._reply(i, "ok", self.timeout)
+
+    def _stop(self, i: int) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.conns[i].close()
+        proc = self.processes[i]
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10)
 
     def close(self) -> None:
         for conn in self.conns:
-            with contextlib.suppress(BrokenPipeError, OSError):
+            with contextlib.suppress(BrokenPipeError, OSError, AttributeError):
                 conn.send(("close",))
         for proc in self.processes:
+            if proc is None:
+                continue
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
 
 
-class RaySelfPlay(SelfPlayExecutor):
+class RaySelfPlay(_ReplacingSelfPlay):
     """Workers as Ray actors (on this machine, or a cluster with `ray_address`)."""
 
-    def __init__(self, cfg, shares: list[tuple[int, int]], ray_address: str | None = None):
+    def __init__(self, cfg, shares: list[tuple[int, int]], ray_address: str | None = None, timeout: float = 300.0):
         from training.ray_executor import connect_ray
 
         ray, self.started_ray = connect_ray(ray_address, num_cpus=max(len(shares), 1))
         self.ray = ray
-        actor = ray.remote(num_cpus=1)(_RaySelfPlayActor)
-        self.actors = [actor.remote(cfg, num_envs, seed) for num_envs, seed in shares]
+        self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(_RaySelfPlayActor)
+        self.actors: list = [None] * len(shares)
+        self.ready: list = [None] * len(shares)
+        self.pending: list = [None] * len(shares)
+        self.pids: list[int | None] = [None] * len(shares)
+        super().__init__(cfg, shares, timeout)
+
+    def _get(self, ref, what: str, timeout: float):
+        try:
+            return self.ray.get(ref, timeout=timeout)
+        except self.ray.exceptions.GetTimeoutError:
+            raise SelfPlayError(f"hung ({what}: no reply within {timeout:g}s, --worker-timeout)") from None
+        except self.ray.exceptions.RayError as e:
+            raise SelfPlayError(f"died or raised ({what}): {str(e).strip()[:2000]}") from None
+
+    def _start(self, i: int) -> None:
+        self.actors[i] = self.actor_class.remote(self.cfg, self.shares[i][0], self.worker_seed(i))
+        self.ready[i] = self.actors[i].pid.remote()
+
+    def _wait_ready(self, i: int) -> None:
+        self.pids[i] = self._get(self.ready[i], "starting", max(self.timeout, MIN_STARTUP_TIMEOUT))
+
+    def _send_weights(self, i: int) -> None:
+        # The actor's call is queued before its next play; a failure shows in that play's reply.
+        self.actors[i].set_weights.remote(self.weights_ref)
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        ref = self.ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
-        self.ray.get([a.set_weights.remote(ref) for a in self.actors])
+        self.weights_ref = self.ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
+        super().set_weights(state_dict)
 
-    def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        try:
-            rounds = self.ray.get([a.play.remote(moves, temperature) for a in self.actors])
-        except self.ray.exceptions.RayError as e:
-            raise SelfPlayError(f"a self-play actor died or raised: {str(e).strip()[:2000]}") from None
-        return SelfPlayRound.merge(rounds)
+    def _request(self, i: int, moves: int, temperature: float) -> None:
+        self.pending[i] = self.actors[i].play.remote(moves, temperature)
+
+    def _receive(self, i: int) -> SelfPlayRound:
+        return self._get(self.pending[i], "playing", self.timeout)
+
+    def _stop(self, i: int) -> None:
+        if self.actors[i] is not None:
+            with contextlib.suppress(Exception):
+                self.ray.kill(self.actors[i], no_restart=True)
+            self.actors[i] = None
 
     def close(self) -> None:
-        for a in self.actors:
-            self.ray.kill(a)
-        if self.started_ray:
+        for i in range(len(self.actors)):
+            self._stop(i)
+        if self.started_ray and self.ray.is_initialized():
             self.ray.shutdown()
 
 
@@ -346,6 +483,9 @@ class _RaySelfPlayActor:
 
         torch.set_num_threads(1)
         self.worker = SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.worker.set_weights(state_dict)
@@ -364,5 +504,5 @@ def make_self_play(cfg, model: torch.nn.Module, seed: int, rng: np.random.Genera
     shares = [(per_worker, seed + i * per_worker) for i in range(cfg.self_play_workers)]
     plain = dataclasses.replace(cfg, resume=None)
     if cfg.self_play_backend == "multiprocess":
-        return MultiprocessSelfPlay(plain, shares)
-    return RaySelfPlay(plain, shares, cfg.ray_address)
+        return MultiprocessSelfPlay(plain, shares, cfg.worker_timeout)
+    return RaySelfPlay(plain, shares, cfg.ray_address, cfg.worker_timeout)
