@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     status = "solved" if result.solved else "finished"
     evaluation = "n/a" if result.eval_return is None else f"{result.eval_return:.1f}"
     print(
-        f"{status} {cfg.env_id} after {result.global_step} env steps ({result.episodes} self-play games) in "
+        f"{status} {result.env_id} after {result.global_step} env steps ({result.episodes} self-play games) in "
         f"{result.seconds:.1f}s; greedy evaluation: {evaluation}\n"
         + run_footer(result.run_dir, result.checkpoint, "train_muzero.py")
     )

@@ -236,3 +236,15 @@ def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):
     masked = ModelSpaces((4, 84, 84), np.dtype(np.uint8), 6, True)  # the legal moves stored too: 6 bytes more
     with pytest.raises(ConfigError, match="--replay-capacity 400000 positions of 28,310 bytes"):
         check_replay_fits(MuZeroConfig(replay_capacity=400_000, segment_length=0), masked, memory_bytes=16 * 2**30)
+
+
+def test_resume_refuses_a_flag_that_would_change_the_run(short_run, capsys):
+    from training.cli import run_cli
+
+    sys.path.insert(0, str(ROOT / "launch"))
+    import train_muzero
+
+    _, run_dir = short_run
+    code = run_cli(lambda: train_muzero.main(["--resume", str(run_dir), "--num-simulations", "50"]))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--num-simulations with --resume" in err, err

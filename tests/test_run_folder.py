@@ -140,8 +140,8 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
-def _short_ppo_run(runs: Path, steps: int = 2048) -> Path:
-    done = subprocess.run([*TRAIN_PPO, "--runs-dir", str(runs), "--total-timesteps", str(steps), "--no-progress",
+def _short_ppo_run(runs: Path, steps: int = 2048, env: tuple[str, ...] = ()) -> Path:
+    done = subprocess.run([*TRAIN_PPO, *env, "--runs-dir", str(runs), "--total-timesteps", str(steps), "--no-progress",
                            "--eval-every", "0", "--no-stop-when-solved", "--checkpoint-every", "2048"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -150,7 +150,7 @@ def _short_ppo_run(runs: Path, steps: int = 2048) -> Path:
 
 
 def test_resume_extends_a_run_and_refuses_flags_that_would_change_it(tmp_path):
-    run_dir = _short_ppo_run(tmp_path)
+    run_dir = _short_ppo_run(tmp_path, env=("--env-id", "Acrobot-v1", "--preset", "cleanrl"))
     refused = subprocess.run([*TRAIN_PPO, "--resume", str(run_dir), "--learning-rate", "0.1"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
@@ -158,7 +158,7 @@ def test_resume_extends_a_run_and_refuses_flags_that_would_change_it(tmp_path):
     extended = subprocess.run([*TRAIN_PPO, "--resume", str(run_dir), "--total-timesteps", "4096", "--no-progress"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert extended.returncode == 0, extended.stderr[-3000:]
-    assert "finished CartPole-v1 after 4096 env steps" in extended.stdout
+    assert "finished Acrobot-v1 after 4096 env steps" in extended.stdout  # the run's env, not the flag's default
     assert torch.load(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)["global_step"] == 4096
     # The points logged at the checkpoint's own step belong to it: TensorBoard's loader keeps them.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

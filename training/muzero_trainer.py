@@ -329,6 +329,8 @@ class MuZeroResult:
     episodes: int
     history: list = field(default_factory=list)
     """(env steps, wall seconds, greedy evaluation return) at each evaluation"""
+    env_id: str = ""
+    """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
 
 
 def _saved_config(payload: dict) -> MuZeroConfig:
@@ -506,7 +508,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
         self_play.close()
         logger.close()
     return MuZeroResult(run_dir, last_checkpoint, global_step, seconds_before + time.perf_counter() - start,
-                        bool(solved), eval_return, episodes, history)  # fmt: skip
+                        bool(solved), eval_return, episodes, history, cfg.env_id)  # fmt: skip
 
 
 def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], cfg: MuZeroConfig,

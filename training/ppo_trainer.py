@@ -195,6 +195,8 @@ class TrainResult:
     update_seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)
     """(env steps, wall seconds, mean return of the last 100 episodes) after each update"""
+    env_id: str = ""
+    """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
 
 
 def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
@@ -439,5 +441,5 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
     return TrainResult(
         run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
         solved=bool(solved), mean_return=mean_return, sps=(global_step - steps_at_start) / elapsed, eval_return=eval_return,
-        rollout_seconds=rollout_seconds, update_seconds=update_seconds, history=history,
+        rollout_seconds=rollout_seconds, update_seconds=update_seconds, history=history, env_id=cfg.env_id,
     )  # fmt: skip
