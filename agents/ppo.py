@@ -60,8 +60,9 @@ def compute_vtrace(
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """V-trace (Espeholt et al. 2018, IMPALA) value targets v_s and policy-gradient advantages, both [T, N],
-    for data that a slightly older policy mu collected while the learner's policy pi moved on.
+    """V-trace (Espeholt et al. 2018, IMPALA) policy-gradient advantages and value targets v_s, both [T, N]
+    and in that order (as compute_gae returns them), for data that a slightly older policy mu collected
+    while the learner's policy pi moved on.
 
     log_rhos[t] = log pi(a_t|s_t) - log mu(a_t|s_t); values[t] = V(s_t) by the learner's critic. The
     truncated importance weights rho_t = min(rho_bar, pi/mu) and c_t = lambda * min(c_bar, pi/mu) keep the
@@ -90,7 +91,7 @@ def compute_vtrace(
     # The advantage bootstraps from v_{s+1}, the corrected target of the next state, where there is one.
     next_vs = np.where(done, end_values, np.concatenate([vs[1:], last_values[None]]))
     advantages = clipped_rhos * (rewards + gamma * next_vs - values)
-    return vs.astype(np.float32), advantages.astype(np.float32)
+    return advantages.astype(np.float32), vs.astype(np.float32)
 
 
 class NonFiniteUpdate(ArithmeticError):

@@ -6,8 +6,14 @@ import gymnasium as gym
 import numpy as np
 
 
-class FireResetEnv(gym.Wrapper):
-    """Press FIRE after reset: games such as Breakout do not start until the player fires."""
+class FireResetEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Press FIRE after reset: games such as Breakout do not start until the player fires. It records its
+    constructor's arguments, as gymnasium's own wrappers do, so that an env rebuilt from its spec (as
+    gymnasium's check_env does) has it too."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

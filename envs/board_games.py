@@ -312,6 +312,9 @@ BOARD_OPPONENTS = {
     "rlgames/ConnectFour-v0": BoardOpponent("a 4-ply lookahead player", lookahead_moves, perfect=False),
 }
 
+# Games whose fixed opponent cannot be beaten: never losing to it is solving them.
+PERFECT_OPPONENT_ENVS = tuple(env_id for env_id, opponent in BOARD_OPPONENTS.items() if opponent.perfect)
+
 if "rlgames/TicTacToe-v0" not in gym.registry:
     gym.register("rlgames/TicTacToe-v0", entry_point=TicTacToeEnv)
 if "rlgames/ConnectFour-v0" not in gym.registry:

@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import envs.board_games  # noqa: F401  (registers rlgames/TicTacToe-v0 and rlgames/ConnectFour-v0)
+from envs.board_games import BOARD_OPPONENTS  # importing it registers rlgames/TicTacToe-v0 and ConnectFour-v0
 from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
 
 # Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where
@@ -29,6 +29,17 @@ SOLVED_RETURN: dict[str, float] = {
     "Pendulum-v1": -200.0,
     "MountainCarContinuous-v0": 90.0,
 }
+
+def solved_return(env_id: str, stop_return: float | None = None) -> float | None:
+    """The score at which a run on env_id counts as solved: `stop_return` when one is given (--stop-return),
+    else the env's own: SOLVED_RETURN, or for a board game whose fixed opponent is perfect a mean result
+    of 0 (it never loses); None when the env has none (Connect Four's opponent can be beaten)."""
+    if stop_return is not None:
+        return stop_return
+    if env_id in BOARD_OPPONENTS:
+        return 0.0 if BOARD_OPPONENTS[env_id].perfect else None
+    return SOLVED_RETURN.get(env_id)
+
 
 # Which optional extra provides an env family, for the error a user sees when it is missing.
 _EXTRA_FOR_PREFIX = {

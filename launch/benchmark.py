@@ -28,7 +28,7 @@ from statistics import median
 import torch
 import tyro
 
-from envs.factory import SOLVED_RETURN
+from envs.factory import solved_return
 from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
 from training.config import ConfigError, PPOConfig, apply_preset
@@ -118,7 +118,7 @@ def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
     from training.ppo_trainer import train
 
     result = train(cfg)
-    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    threshold = solved_return(cfg.env_id, cfg.stop_return)
     first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     queue.put(RunResult(
@@ -207,8 +207,8 @@ def write_report(results: list[RunResult], out_dir: Path, label: str) -> Path:
         for ax, col, xlabel in ((axes[0], 0, "env steps"), (axes[1], 1, "wall seconds")):
             # history rows are (env steps, wall seconds, last-100 mean return)
             plot_seed_band(ax, [np.array(r.history)[:, [col, 2]] for r in rs if r.history])
-            if env_id in SOLVED_RETURN:
-                ax.axhline(SOLVED_RETURN[env_id], color="gray", ls="--", lw=1, label="solved")
+            if solved_return(env_id) is not None:
+                ax.axhline(solved_return(env_id), color="gray", ls="--", lw=1, label="solved")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("mean return, last 100 episodes")
             ax.grid(alpha=0.3)

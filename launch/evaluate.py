@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import tyro
 
-from envs.board_games import BOARD_OPPONENTS
+from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS
 from training.cli import run_cli
 from training.config import ConfigError
-from training.evaluation import PERFECT_OPPONENT_ENVS, PolicyArgs, audit_against_perfect_play, evaluate_policy
+from training.evaluation import PolicyArgs, audit_against_perfect_play, evaluate_policy
 
 
 @dataclass

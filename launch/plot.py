@@ -10,7 +10,7 @@ from typing import Annotated
 
 import tyro
 
-from envs.factory import SOLVED_RETURN
+from envs.factory import solved_return
 from training.cli import run_cli
 from training.config import ConfigError
 from training.plots import find_run_dirs, group_name, plot_seed_band, read_scalar
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_seed_band(ax, curves, color=colors[i % len(colors)], label=name)
         print(f"{name}: {len(curves)} run(s), final value mean {sum(c[-1, 1] for c in curves) / len(curves):.2f}")
     envs = {name.split("__")[0] for name in groups}
-    if len(envs) == 1 and (env := envs.pop()) in SOLVED_RETURN and "return" in args.tag:
-        ax.axhline(SOLVED_RETURN[env], color="gray", ls="--", lw=1, label="solved")
+    if len(envs) == 1 and (threshold := solved_return(envs.pop())) is not None and "return" in args.tag:
+        ax.axhline(threshold, color="gray", ls="--", lw=1, label="solved")
     ax.set_xlabel("env steps")
     ax.set_ylabel(args.tag)
     ax.set_title(args.title or args.tag)

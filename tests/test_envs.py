@@ -9,6 +9,7 @@ import torch
 
 from agents.networks import ActorCritic
 from envs import make_vector_env, probe_spaces
+from envs.factory import make_env
 from training.config import PPOConfig, apply_preset
 from training.ppo_trainer import train
 
@@ -97,3 +98,28 @@ class _MultiDiscreteMatch:
                 return self.target.astype(np.float32), reward, False, False, {}
 
         return Env()
+
+
+def test_the_atari_env_rebuilds_from_its_spec_with_every_wrapper():
+    """gymnasium's check_env and gym.make(spec) rebuild an env from its spec: each wrapper must record its
+    constructor's arguments (FireResetEnv did not)."""
+    pytest.importorskip("ale_py")
+    import gymnasium as gym
+
+    env = make_env("ALE/Breakout-v5", seed=0)()
+    rebuilt = gym.make(env.spec)
+    names = [w.name for w in env.spec.additional_wrappers]
+    assert "FireResetEnv" in names and [w.name for w in rebuilt.spec.additional_wrappers] == names
+    obs, _ = rebuilt.reset(seed=0)
+    assert obs.shape == env.observation_space.shape
+    env.close()
+    rebuilt.close()
+
+
+def test_the_solved_threshold_comes_from_one_place():
+    from envs import solved_return
+
+    assert solved_return("CartPole-v1") == 475.0 and solved_return("CartPole-v1", 100.0) == 100.0
+    assert solved_return("rlgames/TicTacToe-v0") == 0.0  # never losing to the perfect player
+    assert solved_return("rlgames/ConnectFour-v0") is None  # its lookahead opponent can be beaten
+    assert solved_return("ALE/Breakout-v5") is None and solved_return("ALE/Breakout-v5", 30.0) == 30.0

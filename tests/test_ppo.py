@@ -107,7 +107,7 @@ def test_vtrace_without_lag_gives_the_gae_lambda_returns():
     bootstrap = np.where(truncated, 0.7, 0.0).astype(np.float32)
     last = rng.normal(size=N).astype(np.float32)
     _, gae_returns = compute_gae(rewards, values, terminated, truncated, bootstrap, last, 0.9, 0.8)
-    vs, _ = compute_vtrace(rewards, values, terminated, truncated, bootstrap, last, np.zeros((T, N)), 0.9, 0.8)
+    _, vs = compute_vtrace(rewards, values, terminated, truncated, bootstrap, last, np.zeros((T, N)), 0.9, 0.8)
     np.testing.assert_allclose(vs, gae_returns, rtol=1e-5, atol=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_vtrace_by_hand_on_one_env():
     r, v = np.array([[1.0], [0.0]]), np.array([[0.0], [1.0]])
     no = np.zeros((2, 1), bool)
     log_rhos = np.log(np.array([[2.0], [0.5]]))
-    vs, adv = compute_vtrace(r, v, no, no, np.zeros((2, 1)), np.array([2.0]), log_rhos, 0.5)
+    adv, vs = compute_vtrace(r, v, no, no, np.zeros((2, 1)), np.array([2.0]), log_rhos, 0.5)
     delta1 = 0.5 * (0.0 + 0.5 * 2.0 - 1.0)  # rho_1 = 0.5: 0
     vs1 = 1.0 + delta1
     delta0 = 1.0 * (1.0 + 0.5 * 1.0 - 0.0)  # rho_0 = min(1, 2) = 1: 1.5

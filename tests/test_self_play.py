@@ -213,3 +213,17 @@ def test_training_goes_on_when_a_self_play_worker_dies(tmp_path, monkeypatch):
 
     assert killed and result.global_step == 160
     assert load_checkpoint(result.checkpoint)["faults"]["worker_restarts"] == 1
+
+
+@pytest.mark.parametrize("moves", [1, 5])
+def test_the_replay_ratio_counts_env_steps_whatever_the_moves_per_round(tmp_path, moves):
+    """--updates-per-step 0.5: half a gradient step per env step played once the warm-up is over, with one
+    move per round or five (each round then plays 5 x num_envs steps; it used to be paid for one)."""
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=240, warmup_steps=80, batch_size=16, num_envs=4,
+                       num_simulations=2, updates_per_step=0.5, self_play_moves=moves, eval_every=0,
+                       eval_episodes=1, progress=False)  # fmt: skip
+    result = train_muzero(cfg)
+    from training.checkpoint import load_checkpoint
+
+    # Rounds of 4 * moves steps; learning starts with the round that reaches step 80.
+    assert result.global_step == 240 and load_checkpoint(result.checkpoint)["updates"] == 0.5 * (240 - 80 + 4 * moves)

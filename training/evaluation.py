@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import tyro
 
-from envs.board_games import BOARD_OPPONENTS, perfect_moves, solve, winner
+from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS, perfect_moves, solve, winner
 from envs.factory import is_atari, make_env, make_vector_env
 from envs.sc2 import is_sc2
 from training.checkpoint import (
@@ -290,7 +290,6 @@ def audit_against_perfect_play(policy: torch.nn.Module, deterministic: bool = Tr
 
 
 # Board games whose evaluation opponent cannot be beaten: 0 (no game lost) is their solved threshold.
-PERFECT_OPPONENT_ENVS = tuple(env_id for env_id, opponent in BOARD_OPPONENTS.items() if opponent.perfect)
 
 
 def make_render_env(env_id: str, seed: int, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:

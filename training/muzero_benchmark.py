@@ -13,7 +13,8 @@ import torch
 
 from agents.mcts import SearchConfig, run_search
 from agents.muzero_networks import root_inference, search_callback
-from training.muzero_trainer import MuZeroConfig, build_model, model_spaces, solved_threshold, train_muzero
+from envs.factory import solved_return
+from training.muzero_trainer import MuZeroConfig, build_model, model_spaces, train_muzero
 
 
 def constant_model(num_actions: int, hidden_state: int):
@@ -74,7 +75,7 @@ class SolveResult:
 
 def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
     result = train_muzero(cfg)
-    threshold = cfg.stop_return if cfg.stop_return is not None else solved_threshold(cfg.env_id)
+    threshold = solved_return(cfg.env_id, cfg.stop_return)
     first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
     queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
                           result.global_step, torch.get_num_threads()))  # fmt: skip

@@ -30,7 +30,7 @@ from agents.mcts import SearchConfig, run_search
 from agents.muzero import make_targets, muzero_loss
 from agents.muzero_networks import MuZeroMLP, MuZeroResNet, root_inference, search_callback
 from envs.board_games import board_symmetries
-from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
+from envs.factory import check_env_id, probe_spaces, solved_return
 from training.checkpoint import (
     load_algo_checkpoint,
     reading_contents,
@@ -39,7 +39,7 @@ from training.checkpoint import (
 )
 from training.config import ConfigError, resolve_device
 from training.errors import TrainingDiverged
-from training.evaluation import PERFECT_OPPONENT_ENVS, TrainingEvaluator
+from training.evaluation import TrainingEvaluator
 from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.replay import Game, PrioritizedReplay
@@ -247,13 +247,6 @@ def is_two_player(env_id: str) -> bool:
     return env_id.startswith("rlgames/")
 
 
-def solved_threshold(env_id: str) -> float | None:
-    """The greedy evaluation at which a run counts as solved. Board games are evaluated against the
-    perfect player (+1 win, 0 draw, -1 loss; see training.evaluation.play_against_board_opponent): a
-    mean of 0 means no game lost. Connect Four's opponent can be beaten, so it has no threshold."""
-    return 0.0 if env_id in PERFECT_OPPONENT_ENVS else SOLVED_RETURN.get(env_id)
-
-
 def visit_temperature(cfg: MuZeroConfig) -> float:
     """Self-play's starting temperature: --visit-temperature, else 1 for board games, 0.25 otherwise.
     Measured here (5k-step CartPole, 4 seeds): T = 1 plays so close to random with 25 simulations on two
@@ -399,7 +392,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
                                   False, 1, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf)  # fmt: skip
     actor = MuZeroActor(actor_model, search, seed=cfg.seed)
     replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
-    threshold = cfg.stop_return if cfg.stop_return is not None else solved_threshold(cfg.env_id)
+    threshold = solved_return(cfg.env_id, cfg.stop_return)
     start_temperature = visit_temperature(cfg)
     start = time.perf_counter()
 
@@ -448,7 +441,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
 
             # Learning: updates_per_step gradient steps per env step, once the replay holds enough.
             if global_step >= cfg.warmup_steps and replay.num_positions >= cfg.batch_size:
-                owed_updates += cfg.updates_per_step * cfg.num_envs
+                owed_updates += cfg.updates_per_step * played.steps  # the replay ratio, per env step played
                 stats = None
                 consistent = False  # a crash in here leaves the model half-updated
                 while owed_updates >= 1:

@@ -29,7 +29,7 @@ from agents.ppo import (
     explained_variance,
     ppo_update,
 )
-from envs.factory import SOLVED_RETURN, check_env_id, probe_spaces
+from envs.factory import check_env_id, probe_spaces, solved_return
 from envs.sc2 import is_sc2
 from training.checkpoint import (
     load_algo_checkpoint,
@@ -135,7 +135,7 @@ class PPOLearner:
                 dist, current_values = self.agent(obs)
                 log_rhos = (dist.log_prob(actions) - flat(rollout.log_probs)).cpu().numpy().reshape(values.shape)
             values = current_values.cpu().numpy().reshape(values.shape)
-            returns, advantages = compute_vtrace(
+            advantages, returns = compute_vtrace(
                 rewards, values, terminated, truncated, rollout.bootstrap_values, rollout.last_values, log_rhos,
                 self.cfg.gamma, self.cfg.gae_lambda,
             )  # fmt: skip
@@ -293,7 +293,7 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
             torch.set_rng_state(payload["rng"]["torch"])
             random.setstate(payload["rng"]["python"])
 
-    threshold = cfg.stop_return if cfg.stop_return is not None else SOLVED_RETURN.get(cfg.env_id)
+    threshold = solved_return(cfg.env_id, cfg.stop_return)
     config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers,
                    "resolved_num_learners": parallel.world_size}  # fmt: skip
     if main:
