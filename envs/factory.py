@@ -132,17 +132,17 @@ def make_env(
 def make_vector_env(
     env_id: str, num_envs: int, seed: int, env_kwargs: Mapping[str, Any] | None = None
 ) -> gym.vector.VectorEnv:
-    """`num_envs` copies stepped in this process, SAME_STEP autoreset, env i seeded with seed + i.
+    """`num_envs` copies stepped in this process, SAME_STEP autoreset, env i built for seed + i. Not reset
+    yet: the caller's first `reset(seed=[seed + i ...])` is the only one (a StarCraft II env launches its
+    game at its first reset, so a second reset here would launch it twice).
 
     In-process vectorisation is the fastest choice for cheap simulators (a process round trip costs
     more than a CartPole step); heavy envs get parallelism from several rollout workers instead.
     """
-    envs = gym.vector.SyncVectorEnv(
+    return gym.vector.SyncVectorEnv(
         [make_env(env_id, seed + i, env_kwargs=env_kwargs) for i in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    envs.reset(seed=[seed + i for i in range(num_envs)])
-    return envs
 
 
 def probe_spaces(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[gym.Space, gym.Space]:

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -123,3 +124,34 @@ def test_the_solved_threshold_comes_from_one_place():
     assert solved_return("rlgames/TicTacToe-v0") == 0.0  # never losing to the perfect player
     assert solved_return("rlgames/ConnectFour-v0") is None  # its lookahead opponent can be beaten
     assert solved_return("ALE/Breakout-v5") is None and solved_return("ALE/Breakout-v5", 30.0) == 30.0
+
+
+class _ResetCounting(gym.Env):
+    resets = 0
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        type(self).resets += 1
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_a_rollout_worker_resets_each_env_once():
+    """One reset per env at start (a StarCraft II env launches its game at each first reset)."""
+    from agents.networks import ActorCritic
+    from training.rollout import RolloutWorker, allocate_rollout_arrays
+
+    if "tests/ResetCounting-v0" not in gym.registry:
+        gym.register("tests/ResetCounting-v0", entry_point=_ResetCounting)
+    obs_space, act_space = probe_spaces("tests/ResetCounting-v0")
+    _ResetCounting.resets = 0
+    arrays = allocate_rollout_arrays(obs_space, act_space, 4, 3)
+    worker = RolloutWorker("tests/ResetCounting-v0", 3, 0, ActorCritic(obs_space, act_space), arrays)
+    assert _ResetCounting.resets == 3
+    worker.close()
