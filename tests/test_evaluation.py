@@ -12,10 +12,10 @@ from training.checkpoint import CheckpointError
 from training.evaluation import (
     EVAL_SEED_OFFSET,
     evaluate_policy,
-    load_trained_agent,
     make_render_env,
     play_episode,
 )
+from training.trained_agent import load_trained_agent
 
 
 class ConstantPolicy(torch.nn.Module):

@@ -159,7 +159,7 @@ def test_search_summary_shows_the_root_visits_of_the_move_played(short_run):
     import numpy as np
     import torch
 
-    from training.evaluation import load_trained_agent
+    from training.trained_agent import load_trained_agent
 
     _, run_dir = short_run
     actor = load_trained_agent(run_dir).policy

@@ -12,8 +12,7 @@ from envs.factory import EnvSpecError
 from envs.sc2 import SC2NotFoundError, SC2OptionsError
 from envs.sc2_compat import SC2NotInstalledError
 from training.checkpoint import CheckpointError
-from training.config import ConfigError
-from training.errors import TrainingDiverged
+from training.errors import ConfigError, TrainingDiverged
 from training.interrupts import EnvHung, Interrupted, stop_on_signals
 
 USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)

@@ -23,7 +23,7 @@ import tyro
 from envs.sc2 import SC2Options, is_sc2
 from training.errors import ConfigError  # noqa: F401 - re-exported: PPO's modules import it from here
 from training.resume import CHANGEABLE_ON_RESUME, resume_changes
-from training.validation import device_problems, range_problems, run_problems
+from training.validation import range_problems, resolve_device, run_problems  # noqa: F401 - resolve_device re-exported
 
 
 @dataclass
@@ -236,17 +236,6 @@ def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
         given = sys.argv[1:] if argv is None else argv
         cfg = dataclasses.replace(cfg, resume_changes=resume_changes(given, PPOConfig, PPO_CHANGEABLE_ON_RESUME))
     return cfg
-
-
-def resolve_device(name: str) -> torch.device:
-    for problem in device_problems(name):
-        raise ConfigError(problem)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device auto or cpu")
-    return device
 
 
 def resolve_num_learners(cfg: PPOConfig) -> int:

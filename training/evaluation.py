@@ -10,27 +10,20 @@ scaling), so they compare across runs and with published numbers.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 
 from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS, perfect_moves, solve, winner
 from envs.factory import is_atari, make_env, make_vector_env
 from envs.sc2 import is_sc2
 from training.checkpoint import (
-    CheckpointError,
-    find_checkpoint,
-    load_checkpoint,
-    reading_contents,
-    run_dir_of,
     save_best_checkpoint,
 )
 from training.interrupts import beat
@@ -72,83 +65,6 @@ class EvalResult:
         lines = [f"episode {i}: return {r:.2f}, length {n}" for i, (r, n) in enumerate(zip(self.returns, self.lengths, strict=True), 1)]
         lines = lines if per_episode else []
         return "\n".join([*lines, f"{'greedy' if deterministic else 'stochastic'}: {self.summary()}"])
-
-
-@dataclass
-class TrainedAgent:
-    """A run's policy loaded from one of its checkpoints, with the config that trained it."""
-
-    algo: str
-    config: Any
-    policy: torch.nn.Module
-    checkpoint: Path
-    run_dir: Path
-    global_step: int
-    payload: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def env_id(self) -> str:
-        return self.config.env_id
-
-    @property
-    def env_kwargs(self) -> dict[str, Any]:
-        """What the run's envs were built with (StarCraft II's options; nothing for other envs)."""
-        if self.algo != "ppo":
-            return {}
-        from training.config import env_kwargs
-
-        return env_kwargs(self.config)
-
-    def describe(self) -> str:
-        return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
-
-
-@dataclass
-class PolicyArgs:
-    """The command-line options that say which trained policy to play and how (watch.py, evaluate.py)."""
-
-    run: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN")]
-    """a run folder (its newest checkpoint is used) or a checkpoint file"""
-    best: bool = False
-    """use the run's best checkpoint by training-time evaluation (checkpoints/best.pt)"""
-    stochastic: bool = False
-    """sample actions from the policy instead of taking the most likely one"""
-    seed: int | None = None
-    """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
-
-    def load(self) -> tuple[TrainedAgent, int]:
-        """The trained agent and the seed of the first episode."""
-        trained = load_trained_agent(self.run, best=self.best)
-        return trained, self.seed if self.seed is not None else trained.config.seed + EVAL_SEED_OFFSET
-
-
-def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
-    """The policy of a run folder's newest checkpoint (its best with best=True) or of a checkpoint file,
-    rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights."""
-    checkpoint = find_checkpoint(path, best=best)
-    payload = load_checkpoint(checkpoint)
-    algo = payload.get("algo")
-    if algo == "ppo":
-        from envs.factory import check_env_id, probe_spaces
-        from training.config import config_from_dict, env_kwargs
-        from training.ppo_trainer import build_agent
-
-        with reading_contents(checkpoint):
-            cfg = config_from_dict(json.loads(payload["config"]))
-            check_env_id(cfg.env_id)
-            policy = build_agent(cfg, *probe_spaces(cfg.env_id, env_kwargs(cfg)))
-            policy.load_state_dict(payload["learner"]["model"])
-    elif algo == "muzero":
-        from training.muzero_trainer import load_muzero_actor
-
-        with reading_contents(checkpoint):
-            cfg, policy = load_muzero_actor(payload)
-    else:
-        raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
-    policy.eval()
-    with reading_contents(checkpoint):
-        step = int(payload["global_step"])
-    return TrainedAgent(algo, cfg, policy, checkpoint, run_dir_of(checkpoint), step, payload)
 
 
 def _device(policy: torch.nn.Module) -> torch.device:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import signal
 import sys
-import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,6 +30,14 @@ import torch
 
 from agents.networks import PolicyValueNet
 from training.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
+from training.worker_processes import (  # noqa: F401 - also importable from here
+    MIN_STARTUP_TIMEOUT,
+    NO_REPLY,
+    WORKER_RESTART_SEED_STRIDE,
+    receive_reply,
+    serve_commands,
+    start_worker_process,
+)
 
 
 class WorkerError(RuntimeError):
@@ -44,13 +50,6 @@ class WorkerLost(Exception):
 
 # A worker slot whose replacements keep failing is broken (a bad env, a bug), not unlucky.
 MAX_REPLACEMENTS_IN_A_ROW = 3
-# Replacement workers' envs get seeds this far from the originals', so they do not replay the same episodes.
-WORKER_RESTART_SEED_STRIDE = 7_000_003
-# Seconds a worker may take to start (a new Python, torch, the envs: StarCraft II takes tens of seconds to
-# launch), when --worker-timeout is shorter: a loaded machine must not make start-up look like a hang.
-MIN_STARTUP_TIMEOUT = 120.0
-
-
 def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
     """Contiguous [lo, hi) env index ranges, one per worker (num_envs divisible by num_workers)."""
     per = num_envs // num_workers
@@ -123,72 +122,6 @@ class InProcessExecutor(Executor):
     def close(self) -> None:
         for w in self.workers:
             w.close()
-
-
-# A command handler's return value when the command gets no answer (the learner does not wait for one).
-NO_REPLY = object()
-
-
-def start_worker_process(process) -> None:
-    """Start a worker process that ignores SIGINT. Ctrl-C in a terminal reaches the whole process group;
-    the learner, not each worker, decides what it means (it saves a checkpoint and closes its workers), so
-    workers print no KeyboardInterrupt tracebacks, not even during start-up. An ignored signal stays ignored
-    across spawn's exec, and Python then installs no handler of its own for it."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: start it as it is
-        process.start()
-        return
-    try:
-        process.start()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def serve_commands(
-    conn: Connection, start_worker: Callable[[], Any], handlers: Mapping[str, Callable[..., Any]]
-) -> None:
-    """The loop of a worker process: start the worker, say ("ready", None), then for each message
-    (command, *args) call handlers[command](worker, *args) and send ("ok", its result) unless it is
-    NO_REPLY, until ("close", ...). An exception goes back as ("error", traceback) and ends the process;
-    a vanished learner (closed pipe) ends it quietly. One intra-op thread: the workers are the parallelism."""
-    torch.set_num_threads(1)
-    worker = None
-    try:
-        worker = start_worker()
-        conn.send(("ready", None))
-        while True:
-            command, *args = conn.recv()
-            if command == "close":
-                break
-            reply = handlers[command](worker, *args)
-            if reply is not NO_REPLY:
-                conn.send(("ok", reply))
-    except (KeyboardInterrupt, EOFError, ConnectionError):  # ConnectionError: a learner that vanished
-        pass
-    except Exception:
-        with contextlib.suppress(OSError):  # the learner may be gone too
-            conn.send(("error", traceback.format_exc()))
-    finally:
-        if worker is not None:
-            worker.close()
-
-
-def receive_reply(
-    conn: Connection, process, expected: str, timeout: float, lost: type[Exception], timeout_option: str
-):
-    """The payload of a worker process's next ("kind", payload) reply; `lost` (with the reason: hung past
-    timeout, died, or raised, with its traceback) when there is none to be had."""
-    try:
-        if not conn.poll(timeout):
-            raise lost(f"hung (no reply within {timeout:g}s, {timeout_option})")
-        kind, payload = conn.recv()
-    except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
-        raise lost(f"died (exit code {process.exitcode})") from None
-    if kind == "error":
-        raise lost(f"raised:\n{payload}")
-    assert kind == expected, (kind, expected)
-    return payload
 
 
 def _worker_process(
@@ -385,22 +318,3 @@ class MultiprocessExecutor(ReplacingExecutor):
                 if proc.is_alive():
                     proc.kill()
         self.conns, self.processes = [], []
-
-
-def make_executor(
-    backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
-    num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
-    ray_address: str | None = None, asynchronous: bool = False, env_kwargs: Mapping[str, Any] | None = None,
-) -> Executor:  # fmt: skip
-    """The executor of a backend ('inprocess', 'multiprocess', 'ray'); Ray is imported only for 'ray'.
-    env_kwargs go to every env's constructor (see envs.factory.make_env)."""
-    args = (env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps, seed, env_kwargs)
-    if backend == "inprocess":
-        return InProcessExecutor(*args)
-    if backend == "multiprocess":
-        return MultiprocessExecutor(*args, worker_timeout=worker_timeout, asynchronous=asynchronous)
-    if backend == "ray":
-        from training.ray_executor import RayExecutor
-
-        return RayExecutor(*args, worker_timeout=worker_timeout, address=ray_address, asynchronous=asynchronous)
-    raise ValueError(f"unknown backend {backend!r}")

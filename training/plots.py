@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import ConfigError
+from training.errors import ConfigError
 
 
 def is_run_dir(path: Path) -> bool:

@@ -50,13 +50,14 @@ from training.config import (
 from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.errors import TrainingDiverged
 from training.evaluation import TrainingEvaluator
-from training.executors import Executor, make_executor
+from training.executors import Executor
 from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.normalization import RewardScaler
 from training.provenance import usable_cores
 from training.resume import apply_resume_changes
 from training.rollout import Rollout
+from training.rollout_backends import make_executor
 from training.run_folder import claim_run_dir, loop_exit
 
 

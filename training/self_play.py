@@ -23,7 +23,11 @@ import torch
 from agents.mcts import run_search
 from agents.muzero_networks import root_inference, search_callback
 from envs.factory import episode_stats_from_info, make_vector_env
-from training.executors import (
+from training.interrupts import beat
+from training.muzero_config import MuZeroConfig, build_model, sampling_moves, search_config
+from training.ray_cluster import connect_ray
+from training.replay import Game
+from training.worker_processes import (
     MIN_STARTUP_TIMEOUT,
     NO_REPLY,
     WORKER_RESTART_SEED_STRIDE,
@@ -31,8 +35,6 @@ from training.executors import (
     serve_commands,
     start_worker_process,
 )
-from training.interrupts import beat
-from training.replay import Game
 
 # Self-play envs of a resumed run start from seeds this far from the previous ones.
 RESUME_SEED_STRIDE = 1_000_003
@@ -136,9 +138,7 @@ class SelfPlayWorker:
     drives the search noise and the move sampling (the in-process worker shares the learner's).
     """
 
-    def __init__(self, cfg, model: torch.nn.Module, num_envs: int, seed: int, rng: np.random.Generator | None = None):
-        from training.muzero_trainer import sampling_moves, search_config  # the trainer imports this module
-
+    def __init__(self, cfg: MuZeroConfig, model: torch.nn.Module, num_envs: int, seed: int, rng: np.random.Generator | None = None):
         self.model, self.search = model, search_config(cfg)
         self.sampling_moves = sampling_moves(cfg)
         self.move_number = np.zeros(num_envs, np.int64)  # moves made in each game so far
@@ -262,9 +262,7 @@ class SelfPlayExecutor:
             w.close()
 
 
-def _worker_process(cfg, num_envs: int, seed: int, conn: Connection) -> None:
-    from training.muzero_trainer import build_model
-
+def _worker_process(cfg: MuZeroConfig, num_envs: int, seed: int, conn: Connection) -> None:
     def set_weights(worker: SelfPlayWorker, state_dict: dict[str, torch.Tensor]):
         worker.set_weights(state_dict)
         return NO_REPLY
@@ -283,7 +281,7 @@ class _ReplacingSelfPlay(SelfPlayExecutor, ABC):
     # Replacements of one worker in a row (within one round) before the round gives up.
     MAX_REPLACEMENTS_IN_A_ROW = 3
 
-    def __init__(self, cfg, shares: list[tuple[int, int]], timeout: float):
+    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], timeout: float):
         self.cfg, self.shares, self.timeout = cfg, shares, timeout
         self.restarts = [0] * len(shares)
         self.weights: dict[str, torch.Tensor] | None = None
@@ -365,7 +363,7 @@ class MultiprocessSelfPlay(_ReplacingSelfPlay):
     """Workers in their own processes (spawned), each with its share of the games; a round runs them
     all at once and waits for every one."""
 
-    def __init__(self, cfg, shares: list[tuple[int, int]], timeout: float = 300.0):
+    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], timeout: float = 300.0):
         self.ctx = torch.multiprocessing.get_context("spawn")
         self.conns: list = [None] * len(shares)
         self.processes: list = [None] * len(shares)
@@ -423,9 +421,7 @@ class MultiprocessSelfPlay(_ReplacingSelfPlay):
 class RaySelfPlay(_ReplacingSelfPlay):
     """Workers as Ray actors (on this machine, or a cluster with `ray_address`)."""
 
-    def __init__(self, cfg, shares: list[tuple[int, int]], ray_address: str | None = None, timeout: float = 300.0):
-        from training.ray_executor import connect_ray
-
+    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], ray_address: str | None = None, timeout: float = 300.0):
         ray, self.started_ray = connect_ray(ray_address, num_cpus=max(len(shares), 1))
         self.ray = ray
         self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(_RaySelfPlayActor)
@@ -478,9 +474,7 @@ class RaySelfPlay(_ReplacingSelfPlay):
 
 
 class _RaySelfPlayActor:
-    def __init__(self, cfg, num_envs: int, seed: int):
-        from training.muzero_trainer import build_model
-
+    def __init__(self, cfg: MuZeroConfig, num_envs: int, seed: int):
         torch.set_num_threads(1)
         self.worker = SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed)
 
@@ -494,7 +488,7 @@ class _RaySelfPlayActor:
         return self.worker.play(moves, temperature)
 
 
-def make_self_play(cfg, model: torch.nn.Module, seed: int, rng: np.random.Generator) -> SelfPlayExecutor:
+def make_self_play(cfg: MuZeroConfig, model: torch.nn.Module, seed: int, rng: np.random.Generator) -> SelfPlayExecutor:
     """The executor of cfg.self_play_backend with cfg.self_play_workers workers sharing cfg.num_envs games
     (worker i's envs seeded from seed + its first env index). The in-process worker plays with `model`
     and `rng` themselves."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from training.errors import ConfigError
+
 # Names that become part of a path (run folders): letters, digits and . _ - only, not '.' or '..'.
 _PATH_SAFE = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -74,6 +76,19 @@ def device_problems(name: str) -> list[str]:
     if device.type not in ("cpu", "cuda"):
         return [f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {name!r})"]
     return []
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a --device value names ('auto': CUDA when there is one); ConfigError if it names none
+    or CUDA is missing."""
+    for problem in device_problems(name):
+        raise ConfigError(problem)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device auto or cpu")
+    return device
 
 
 def runs_dir_problems(runs_dir: str) -> list[str]:

@@ -1,0 +1,244 @@
+"""MuZero's config and what it decides: the typed command line (tyro), its checks, the model it builds,
+the search settings, self-play's temperature and sampling moves. Shared by the trainer and the self-play
+workers (which build their own model copies), so that neither imports the other."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import tyro
+
+from agents.mcts import SearchConfig
+from agents.muzero_networks import MuZeroMLP, MuZeroResNet
+from envs.factory import probe_spaces
+from training.errors import ConfigError
+from training.resume import CHANGEABLE_ON_RESUME
+from training.validation import range_problems, run_problems
+
+# What `--resume` may change in a MuZero run (the shared list and the cluster to join). A longer
+# --total-timesteps also stretches the self-play temperature schedule, which follows the run's progress.
+MUZERO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "ray_address")
+
+
+@dataclass
+class MuZeroConfig:
+    env_id: str = "CartPole-v1"
+    """the Gymnasium env id (Discrete actions; the board games rlgames/TicTacToe-v0 and rlgames/ConnectFour-v0 play both sides)"""
+    exp_name: str = "muzero"
+    """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
+    seed: int = 1
+    """seed of the experiment"""
+    total_timesteps: int = 10_000
+    """env steps of self-play, at most"""
+    stop_when_solved: bool = True
+    """stop once a greedy evaluation reaches --stop-return"""
+    stop_return: float | None = None
+    """the solved threshold for evaluations; default: the env's own (CartPole-v1 475, ...)"""
+    device: str = "auto"
+    """the learner's device: 'auto', 'cpu', 'cuda', ..."""
+    num_envs: int = 8
+    """self-play games played together (one batched search per move for each worker's games)"""
+    self_play_backend: Literal["inprocess", "multiprocess", "ray"] = "inprocess"
+    """where self-play workers run: in the learner's process (fastest for small models and cheap envs), in worker processes, or as Ray actors (needs the ray extra)"""
+    self_play_workers: int = 1
+    """self-play workers (each plays num_envs / workers games); 1 with --self-play-backend inprocess"""
+    self_play_moves: int = 1
+    """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
+    ray_address: str | None = None
+    """with --self-play-backend ray: a running cluster to join ('auto' or HOST:PORT); default: Ray on this machine"""
+    num_simulations: int = 25
+    """search simulations per move"""
+    gumbel: bool = False
+    """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise"""
+    discount: float = 0.997
+    """discount factor"""
+    unroll_steps: int = 5
+    """K: model steps unrolled per sample"""
+    td_steps: int = 10
+    """n of the n-step value targets"""
+    batch_size: int = 256
+    """positions per gradient step"""
+    learning_rate: float = 3e-3
+    """Adam's learning rate"""
+    weight_decay: float = 1e-4
+    """L2 regularisation of the weights"""
+    max_grad_norm: float = 5.0
+    """global gradient-norm clip"""
+    updates_per_step: float = 1.0
+    """gradient steps per env step of self-play (the replay ratio)"""
+    warmup_steps: int = 400
+    """env steps of self-play before the first gradient step"""
+    replay_capacity: int = 100_000
+    """positions kept in the replay (the oldest games leave first)"""
+    segment_length: int = 50
+    """games in progress reach the replay every this many moves (each segment also keeps the next unroll_steps + td_steps moves for its targets); 0 = whole games only, when they end"""
+    priority_alpha: float = 0.6
+    """prioritised replay's alpha (0 = uniform sampling)"""
+    priority_beta: float = 0.4
+    """prioritised replay's importance-weight exponent (1 undoes the sampling bias fully, at the price of tiny weights on the most-sampled positions)"""
+    consistency_coef: float = 0.0
+    """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
+    reanalyse_fraction: float = 1.0
+    """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
+    reanalyse_policy_fraction: float = 0.0
+    """share of sampled unrolls whose policy targets come from a new search by the latest model at the unroll's positions (the policy half of MuZero Reanalyse; costs a search of batch_size x (unroll_steps + 1) roots per update); 0 = the searches made at play time"""
+    visit_temperature: float | None = None
+    """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
+    augment_symmetries: bool = True
+    """train each sampled unroll turned by a random rotation or reflection of the board, for games that declare them (TicTacToe's 8, Connect Four's mirror)"""
+    sampling_moves: int | None = None
+    """moves at the start of each self-play game sampled at the visit temperature; later moves take the most visited action (root noise still explores). 0 = every move sampled. Default: 2 for board games (AlphaZero's num_sampling_moves: openings stay varied while the rest of the game, whose outcome the value targets learn, is played as well as the search can), 0 otherwise"""
+    hidden_state: int = 64
+    """size of the hidden state"""
+    hidden_sizes: tuple[int, ...] = (64,)
+    """hidden layer widths of each of the model's MLPs"""
+    res_channels: int = 32
+    """image observations: channels of the residual conv net"""
+    res_blocks: int = 2
+    """image observations: residual blocks in each of the representation and dynamics"""
+    support_size: int = 20
+    """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
+    eval_every: int = 2_000
+    """env steps between greedy evaluations (the search without noise); 0 = only at the end"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    runs_dir: str = "runs"
+    """folder that holds the run folders"""
+    checkpoint_every: int = 2_000
+    """env steps between checkpoints"""
+    keep_checkpoints: int = 3
+    """periodic checkpoints kept on disk"""
+    worker_timeout: float = 300.0
+    """seconds that self-play in this process or an evaluation may go without a single env step before the run counts it hung and stops with a checkpoint"""
+    max_bad_updates: int = 5
+    """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
+    resume: str | None = None
+    """a run folder (or checkpoint) to continue from; the replay starts empty again; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
+    resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """the fields a --resume takes from this config instead of the run's (set from the command line)"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+def validate_muzero(cfg: MuZeroConfig) -> None:
+    problems = []
+    for name in ("total_timesteps", "num_envs", "num_simulations", "unroll_steps", "td_steps", "batch_size",
+                 "replay_capacity", "checkpoint_every", "eval_episodes", "max_bad_updates"):  # fmt: skip
+        if getattr(cfg, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
+    for name in ("reanalyse_fraction", "reanalyse_policy_fraction"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1] (got {getattr(cfg, name)})")
+    if cfg.sampling_moves is not None and cfg.sampling_moves < 0:
+        problems.append(f"--sampling-moves must be >= 0 (0 = every move; got {cfg.sampling_moves})")
+    if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
+        problems.append(f"--visit-temperature must be > 0 (got {cfg.visit_temperature})")
+    if not 0 < cfg.discount <= 1:
+        problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
+    if cfg.segment_length < 0:
+        problems.append(f"--segment-length must be >= 0 (0 = whole games; got {cfg.segment_length})")
+    if cfg.self_play_workers < 1 or cfg.self_play_moves < 1:
+        problems.append(f"--self-play-workers and --self-play-moves must be >= 1 (got {cfg.self_play_workers}, {cfg.self_play_moves})")
+    elif cfg.self_play_backend == "inprocess" and cfg.self_play_workers != 1:
+        problems.append("--self-play-backend inprocess runs one worker; use multiprocess or ray for several")
+    elif cfg.num_envs % cfg.self_play_workers:
+        problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --self-play-workers {cfg.self_play_workers}")
+    if cfg.replay_capacity < cfg.batch_size:
+        problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
+    problems += range_problems(
+        cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "worker_timeout",
+                       "res_channels"),
+        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "keep_checkpoints", "res_blocks",
+                      "eval_every"),
+        unit=("priority_beta",),
+    )  # fmt: skip
+    problems += run_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+@dataclass
+class ModelSpaces:
+    obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
+    num_actions: int
+    masked: bool
+    """whether observations carry an action mask"""
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+
+def model_spaces(env_id: str) -> ModelSpaces:
+    observation_space, action_space = probe_spaces(env_id)
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"MuZero here plays Discrete action spaces; {env_id} has {action_space}")
+    masked = isinstance(observation_space, gym.spaces.Dict)
+    space = observation_space["obs"] if masked else observation_space
+    return ModelSpaces(tuple(space.shape), np.dtype(space.dtype), int(action_space.n), masked)
+
+
+def build_model(cfg: MuZeroConfig) -> MuZeroMLP | MuZeroResNet:
+    """MLPs for vector observations, the residual conv net for images [C, H, W]."""
+    spaces = model_spaces(cfg.env_id)
+    if spaces.is_image:
+        return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
+                            cfg.support_size, pixels=spaces.obs_dtype == np.uint8)  # fmt: skip
+    return MuZeroMLP(int(np.prod(spaces.obs_shape)), spaces.num_actions, cfg.hidden_state, cfg.hidden_sizes,
+                     cfg.support_size, cfg.support_size)  # fmt: skip
+
+
+def check_replay_fits(cfg: MuZeroConfig, spaces: ModelSpaces, memory_bytes: int | None = None) -> None:
+    """Refuse, before any work, a replay whose observations alone would take more than half this machine's
+    memory (positions are stored in the observations' own dtype: uint8 frames take a quarter of float32)."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_position = int(np.prod(spaces.obs_shape)) * spaces.obs_dtype.itemsize + 8 * (spaces.num_actions + 4)
+    if spaces.masked:
+        per_position += spaces.num_actions  # the legal moves, one byte each
+    if cfg.segment_length:
+        # each segment also stores the unroll_steps + td_steps moves after its starts
+        per_position = math.ceil(per_position * (1 + (cfg.unroll_steps + cfg.td_steps + 1) / cfg.segment_length))
+    needed = per_position * cfg.replay_capacity
+    if needed > memory_bytes / 2:
+        fits = int(memory_bytes / 2 // per_position)
+        raise ConfigError(
+            f"--replay-capacity {cfg.replay_capacity} positions of {per_position:,} bytes need "
+            f"{needed / 2**30:.1f} GiB, more than half of this machine's {memory_bytes / 2**30:.1f} GiB; "
+            f"use --replay-capacity {fits} or less"
+        )
+
+
+def is_two_player(env_id: str) -> bool:
+    return env_id.startswith("rlgames/")
+
+
+def visit_temperature(cfg: MuZeroConfig) -> float:
+    """Self-play's starting temperature: --visit-temperature, else 1 for board games, 0.25 otherwise.
+    Measured here (5k-step CartPole, 4 seeds): T = 1 plays so close to random with 25 simulations on two
+    actions that none solved; T = 0.25 solved all. On TicTacToe, T = 0.25 lost every game to the perfect
+    player at 5k and 10k steps; T = 1 lost under a third at 10k and fewer after."""
+    if cfg.visit_temperature is not None:
+        return cfg.visit_temperature
+    return 1.0 if is_two_player(cfg.env_id) else 0.25
+
+
+def sampling_moves(cfg: MuZeroConfig) -> int:
+    """Moves per self-play game sampled at the temperature: --sampling-moves, else 2 for board games and
+    0 (all) otherwise. Measured here on TicTacToe: sampling every move at T = 1 teaches values of noisy
+    play, in which a theoretically lost position is often still drawn (the model rated lost positions
+    -0.04 on average after 20k steps), so the search walked into them against the perfect player."""
+    if cfg.sampling_moves is not None:
+        return cfg.sampling_moves
+    return 2 if is_two_player(cfg.env_id) else 0
+
+
+def search_config(cfg: MuZeroConfig) -> SearchConfig:
+    return SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount,
+                        two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel)  # fmt: skip

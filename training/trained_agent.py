@@ -1,0 +1,93 @@
+"""A trained agent loaded from a run folder or checkpoint file, for the commands that play one (watch.py,
+evaluate.py): the one place that knows every algorithm's checkpoint, so the training code needs no
+loader of the other algorithm's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import tyro
+
+from envs.factory import check_env_id, probe_spaces
+from training.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    reading_contents,
+    run_dir_of,
+)
+from training.config import config_from_dict, env_kwargs
+from training.evaluation import EVAL_SEED_OFFSET
+from training.muzero_trainer import load_muzero_actor
+from training.ppo_trainer import build_agent
+
+
+@dataclass
+class TrainedAgent:
+    """A run's policy loaded from one of its checkpoints, with the config that trained it."""
+
+    algo: str
+    config: Any
+    policy: torch.nn.Module
+    checkpoint: Path
+    run_dir: Path
+    global_step: int
+    payload: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def env_id(self) -> str:
+        return self.config.env_id
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """What the run's envs were built with (StarCraft II's options; nothing for other envs)."""
+        return env_kwargs(self.config) if self.algo == "ppo" else {}
+
+    def describe(self) -> str:
+        return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
+
+
+@dataclass
+class PolicyArgs:
+    """The command-line options that say which trained policy to play and how (watch.py, evaluate.py)."""
+
+    run: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="RUN")]
+    """a run folder (its newest checkpoint is used) or a checkpoint file"""
+    best: bool = False
+    """use the run's best checkpoint by training-time evaluation (checkpoints/best.pt)"""
+    stochastic: bool = False
+    """sample actions from the policy instead of taking the most likely one"""
+    seed: int | None = None
+    """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
+
+    def load(self) -> tuple[TrainedAgent, int]:
+        """The trained agent and the seed of the first episode."""
+        trained = load_trained_agent(self.run, best=self.best)
+        return trained, self.seed if self.seed is not None else trained.config.seed + EVAL_SEED_OFFSET
+
+
+def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
+    """The policy of a run folder's newest checkpoint (its best with best=True) or of a checkpoint file,
+    rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights."""
+    checkpoint = find_checkpoint(path, best=best)
+    payload = load_checkpoint(checkpoint)
+    algo = payload.get("algo")
+    if algo == "ppo":
+        with reading_contents(checkpoint):
+            cfg = config_from_dict(json.loads(payload["config"]))
+            check_env_id(cfg.env_id)
+            policy = build_agent(cfg, *probe_spaces(cfg.env_id, env_kwargs(cfg)))
+            policy.load_state_dict(payload["learner"]["model"])
+    elif algo == "muzero":
+        with reading_contents(checkpoint):
+            cfg, policy = load_muzero_actor(payload)
+    else:
+        raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
+    policy.eval()
+    with reading_contents(checkpoint):
+        step = int(payload["global_step"])
+    return TrainedAgent(algo, cfg, policy, checkpoint, run_dir_of(checkpoint), step, payload)
