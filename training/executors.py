@@ -30,9 +30,8 @@ import torch
 
 from agents.networks import PolicyValueNet
 from training.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
-from training.worker_processes import (  # noqa: F401 - also importable from here
+from training.worker_processes import (
     MIN_STARTUP_TIMEOUT,
-    NO_REPLY,
     WORKER_RESTART_SEED_STRIDE,
     receive_reply,
     serve_commands,
