@@ -248,3 +248,25 @@ def test_resume_refuses_a_flag_that_would_change_the_run(short_run, capsys):
     code = run_cli(lambda: train_muzero.main(["--resume", str(run_dir), "--num-simulations", "50"]))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "--num-simulations with --resume" in err, err
+
+
+def test_the_dashboard_is_muzeros_and_charts_every_tag_it_logs(short_run):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from training.muzero_trainer import MUZERO_DASHBOARD_LAYOUT
+
+    _, run_dir = short_run
+    layout = None
+    for path in run_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "custom_scalars__config__":
+                    layout = layout_pb2.Layout.FromString(value.tensor.string_val[0])
+    assert layout is not None and [c.title for c in layout.category] == list(MUZERO_DASHBOARD_LAYOUT)
+    patterns = [tag for c in layout.category for chart in c.chart for tag in chart.multiline.tag]
+    assert not any("approx_kl" in p or "clipfrac" in p for p in patterns)  # PPO's charts are not MuZero's
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    uncharted = [t for t in acc.Tags()["scalars"] if not any(re.fullmatch(p, t) for p in patterns)]
+    assert not uncharted, uncharted

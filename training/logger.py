@@ -96,10 +96,11 @@ class RunLogger:
             self.writer.add_text("hyperparameters", config_markdown(config), global_step=resumed_at or 0)
             provenance.write_json_atomically(self.run_dir / CONFIG_FILE, config)
 
-    def dashboards(self, hparams: dict) -> None:
-        """The custom-scalars layout, and this run's hyperparameters for the HParams tab (where runs are
-        compared by HPARAM_METRICS). Values other than numbers, strings and booleans are shown as text."""
-        self.writer.add_custom_scalars(DASHBOARD_LAYOUT)
+    def dashboards(self, hparams: dict, layout: dict = DASHBOARD_LAYOUT) -> None:
+        """The custom-scalars layout (the algorithm's own page; PPO's by default), and this run's
+        hyperparameters for the HParams tab (where runs are compared by HPARAM_METRICS). Values other
+        than numbers, strings and booleans are shown as text."""
+        self.writer.add_custom_scalars(layout)
         plain = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in hparams.items()}
         file_writer = self.writer._get_file_writer()
         for summary in hparams_summaries(plain, dict.fromkeys(HPARAM_METRICS, 0.0)):

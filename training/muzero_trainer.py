@@ -111,6 +111,35 @@ class MuZeroResult:
     """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
 
 
+# MuZero's page in TensorBoard's Custom Scalars tab (PPO's, training.logger.DASHBOARD_LAYOUT, has KL and
+# clip-fraction charts that MuZero never logs): every tag a MuZero run logs has a chart here.
+MUZERO_DASHBOARD_LAYOUT = {
+    "1. Return": {
+        "return: training episodes and greedy search evaluation": [
+            "Multiline", ["charts/episodic_return", "eval/episodic_return", "eval/episodic_return_std"],
+        ],
+        "episode length: training and evaluation": ["Multiline", ["charts/episodic_length", "eval/episodic_length"]],
+        "board games: moves that give the draw away against perfect play": ["Multiline", ["eval/losing_moves"]],
+    },
+    "2. Losses": {
+        "value, reward and policy loss (and consistency, when on)": ["Multiline", ["losses/.*_loss"]],
+        "total loss and gradient norm": ["Multiline", ["losses/loss", "losses/grad_norm"]],
+    },
+    "3. Search": {
+        "root value": ["Multiline", ["search/root_value"]],
+        "root visit entropy and self-play temperature": ["Multiline", ["search/root_visit_entropy", "charts/visit_temperature"]],
+    },
+    "4. System": {
+        "env steps per second": ["Multiline", ["charts/SPS"]],
+        "gradient steps and replay positions": ["Multiline", ["charts/updates", "charts/replay_positions"]],
+        "seconds of self-play per round": ["Multiline", ["time/self_play_seconds"]],
+    },
+    "5. Faults": {
+        "skipped updates, env and worker restarts, dropped games, non-finite steps": ["Multiline", ["faults/.*"]],
+    },
+}  # fmt: skip
+
+
 def _saved_config(payload: dict) -> MuZeroConfig:
     names = {f.name for f in dataclasses.fields(MuZeroConfig)}
     saved = MuZeroConfig(**{k: v for k, v in json.loads(payload["config"]).items() if k in names})
@@ -172,7 +201,7 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
     config_dict = dataclasses.asdict(cfg)
     logger = RunLogger(run_dir, config_dict, resumed_at=global_step if payload is not None else None)
     if payload is None:
-        logger.dashboards(config_dict)
+        logger.dashboards(config_dict, MUZERO_DASHBOARD_LAYOUT)
     evaluator = TrainingEvaluator(cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every,
                                   False, 1, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf)  # fmt: skip
     actor = MuZeroActor(actor_model, search, seed=cfg.seed)
