@@ -4,7 +4,7 @@ clean timeline when a run resumes from an older checkpoint, and signals that sto
 - The lock is `fcntl.flock` on RUN_DIR/.lock, holding the owner's PID: the kernel drops it when the
   process dies, however it dies, so a killed run never leaves a stale lock behind.
 - Resuming from a checkpoint older than the folder's newest (best.pt, or an explicit step file) starts a
-  new timeline: the newer files of the abandoned one are moved into checkpoints/abandoned_<time>/ (never
+  new timeline: the newer files of the abandoned one are moved into checkpoints/abandoned_<time>_<pid>/ (never
   deleted), so the rotation of the new timeline's checkpoints cannot remove what it has just written.
 - A stop (SIGINT, SIGTERM, the watchdog: training.interrupts) in the training loop saves a checkpoint
   first, with further signals held off, and the command ends with one line naming it.
@@ -127,7 +127,7 @@ def crashed_with_checkpoint(run_dir: Path | None, step: int, checkpoint: Callabl
     else:
         try:
             saved = f"the state before it is saved in {checkpoint()}"
-        except Exception as e:  # noqa: BLE001 - the crash itself is what the user must see next
+        except Exception as e:  # the crash itself is what the user must see next, not this one
             saved = f"saving the state failed too ({str(e).strip()[:200]}); the last good checkpoint is {last}"
     resume = f"; continue with --resume {run_dir}" if run_dir is not None else ""
     print(f"crashed at env step {step}: {saved}{resume} (the traceback follows)", file=sys.stderr)
