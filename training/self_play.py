@@ -28,6 +28,7 @@ from training.muzero_config import MuZeroConfig, build_model, sampling_moves, se
 from training.ray_cluster import connect_ray
 from training.replay import Game
 from training.worker_processes import (
+    ENV_RESTART_SEED_STRIDE,
     MIN_STARTUP_TIMEOUT,
     NO_REPLY,
     WORKER_RESTART_SEED_STRIDE,
@@ -75,10 +76,6 @@ class _GameRecord:
                        self.legal_actions):  # fmt: skip
             del values[:starts]
         return segment
-
-
-# Envs rebuilt after a fault start from seeds this far apart, away from the other workers' envs.
-ENV_RESTART_SEED_STRIDE = 1_000_033
 
 
 def _finite_rows(features: np.ndarray) -> np.ndarray:
