@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 import train_ppo  # noqa: E402
 
 
-def _cli_error(capsys, *argv: str) -> str:
-    code = run_cli(lambda: train_ppo.main(list(argv)))
+def _cli_error(capsys, *argv: str, command=train_ppo) -> str:
+    code = run_cli(lambda: command.main(list(argv)))
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert err.startswith("error: ") and "\n" not in err, err
@@ -117,9 +117,7 @@ def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
 def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):
     import train_muzero
 
-    code = run_cli(lambda: train_muzero.main(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert expected in _cli_error(capsys, *argv, command=train_muzero)
 
 
 def test_a_runs_folder_that_is_a_file_or_read_only(capsys, tmp_path):
