@@ -31,8 +31,8 @@ import tyro
 from envs.factory import solved_return
 from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
-from training.config import ConfigError, PPOConfig, apply_preset
 from training.plots import plot_seed_band
+from training.ppo.config import ConfigError, PPOConfig, apply_preset
 from training.provenance import collect, describe
 
 
@@ -115,7 +115,7 @@ def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> 
 
 
 def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
-    from training.ppo_trainer import train
+    from training.ppo.train import train
 
     result = train(cfg)
     threshold = solved_return(cfg.env_id, cfg.stop_return)
@@ -274,8 +274,8 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
 
 def muzero_report(args: BenchmarkArgs) -> list[str]:
     """Search throughput table, then one line per seed of the CartPole solve runs and their summary."""
-    from training.muzero_benchmark import search_throughput, time_to_solve
-    from training.muzero_trainer import MuZeroConfig
+    from training.muzero.benchmark import search_throughput, time_to_solve
+    from training.muzero.train import MuZeroConfig
 
     # Evaluations as the issue's target measures them: 20 greedy episodes every 1,000 env steps.
     base = MuZeroConfig(eval_every=1_000, eval_episodes=20)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from training.cli import run_cli, run_footer
-from training.config import parse_ppo_config
-from training.ppo_trainer import train
+from training.ppo.config import parse_ppo_config
+from training.ppo.train import train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,16 +65,16 @@ for _id, _kwargs in (("tests/CrashingEnv-v0", {}), ("tests/AlwaysCrashingEnv-v0"
 
 class EvaluationCrashingEnv(CrashingEnv):
     """Never crashes in training; raises on the first step of any episode started from an evaluation
-    seed (training.evaluation.EVAL_SEED_OFFSET and up): a crash in the loop outside env stepping."""
+    seed (training.seeds.evaluation_seed and up): a crash in the loop outside env stepping."""
 
     def __init__(self):
         super().__init__(crash_at=10**12)
 
     def reset(self, seed=None, options=None):
-        from training.evaluation import EVAL_SEED_OFFSET
+        from training.seeds import EVALUATION_OFFSET, RESEEDED_START
 
         if seed is not None:
-            self.crash_at = 0 if seed >= EVAL_SEED_OFFSET else 10**12
+            self.crash_at = 0 if EVALUATION_OFFSET <= seed < RESEEDED_START else 10**12
         return super().reset(seed=seed, options=options)
 
 
@@ -91,10 +91,10 @@ class HangingEnv(CrashingEnv):
         self.hang_at = hang_at
 
     def reset(self, seed=None, options=None):
-        from training.evaluation import EVAL_SEED_OFFSET
+        from training.seeds import EVALUATION_OFFSET, RESEEDED_START
 
         if self.hang_at is None and seed is not None:
-            self.hanging = seed >= EVAL_SEED_OFFSET
+            self.hanging = EVALUATION_OFFSET <= seed < RESEEDED_START
         return super().reset(seed=seed, options=options)
 
     def step(self, action):

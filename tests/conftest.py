@@ -50,8 +50,8 @@ def short_cartpole_run(tmp_path_factory):
     updates: enough to hold checkpoints, a best checkpoint, videos and every dashboard tag."""
     import dataclasses
 
-    from training.config import PPOConfig, apply_preset
-    from training.ppo_trainer import train
+    from training.ppo.config import PPOConfig, apply_preset
+    from training.ppo.train import train
 
     cfg = dataclasses.replace(
         apply_preset(PPOConfig(env_id="CartPole-v1")), runs_dir=str(tmp_path_factory.mktemp("runs")),

@@ -10,9 +10,9 @@ import torch
 from agents.networks import ActorCritic
 from envs import probe_spaces
 from training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from training.config import PPOConfig, apply_preset
-from training.executors import InProcessExecutor
-from training.ppo_trainer import PPOLearner, build_agent
+from training.ppo.config import PPOConfig, apply_preset
+from training.ppo.executors import InProcessExecutor
+from training.ppo.train import PPOLearner, build_agent
 
 
 def test_save_is_atomic_and_keeps_the_newest(tmp_path):

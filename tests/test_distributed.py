@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from envs import probe_spaces
-from training.config import PPOConfig
 from training.distributed import DataParallel, run_data_parallel
-from training.executors import InProcessExecutor
-from training.ppo_trainer import PPOLearner, build_agent, train
+from training.ppo.config import PPOConfig
+from training.ppo.executors import InProcessExecutor
+from training.ppo.train import PPOLearner, build_agent, train
 
 CFG = PPOConfig(env_id="CartPole-v1", preset="cleanrl", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=3,
                 normalize_obs=True, normalize_reward=True, target_kl=0.002, eval_every=0, progress=False)  # fmt: skip

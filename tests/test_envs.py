@@ -11,8 +11,8 @@ import torch
 from agents.networks import ActorCritic
 from envs import make_vector_env, probe_spaces
 from envs.factory import make_env
-from training.config import PPOConfig, apply_preset
-from training.ppo_trainer import train
+from training.ppo.config import PPOConfig, apply_preset
+from training.ppo.train import train
 
 
 def test_vector_env_uses_same_step_autoreset():
@@ -145,7 +145,7 @@ class _ResetCounting(gym.Env):
 def test_a_rollout_worker_resets_each_env_once():
     """One reset per env at start (a StarCraft II env launches its game at each first reset)."""
     from agents.networks import ActorCritic
-    from training.rollout import RolloutWorker, allocate_rollout_arrays
+    from training.ppo.rollout import RolloutWorker, allocate_rollout_arrays
 
     if "tests/ResetCounting-v0" not in gym.registry:
         gym.register("tests/ResetCounting-v0", entry_point=_ResetCounting)

@@ -10,11 +10,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.networks import ActorCritic
 from training.checkpoint import CheckpointError
 from training.evaluation import (
-    EVAL_SEED_OFFSET,
     evaluate_policy,
     make_render_env,
     play_episode,
 )
+from training.seeds import evaluation_seed
 from training.trained_agent import load_trained_agent
 
 
@@ -98,8 +98,8 @@ def test_capture_video_writes_files_and_tensorboard_gifs(short_cartpole_run):
     # The last video is the final policy's greedy episode from the evaluation seed: replaying it gives
     # an episode exactly as long as the video.
     final = load_trained_agent(result.run_dir)
-    env = make_render_env(cfg.env_id, cfg.seed + EVAL_SEED_OFFSET)
-    episode = play_episode(final.policy, env, cfg.seed + EVAL_SEED_OFFSET)
+    env = make_render_env(cfg.env_id, evaluation_seed(cfg.seed))
+    episode = play_episode(final.policy, env, evaluation_seed(cfg.seed))
     env.close()
     assert imageio.get_reader(videos[-1]).count_frames() == episode.length + 1  # and the final state
     acc = EventAccumulator(str(result.run_dir), size_guidance={"images": 0})
@@ -125,7 +125,7 @@ def test_resume_keeps_the_best_evaluation_score(short_cartpole_run, tmp_path):
     import shutil
 
     from training.checkpoint import load_checkpoint
-    from training.ppo_trainer import train
+    from training.ppo.train import train
 
     cfg, result = short_cartpole_run
     run = shutil.copytree(result.run_dir, tmp_path / result.run_dir.name)

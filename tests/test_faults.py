@@ -9,9 +9,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from envs import probe_spaces
 from training.checkpoint import load_checkpoint
-from training.config import PPOConfig
-from training.executors import InProcessExecutor
-from training.ppo_trainer import PPOLearner, TrainingDiverged, build_agent, train
+from training.ppo.config import PPOConfig
+from training.ppo.executors import InProcessExecutor
+from training.ppo.train import PPOLearner, TrainingDiverged, build_agent, train
 
 
 def _cfg(tmp_path, env_id, **kw) -> PPOConfig:
@@ -64,7 +64,7 @@ def test_nan_updates_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp
 
 
 def test_max_bad_updates_must_be_positive(tmp_path):
-    from training.config import ConfigError, validate
+    from training.ppo.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match="--max-bad-updates must be > 0"):
         validate(dataclasses.replace(_cfg(tmp_path, "CartPole-v1"), max_bad_updates=0))
@@ -72,7 +72,7 @@ def test_max_bad_updates_must_be_positive(tmp_path):
 
 def _worker(env_id, num_envs=2, num_steps=64, seed=0):
     from agents.networks import ActorCritic
-    from training.rollout import RolloutWorker, allocate_rollout_arrays
+    from training.ppo.rollout import RolloutWorker, allocate_rollout_arrays
 
     obs_space, act_space = probe_spaces(env_id)
     arrays = allocate_rollout_arrays(obs_space, act_space, num_steps, num_envs)
@@ -108,7 +108,7 @@ def test_an_env_that_keeps_raising_is_an_error():
 
 def _multiprocess(worker_timeout=60.0):
     from agents.networks import ActorCritic
-    from training.executors import MultiprocessExecutor
+    from training.ppo.executors import MultiprocessExecutor
 
     obs_space, act_space = probe_spaces("CartPole-v1")
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.mcts import SearchConfig, run_search
+from agents.muzero.policies import run_policy
+from agents.muzero.search import RootFnOutput, SearchConfig
 
 EXACT = dict(root_exploration_fraction=0.0, discount=1.0)
 
@@ -18,7 +19,7 @@ def _bandit_fn(embeddings, actions):
 
 def test_three_simulations_by_hand():
     cfg = SearchConfig(num_simulations=3, **EXACT)
-    result = run_search(torch.zeros(1, 1), np.array([[0.0, 0.1]]), np.array([0.0]), _bandit_fn, cfg,
+    result = run_policy(RootFnOutput(torch.zeros(1, 1), np.array([[0.0, 0.1]]), np.array([0.0])), _bandit_fn, cfg,
                         np.random.default_rng(0))  # fmt: skip
     # Sim 1: the root (1 visit) follows the prior to action 1 (P 0.525): reward 0, value 0.
     # Sim 2: Q(1) = 0, the unvisited action 0 scores its prior term 0.475 sqrt(2) c > 0.525 sqrt(2) / 2 c:
@@ -28,7 +29,7 @@ def test_three_simulations_by_hand():
     assert result.visit_counts.tolist() == [[2, 1]]
     np.testing.assert_allclose(result.q_values, [[1.5, 0.0]])
     np.testing.assert_allclose(result.root_value, [(0 + 0 + 1 + 2) / 4])
-    np.testing.assert_allclose(result.policy, [[2 / 3, 1 / 3]])
+    np.testing.assert_allclose(result.action_weights, [[2 / 3, 1 / 3]])
     tree = result.tree
     assert (tree.min_q[0], tree.max_q[0]) == (0.0, 1.5)
     assert tree.children[0, 0].tolist() == [2, 1] and tree.children[0, 2].tolist() == [3, -1]
@@ -45,7 +46,7 @@ def _jackpot_fn(embeddings, actions):
 
 def test_search_finds_the_winning_move_for_every_root_in_the_batch():
     cfg = SearchConfig(num_simulations=16, discount=0.99)
-    result = run_search(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8), _jackpot_fn, cfg, np.random.default_rng(1))
+    result = run_policy(RootFnOutput(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8)), _jackpot_fn, cfg, np.random.default_rng(1))
     assert (result.visit_counts.argmax(-1) == 2).all()
     assert result.visit_counts.sum(-1).tolist() == [16] * 8
 
@@ -84,14 +85,14 @@ def _root(cells: str):
 def test_search_finds_the_best_tictactoe_move(cells, best):
     embedding, legal = _root(cells)
     cfg = SearchConfig(num_simulations=400, discount=1.0, two_player=True, root_exploration_fraction=0.0)
-    result = run_search(embedding, np.zeros((1, 9)), np.zeros(1), _tictactoe_fn, cfg, np.random.default_rng(0), legal)
+    result = run_policy(RootFnOutput(embedding, np.zeros((1, 9)), np.zeros(1)), _tictactoe_fn, cfg, np.random.default_rng(0), legal)
     assert result.visit_counts[0].argmax() == best, result.visit_counts
 
 
 def test_invalid_actions_get_no_visits_even_with_root_noise():
     legal = np.array([[True, False, True, False]] * 4)
     cfg = SearchConfig(num_simulations=30, root_exploration_fraction=0.5, dirichlet_alpha=0.3)
-    result = run_search(torch.zeros(4, 1), np.array([[0.0, 5.0, 0.0, 5.0]] * 4), np.zeros(4), _jackpot_fn, cfg,
+    result = run_policy(RootFnOutput(torch.zeros(4, 1), np.array([[0.0, 5.0, 0.0, 5.0]] * 4), np.zeros(4)), _jackpot_fn, cfg,
                         np.random.default_rng(2), legal)  # fmt: skip
     assert (result.visit_counts[:, [1, 3]] == 0).all() and (result.visit_counts.sum(-1) == 30).all()
     assert (result.tree.prior[:, 0, [1, 3]] == 0).all()
@@ -107,7 +108,7 @@ def _arms_fn(embeddings, actions):
 
 
 def test_sequential_halving_schedule_by_hand():
-    from agents.mcts import considered_visit_sequence
+    from agents.muzero.policies import considered_visit_sequence
 
     # m = 4, 8 simulations: every action once, then the best 2 twice more each.
     assert considered_visit_sequence(4, 8).tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
@@ -116,12 +117,12 @@ def test_sequential_halving_schedule_by_hand():
 
 def test_gumbel_with_four_simulations_finds_the_best_arm():
     cfg = SearchConfig(num_simulations=4, gumbel=True, discount=1.0)
-    result = run_search(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3), _arms_fn, cfg, np.random.default_rng(0))
+    result = run_policy(RootFnOutput(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3)), _arms_fn, cfg, np.random.default_rng(0))
     assert (result.visit_counts == 1).all()  # each of the 4 considered arms once
-    assert (result.policy.argmax(-1) == 2).all()
-    np.testing.assert_allclose(result.policy.sum(-1), 1.0)
+    assert (result.action_weights.argmax(-1) == 2).all()
+    np.testing.assert_allclose(result.action_weights.sum(-1), 1.0)
     # The action is a sample of the improved policy (through the Gumbel noise); without noise it is its argmax.
-    greedy = run_search(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3), _arms_fn,
+    greedy = run_policy(RootFnOutput(torch.zeros(3, 1), np.zeros((3, 4)), np.zeros(3)), _arms_fn,
                         SearchConfig(num_simulations=4, gumbel=True, gumbel_scale=0.0), np.random.default_rng(0))  # fmt: skip
     assert (greedy.action == 2).all()
 
@@ -130,17 +131,17 @@ def test_gumbel_with_four_simulations_finds_the_best_arm():
 def test_gumbel_with_few_simulations_improves_on_the_prior(simulations):
     cfg = SearchConfig(num_simulations=simulations, gumbel=True, discount=1.0)
     rng = np.random.default_rng(0)
-    result = run_search(torch.zeros(256, 1), np.zeros((256, 4)), np.zeros(256), _arms_fn, cfg, rng)
+    result = run_policy(RootFnOutput(torch.zeros(256, 1), np.zeros((256, 4)), np.zeros(256)), _arms_fn, cfg, rng)
     # The prior (uniform) earns 0.425 on average; the improved policy must do better in expectation,
     # although each root saw only `simulations` of the 4 arms.
-    assert (result.policy @ ARMS).mean() > 0.425 + 0.1
+    assert (result.action_weights @ ARMS).mean() > 0.425 + 0.1
     assert (ARMS[result.action]).mean() > 0.425 + 0.1
 
 
 def test_gumbel_never_considers_invalid_actions():
     legal = np.array([[True, False, True, True]] * 8)
     cfg = SearchConfig(num_simulations=12, gumbel=True, max_considered_actions=2)
-    result = run_search(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8), _arms_fn, cfg, np.random.default_rng(3), legal)
-    assert (result.visit_counts[:, 1] == 0).all() and (result.policy[:, 1] == 0).all()
+    result = run_policy(RootFnOutput(torch.zeros(8, 1), np.zeros((8, 4)), np.zeros(8)), _arms_fn, cfg, np.random.default_rng(3), legal)
+    assert (result.visit_counts[:, 1] == 0).all() and (result.action_weights[:, 1] == 0).all()
     assert ((result.visit_counts > 0).sum(-1) == 2).all()  # m = 2 considered actions
     assert legal[0, result.action].all()

@@ -4,8 +4,8 @@ solve runs in fresh processes."""
 import numpy as np
 import torch
 
-from training.muzero_benchmark import constant_model, search_throughput, time_to_solve
-from training.muzero_trainer import MuZeroConfig
+from training.muzero.benchmark import constant_model, search_throughput, time_to_solve
+from training.muzero.train import MuZeroConfig
 
 
 def test_constant_model_keeps_the_state_and_returns_nothing_to_learn_from():

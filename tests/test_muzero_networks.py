@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from agents.mcts import SearchConfig, run_search
-from agents.muzero_networks import (
+from agents.muzero.networks import (
     MuZeroMLP,
     MuZeroResNet,
     root_inference,
     scale_hidden_state,
     search_callback,
 )
-from agents.value_transform import support_to_scalar
+from agents.muzero.policies import run_policy
+from agents.muzero.search import RootFnOutput, SearchConfig
+from agents.muzero.value_transform import support_to_scalar
 
 
 def test_hidden_states_are_scaled_to_the_unit_interval_per_sample():
@@ -38,7 +39,7 @@ def test_inference_shapes_and_a_neutral_start():
 def test_the_model_drives_a_batched_search():
     model = MuZeroMLP(obs_dim=4, num_actions=2)
     state, logits, value = root_inference(model, np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
-    result = run_search(state, logits, value, search_callback(model), SearchConfig(num_simulations=10),
+    result = run_policy(RootFnOutput(state, logits, value), search_callback(model), SearchConfig(num_simulations=10),
                         np.random.default_rng(0))  # fmt: skip
     assert result.visit_counts.shape == (16, 2) and (result.visit_counts.sum(-1) == 10).all()
     assert result.tree.embeddings.shape == (16, 11, 64)
@@ -80,6 +81,6 @@ def test_the_residual_net_for_images_keeps_muzeros_interface():
     (value2.sum() + reward.sum() + policy2.sum()).backward()
     assert model.representation[0][0].weight.grad is not None  # differentiable through the unroll
     state, logits, root_value = root_inference(model, frames.numpy())
-    result = run_search(state, logits, root_value, search_callback(model), SearchConfig(num_simulations=8),
+    result = run_policy(RootFnOutput(state, logits, root_value), search_callback(model), SearchConfig(num_simulations=8),
                         np.random.default_rng(0))  # fmt: skip
     assert (result.visit_counts.sum(-1) == 8).all()

@@ -17,7 +17,7 @@ import torch
 
 from agents.networks import ActorCritic
 from envs import probe_spaces
-from training.executors import InProcessExecutor
+from training.ppo.executors import InProcessExecutor
 
 # Not importorskip: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported, and the executor sets
 # it (for loopback addresses) before importing Ray; importing it here first would defeat that.
@@ -129,7 +129,7 @@ def test_the_suite_stops_only_the_ray_head_it_started(tmp_path):
 
 
 def _executors(address):
-    from training.ray_executor import RayExecutor
+    from training.ppo.ray_executor import RayExecutor
 
     obs_space, act_space = probe_spaces("CartPole-v1")
     torch.manual_seed(0)
@@ -203,8 +203,8 @@ def test_train_ppo_starts_and_stops_its_own_ray_on_a_fresh_machine(tmp_path):
 def test_ray_backend_without_ray_names_the_extra(monkeypatch):
     import builtins
 
-    from training.config import ConfigError
-    from training.ray_executor import _import_ray
+    from training.ppo.config import ConfigError
+    from training.ppo.ray_executor import _import_ray
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
@@ -214,7 +214,7 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch):
 
 
 def test_ray_address_needs_the_ray_backend():
-    from training.config import ConfigError, PPOConfig, validate
+    from training.ppo.config import ConfigError, PPOConfig, validate
 
     with pytest.raises(ConfigError, match="--ray-address is for --backend ray"):
         validate(PPOConfig(backend="inprocess", ray_address="auto"))
@@ -223,7 +223,7 @@ def test_ray_address_needs_the_ray_backend():
 def test_ray_async_collection_lags_one_version(ray_head):
     from test_rollout import _check_async_versions
 
-    from training.ray_executor import RayExecutor
+    from training.ppo.ray_executor import RayExecutor
 
     obs_space, act_space = probe_spaces("CartPole-v1")
     torch.manual_seed(0)
@@ -234,8 +234,8 @@ def test_ray_async_collection_lags_one_version(ray_head):
 
 
 def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
-    from training.muzero_trainer import MuZeroConfig, build_model
-    from training.self_play import RaySelfPlay, SelfPlayWorker
+    from training.muzero.self_play import RaySelfPlay, SelfPlayWorker
+    from training.muzero.train import MuZeroConfig, build_model
 
     cfg = MuZeroConfig(num_envs=2, num_simulations=4)
     torch.manual_seed(3)
@@ -259,8 +259,8 @@ def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
 
 
 def test_a_killed_self_play_actor_is_replaced_and_counted(ray_head):
-    from training.muzero_trainer import MuZeroConfig, build_model
-    from training.self_play import RaySelfPlay
+    from training.muzero.self_play import RaySelfPlay
+    from training.muzero.train import MuZeroConfig, build_model
 
     cfg = MuZeroConfig(num_envs=2, num_simulations=4)
     remote = RaySelfPlay(cfg, [(1, 20), (1, 21)], ray_address=ray_head, timeout=60)

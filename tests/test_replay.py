@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.replay import Game, PrioritizedReplay
+from training.muzero.replay import Game, PrioritizedReplay
 
 
 def _game(length, priorities=None):

@@ -6,7 +6,7 @@ import torch
 
 from agents.networks import ActorCritic
 from envs import probe_spaces
-from training.executors import InProcessExecutor, MultiprocessExecutor
+from training.ppo.executors import InProcessExecutor, MultiprocessExecutor
 
 
 def _executor(cls, env_id, num_envs=4, num_workers=2, num_steps=64, seed=3):

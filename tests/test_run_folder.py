@@ -202,8 +202,8 @@ def test_a_crash_in_the_loop_saves_the_state_before_it(tmp_path, capsys):
     the state between two updates is saved and named before the error goes on up."""
     import dataclasses
 
-    from training.config import PPOConfig
-    from training.ppo_trainer import train
+    from training.ppo.config import PPOConfig
+    from training.ppo.train import train
 
     cfg = dataclasses.replace(PPOConfig(env_id="tests/EvaluationCrashingEnv-v0"), runs_dir=str(tmp_path), num_envs=2,
                               num_steps=64, total_timesteps=4096, eval_every=512, eval_episodes=2, progress=False)  # fmt: skip

@@ -18,9 +18,9 @@ from envs import probe_spaces
 from envs.factory import check_env_id, make_env
 from envs.sc2 import ARGUMENT_TYPES, SC2Interface, SC2NotFoundError, SC2Options, StarCraft2Env
 from envs.sc2_compat import import_pysc2
-from training.config import PPOConfig, env_kwargs
-from training.ppo_trainer import PPOLearner, build_agent
-from training.rollout import RolloutWorker, allocate_rollout_arrays
+from training.ppo.config import PPOConfig, env_kwargs
+from training.ppo.rollout import RolloutWorker, allocate_rollout_arrays
+from training.ppo.train import PPOLearner, build_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = SC2Options(screen_size=16, minimap_size=16)
@@ -215,7 +215,7 @@ def test_a_ppo_update_runs_on_a_mock_rollout(tmp_path):
     stats = worker.collect()
     worker.close()
     assert len(stats.episode_returns) == 2 * (32 // 10)  # 10-step mock episodes
-    from training.rollout import Rollout
+    from training.ppo.rollout import Rollout
 
     rollout = Rollout.from_arrays(arrays, 0, [stats])
     available = rollout.obs["available_actions"].reshape(-1, act_space.nvec[0])

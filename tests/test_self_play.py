@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.muzero import make_targets
-from training.muzero_trainer import MuZeroConfig, build_model, train_muzero
-from training.replay import Game
-from training.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker, _GameRecord
+from agents.muzero.loss import make_targets
+from training.muzero.replay import Game
+from training.muzero.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker, _GameRecord
+from training.muzero.train import MuZeroConfig, build_model, train_muzero
 
 CFG = MuZeroConfig(num_envs=2, num_simulations=4)
 

@@ -153,8 +153,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 
 
 def test_async_rollouts_train_with_a_lag_of_one_version(tmp_path):
-    from training.config import PPOConfig, apply_preset
-    from training.ppo_trainer import train
+    from training.ppo.config import PPOConfig, apply_preset
+    from training.ppo.train import train
 
     cfg = apply_preset(PPOConfig(env_id="CartPole-v1"))
     cfg = dataclasses.replace(cfg, async_rollouts=True, backend="multiprocess", num_workers=2, total_timesteps=20480,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.value_transform import h, h_inverse, scalar_to_support, support_to_scalar
+from agents.muzero.value_transform import h, h_inverse, scalar_to_support, support_to_scalar
 
 
 def test_h_by_hand_and_its_inverse_round_trips():

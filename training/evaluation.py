@@ -28,6 +28,7 @@ from training.checkpoint import (
 )
 from training.interrupts import beat
 from training.logger import RunLogger
+from training.seeds import evaluation_seed
 from training.video import (
     LiveViewer,
     PreviewFrames,
@@ -35,10 +36,6 @@ from training.video import (
     overlay_text,
     use_dummy_video_driver_if_headless,
 )
-
-# Evaluation episodes start from seeds far from the training envs' (seed .. seed + num_envs - 1), so the
-# score is measured on starts the agent did not train on, and on the same starts at every evaluation.
-EVAL_SEED_OFFSET = 10_000_019
 
 
 @dataclass
@@ -320,7 +317,7 @@ class TrainingEvaluator:
         # run_dir None: a learner that does not write (data-parallel ranks other than 0).
         self.env_id, self.logger, self.env_kwargs = env_id, logger, env_kwargs
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.seed = seed + EVAL_SEED_OFFSET
+        self.seed = evaluation_seed(seed)
         self.episodes, self.eval_every = episodes, eval_every
         self.capture_video, self.video_every = capture_video, video_every
         self.best_return = best_return

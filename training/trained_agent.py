@@ -20,10 +20,10 @@ from training.checkpoint import (
     reading_contents,
     run_dir_of,
 )
-from training.config import config_from_dict, env_kwargs
-from training.evaluation import EVAL_SEED_OFFSET
-from training.muzero_trainer import load_muzero_actor
-from training.ppo_trainer import build_agent
+from training.muzero.train import load_muzero_actor
+from training.ppo.config import config_from_dict, env_kwargs
+from training.ppo.train import build_agent
+from training.seeds import evaluation_seed
 
 
 @dataclass
@@ -67,7 +67,7 @@ class PolicyArgs:
     def load(self) -> tuple[TrainedAgent, int]:
         """The trained agent and the seed of the first episode."""
         trained = load_trained_agent(self.run, best=self.best)
-        return trained, self.seed if self.seed is not None else trained.config.seed + EVAL_SEED_OFFSET
+        return trained, self.seed if self.seed is not None else evaluation_seed(trained.config.seed)
 
 
 def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agents.value_transform import scalar_to_support, support_to_scalar
+from agents.muzero.value_transform import scalar_to_support, support_to_scalar
 
 
 @dataclass

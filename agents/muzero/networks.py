@@ -4,7 +4,7 @@ value), here as MLPs for vector observations.
 
 Hidden states are min-max scaled to [0, 1] per sample (appendix G), which keeps the dynamics' inputs in
 one range however deep the unroll goes. Rewards and values are categorical over the transformed support
-of agents.value_transform.
+of agents.muzero.value_transform.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.mcts import RecurrentFn
-from agents.value_transform import h_inverse, support_to_scalar
+from agents.muzero.search import RecurrentFn, RecurrentFnOutput, RootFnOutput
+from agents.muzero.value_transform import h_inverse, support_to_scalar
 
 
 def scale_hidden_state(state: torch.Tensor) -> torch.Tensor:
@@ -222,7 +222,7 @@ class _FusedRecurrent:
             expected = torch.stack([out[0, :, : len(reward_support)].softmax(-1) @ reward_support,
                                     out[2, :, : len(value_support)].softmax(-1) @ value_support])  # fmt: skip
         reward, value = h_inverse(expected.numpy())  # support_to_scalar's last step (float64 out)
-        return reward, next_state, out[1, :, : self.num_actions].numpy(), value
+        return RecurrentFnOutput(reward, next_state, out[1, :, : self.num_actions].numpy(), value)
 
 
 def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
@@ -236,14 +236,14 @@ def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
         next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
         reward = support_to_scalar(reward_logits, model.reward_support_size)
         value = support_to_scalar(value_logits, model.support_size)
-        return reward.double().numpy(), next_state, policy_logits.double().numpy(), value.double().numpy()
+        return RecurrentFnOutput(reward.double().numpy(), next_state, policy_logits.double().numpy(), value.double().numpy())
 
     return recurrent_fn
 
 
-def root_inference(model: MuZeroMLP, obs: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(hidden states, prior logits, values) of a batch of observations, for run_search's roots."""
+def root_inference(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> RootFnOutput:
+    """The hidden states, prior logits and values of a batch of observations: the search's roots."""
     with torch.inference_mode():
         state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs))
         value = support_to_scalar(value_logits, model.support_size)
-    return state, policy_logits.double().numpy(), value.double().numpy()
+    return RootFnOutput(state, policy_logits.double().numpy(), value.double().numpy())

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from agents.networks import PolicyValueNet
-from training.executors import ReplacingExecutor, WorkerLost, _slice_arrays
-from training.ray_cluster import _import_ray, connect_ray  # noqa: F401 - also importable from here
-from training.rollout import RolloutWorker, WorkerStats, allocate_rollout_arrays
-from training.worker_processes import MIN_STARTUP_TIMEOUT
+from training.ppo.executors import ReplacingExecutor, WorkerLost, _slice_arrays
+from training.ppo.rollout import RolloutWorker, WorkerStats, allocate_rollout_arrays
+from training.workers.processes import MIN_STARTUP_TIMEOUT
+from training.workers.ray_cluster import _import_ray, connect_ray  # noqa: F401 - also importable from here
 
 
 class RayRolloutWorker:

@@ -20,7 +20,7 @@ import torch
 from agents.networks import PolicyValueNet, obs_spaces
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
-from training.worker_processes import ENV_RESTART_SEED_STRIDE
+from training.seeds import Reseed, reseeded
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
@@ -148,7 +148,7 @@ class RolloutWorker:
         with contextlib.suppress(Exception):
             self.envs.close()
         self.env_restarts += 1
-        self._start_envs(self.seed + ENV_RESTART_SEED_STRIDE * self.env_restarts)
+        self._start_envs(reseeded(self.seed, Reseed.ENV_REBUILT, self.env_restarts))
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)

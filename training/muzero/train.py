@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.mcts import SearchConfig, run_search
-from agents.muzero import make_targets, muzero_loss
-from agents.muzero_networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero.loss import make_targets, muzero_loss
+from agents.muzero.networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero.policies import run_policy
+from agents.muzero.search import SearchConfig
 from envs.board_games import board_symmetries
 from envs.factory import check_env_id, solved_return
 from training.checkpoint import (
@@ -37,7 +38,7 @@ from training.errors import TrainingDiverged
 from training.evaluation import TrainingEvaluator
 from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
-from training.muzero_config import (  # noqa: F401 - the config's names, importable from here as before
+from training.muzero.config import (  # noqa: F401 - the config's names, importable from here as before
     MUZERO_CHANGEABLE_ON_RESUME,
     ModelSpaces,
     MuZeroConfig,
@@ -50,10 +51,11 @@ from training.muzero_config import (  # noqa: F401 - the config's names, importa
     validate_muzero,
     visit_temperature,
 )
-from training.replay import Game, PrioritizedReplay
+from training.muzero.replay import Game, PrioritizedReplay
+from training.muzero.self_play import make_self_play
 from training.resume import apply_resume_changes
 from training.run_folder import claim_run_dir, loop_exit
-from training.self_play import RESUME_SEED_STRIDE, make_self_play
+from training.seeds import Reseed, reseeded, self_play_seed
 from training.validation import resolve_device
 
 
@@ -73,16 +75,10 @@ class MuZeroActor(nn.Module):
         features = obs["obs"].cpu().numpy()
         search = dataclasses.replace(self.search, root_exploration_fraction=0.0,
                                      gumbel_scale=0.0 if deterministic else self.search.gumbel_scale)  # fmt: skip
-        state, logits, value = root_inference(self.model, features)
-        result = run_search(state, logits, value, search_callback(self.model), search, self.rng,
-                            None if mask is None else mask.cpu().numpy().astype(bool))  # fmt: skip
+        result = run_policy(root_inference(self.model, features), search_callback(self.model), search, self.rng,
+                            None if mask is None else mask.cpu().numpy().astype(bool), greedy=deterministic)  # fmt: skip
         self.last_result = result
-        if result.action is not None:
-            action = result.action
-        elif deterministic:
-            action = result.visit_counts.argmax(-1)
-        else:
-            action = np.array([self.rng.choice(len(p), p=p) for p in result.policy])
+        action = result.action
         n = len(action)
         return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(result.root_value, dtype=torch.float32)
 
@@ -224,8 +220,8 @@ def _train_in_folder(cfg: MuZeroConfig, payload: dict | None, run_dir: Path) -> 
     def checkpoint() -> Path:
         return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints)
 
-    # Envs restart from fresh games after a resume; a distinct seed keeps them off the old ones.
-    self_play = make_self_play(cfg, actor_model, cfg.seed + RESUME_SEED_STRIDE * (global_step + 1), rng)
+    # Envs restart from fresh games after a resume, on seeds of their own (training.seeds).
+    self_play = make_self_play(cfg, actor_model, reseeded(self_play_seed(cfg.seed), Reseed.RESUME, global_step), rng)
     self_play.set_weights(actor_model.state_dict())
     recent: deque[float] = deque(maxlen=100)
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress)
@@ -335,7 +331,7 @@ def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], c
         end = min(pos + cfg.unroll_steps + cfg.td_steps, len(game) - 1 if game.terminated else len(game))
         spans.append((i, pos, end))
     obs = np.concatenate([samples[i][0].observations[pos : end + 1] for i, pos, end in spans])
-    fresh = root_inference(model, obs.reshape(len(obs), -1))[2]
+    fresh = root_inference(model, obs.reshape(len(obs), -1)).value
     offset = 0
     for i, pos, end in spans:
         values[i] = values[i].copy()
@@ -359,8 +355,9 @@ def reanalysed_policies(model: torch.nn.Module, samples: list[tuple[Game, int]],
     obs = np.concatenate([samples[i][0].observations[pos:end] for i, pos, end in spans])
     masked = samples[chosen[0]][0].legal_actions is not None
     masks = np.concatenate([samples[i][0].legal_actions[pos:end] for i, pos, end in spans]) if masked else None
-    state, logits, value = root_inference(model, obs.reshape(len(obs), -1))
-    fresh = run_search(state, logits, value, search_callback(model), search_config(cfg), rng, masks).policy
+    # greedy: the action is not played, so no random numbers are drawn for it.
+    fresh = run_policy(root_inference(model, obs.reshape(len(obs), -1)), search_callback(model), search_config(cfg),
+                       rng, masks, greedy=True).action_weights
     offset = 0
     for i, pos, end in spans:
         policies[i] = policies[i].copy()

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.mcts import SearchConfig, run_search
-from agents.muzero_networks import root_inference, search_callback
+from agents.muzero.networks import root_inference, search_callback
+from agents.muzero.policies import run_policy
+from agents.muzero.search import RecurrentFnOutput, SearchConfig
 from envs.factory import solved_return
-from training.muzero_trainer import MuZeroConfig, build_model, model_spaces, train_muzero
+from training.muzero.train import MuZeroConfig, build_model, model_spaces, train_muzero
 
 
 def constant_model(num_actions: int, hidden_state: int):
@@ -24,7 +25,7 @@ def constant_model(num_actions: int, hidden_state: int):
 
     def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
         batch = len(action)
-        return np.zeros(batch), state, np.zeros((batch, num_actions)), np.zeros(batch)
+        return RecurrentFnOutput(np.zeros(batch), state, np.zeros((batch, num_actions)), np.zeros(batch))
 
     return recurrent_fn
 
@@ -48,13 +49,13 @@ def search_throughput(
     net = build_model(cfg).eval()
     rng = np.random.default_rng(seed)
     obs = rng.standard_normal((roots, int(np.prod(model_spaces(cfg.env_id).obs_shape)))).astype(np.float32)
-    state, logits, value = root_inference(net, obs)
-    recurrent = search_callback(net) if model == "real" else constant_model(net.num_actions, state.shape[-1])
+    root = root_inference(net, obs)
+    recurrent = search_callback(net) if model == "real" else constant_model(net.num_actions, root.embedding.shape[-1])
     search = SearchConfig(num_simulations=simulations, discount=cfg.discount, gumbel=cfg.gumbel)
     best = float("inf")
     for _ in range(repeats + 1):
         start = time.perf_counter()
-        run_search(state, logits, value, recurrent, search, rng)
+        run_policy(root, recurrent, search, rng)
         best = min(best, time.perf_counter() - start)
     return ThroughputResult(roots, simulations, model, roots * simulations / best)
 

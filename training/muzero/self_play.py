@@ -1,5 +1,5 @@
 """MuZero's self-play workers: each owns a few games and a CPU copy of the model, plays them with the
-batched search and hands back the games that ended, as plain arrays (training.replay.Game).
+batched search and hands back the games that ended, as plain arrays (training.muzero.replay.Game).
 
 The learner talks to one SelfPlayExecutor whatever runs the workers: in its own process (the default:
 for small models and cheap envs a process round trip costs more than it saves), in worker processes,
@@ -20,25 +20,21 @@ from multiprocessing.connection import Connection
 import numpy as np
 import torch
 
-from agents.mcts import run_search
-from agents.muzero_networks import root_inference, search_callback
+from agents.muzero.networks import root_inference, search_callback
+from agents.muzero.policies import run_policy
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
-from training.muzero_config import MuZeroConfig, build_model, sampling_moves, search_config
-from training.ray_cluster import connect_ray
-from training.replay import Game
-from training.worker_processes import (
-    ENV_RESTART_SEED_STRIDE,
+from training.muzero.config import MuZeroConfig, build_model, sampling_moves, search_config
+from training.muzero.replay import Game
+from training.seeds import Reseed, reseeded
+from training.workers.processes import (
     MIN_STARTUP_TIMEOUT,
     NO_REPLY,
-    WORKER_RESTART_SEED_STRIDE,
     receive_reply,
     serve_commands,
     start_worker_process,
 )
-
-# Self-play envs of a resumed run start from seeds this far from the previous ones.
-RESUME_SEED_STRIDE = 1_000_003
+from training.workers.ray_cluster import connect_ray
 
 
 @dataclass
@@ -161,7 +157,7 @@ class SelfPlayWorker:
         and dropped (how many is returned): their last moves have no trustworthy outcome."""
         dropped = sum(1 for rec in self.records if rec.actions)
         self.restarts += 1
-        self._start_envs(self.seed + ENV_RESTART_SEED_STRIDE * self.restarts)
+        self._start_envs(reseeded(self.seed, Reseed.ENV_REBUILT, self.restarts))
         return dropped
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -175,17 +171,11 @@ class SelfPlayWorker:
         restarts = dropped = nonfinite = 0
         for _ in range(moves):
             features, mask = _features(self.obs)
-            state, logits, value = root_inference(self.model, features)
-            result = run_search(state, logits, value, search_callback(self.model), self.search, self.rng, mask)
-            if result.action is not None:
-                actions = result.action
-            else:
-                weights = result.visit_counts.astype(np.float64) ** (1.0 / temperature)
-                weights /= weights.sum(-1, keepdims=True)
-                actions = np.array([self.rng.choice(len(w), p=w) for w in weights])
-                if self.sampling_moves:
-                    greedy = self.move_number >= self.sampling_moves
-                    actions = np.where(greedy, result.visit_counts.argmax(-1), actions)
+            # The first sampling_moves of each game sample from the visits, later ones take the most visited.
+            greedy = self.move_number >= self.sampling_moves if self.sampling_moves else False
+            result = run_policy(root_inference(self.model, features), search_callback(self.model), self.search,
+                                self.rng, mask, temperature, greedy)  # fmt: skip
+            actions = result.action
             try:
                 next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
                 beat()  # progress, for the watchdog of in-process runs
@@ -203,7 +193,7 @@ class SelfPlayWorker:
                 rec.observations.append(features[i])
                 rec.actions.append(int(actions[i]))
                 rec.rewards.append(float(rewards[i]))
-                rec.policies.append(result.policy[i])
+                rec.policies.append(result.action_weights[i])
                 rec.root_values.append(float(result.root_value[i]))
                 if mask is not None:
                     rec.legal_actions.append(mask[i])
@@ -217,7 +207,7 @@ class SelfPlayWorker:
                 # A time limit cut the game: its last state is worth what the model says, not 0.
                 final_value = 0.0
                 if truncated[i] and not terminated[i]:
-                    final_value = float(root_inference(self.model, final_features[None])[2][0])
+                    final_value = float(root_inference(self.model, final_features[None]).value[0])
                 games.append(self.records[i].finish(final_features, final_value, bool(terminated[i])))
                 self.records[i] = _GameRecord()
             if "final_obs" in info:
@@ -225,7 +215,8 @@ class SelfPlayWorker:
                 returns.append(ep_returns)
                 lengths.append(ep_lengths)
             root_values.append(float(result.root_value.mean()))
-            entropies.append(float(-(result.policy * np.log(np.maximum(result.policy, 1e-12))).sum(-1).mean()))
+            weights = result.action_weights
+            entropies.append(float(-(weights * np.log(np.maximum(weights, 1e-12))).sum(-1).mean()))
             self.obs = next_obs
         return SelfPlayRound(
             games, np.concatenate(returns) if returns else np.empty(0, np.float32),
@@ -294,7 +285,7 @@ class _ReplacingSelfPlay(SelfPlayExecutor, ABC):
             raise
 
     def worker_seed(self, i: int) -> int:
-        return self.shares[i][1] + WORKER_RESTART_SEED_STRIDE * self.restarts[i]
+        return reseeded(self.shares[i][1], Reseed.WORKER_REPLACED, self.restarts[i])
 
     @abstractmethod
     def _start(self, i: int) -> None:

@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
-from agents.mcts import SearchConfig
-from agents.muzero_networks import MuZeroMLP, MuZeroResNet
+from agents.muzero.networks import MuZeroMLP, MuZeroResNet
+from agents.muzero.search import SearchConfig
 from envs.factory import probe_spaces
 from training.errors import ConfigError
 from training.resume import CHANGEABLE_ON_RESUME

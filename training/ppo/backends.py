@@ -9,8 +9,8 @@ from typing import Any
 import gymnasium as gym
 
 from agents.networks import PolicyValueNet
-from training.executors import Executor, InProcessExecutor, MultiprocessExecutor
-from training.ray_executor import RayExecutor
+from training.ppo.executors import Executor, InProcessExecutor, MultiprocessExecutor
+from training.ppo.ray_executor import RayExecutor
 
 
 def make_executor(

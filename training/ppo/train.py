@@ -37,7 +37,13 @@ from training.checkpoint import (
     run_dir_of,
     save_checkpoint,
 )
-from training.config import (
+from training.distributed import SINGLE, DataParallel, run_data_parallel
+from training.errors import TrainingDiverged
+from training.evaluation import TrainingEvaluator
+from training.interrupts import armed
+from training.logger import Progress, RunLogger, make_run_dir, run_name
+from training.ppo.backends import make_executor
+from training.ppo.config import (
     PPOConfig,
     config_from_dict,
     config_to_dict,
@@ -47,18 +53,13 @@ from training.config import (
     resolve_num_learners,
     validate,
 )
-from training.distributed import SINGLE, DataParallel, run_data_parallel
-from training.errors import TrainingDiverged
-from training.evaluation import TrainingEvaluator
-from training.executors import Executor
-from training.interrupts import armed
-from training.logger import Progress, RunLogger, make_run_dir, run_name
-from training.normalization import RewardScaler
+from training.ppo.executors import Executor
+from training.ppo.normalization import RewardScaler
+from training.ppo.rollout import Rollout
 from training.provenance import usable_cores
 from training.resume import apply_resume_changes
-from training.rollout import Rollout
-from training.rollout_backends import make_executor
 from training.run_folder import claim_run_dir, loop_exit
+from training.seeds import Reseed, reseeded, rollout_seed
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -326,9 +327,9 @@ def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | Non
     def checkpoint() -> Path | None:
         return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints) if main else None
 
-    # Envs restart from fresh episodes after a resume; a distinct seed keeps them off the old trajectories.
-    # Each data-parallel learner steps its own envs, seeded after those of the learners before it.
-    worker_seed = cfg.seed + 1_000_003 * iteration + parallel.rank * local_envs
+    # Envs restart from fresh episodes after a resume, on seeds of their own (training.seeds). Each
+    # data-parallel learner steps its own envs, seeded after those of the learners before it.
+    worker_seed = reseeded(rollout_seed(cfg.seed), Reseed.RESUME, iteration) + parallel.rank * local_envs
     start = time.perf_counter()
     executor = make_executor(
         backend, cfg.env_id, observation_space, action_space, agent, local_envs, num_workers, cfg.num_steps,

@@ -12,10 +12,6 @@ from typing import Any
 
 import torch
 
-# Replacement workers' envs get seeds this far from the originals', so they do not replay the same episodes.
-WORKER_RESTART_SEED_STRIDE = 7_000_003
-# Envs a worker rebuilds after one raised (or gave NaN) get seeds this far apart, for the same reason.
-ENV_RESTART_SEED_STRIDE = 1_000_033
 # Seconds a worker may take to start (a new Python, torch, the envs: StarCraft II takes tens of seconds to
 # launch), when --worker-timeout is shorter: a loaded machine must not make start-up look like a hang.
 MIN_STARTUP_TIMEOUT = 120.0

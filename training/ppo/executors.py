@@ -29,10 +29,10 @@ import gymnasium as gym
 import torch
 
 from agents.networks import PolicyValueNet
-from training.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
-from training.worker_processes import (
+from training.ppo.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
+from training.seeds import Reseed, reseeded
+from training.workers.processes import (
     MIN_STARTUP_TIMEOUT,
-    WORKER_RESTART_SEED_STRIDE,
     receive_reply,
     serve_commands,
     start_worker_process,
@@ -160,7 +160,7 @@ class ReplacingExecutor(Executor):
         self.in_flight: int | None = None
 
     def worker_seed(self, i: int) -> int:
-        return self.base_seed + self.slices[i][0] + WORKER_RESTART_SEED_STRIDE * self.slot_restarts[i]
+        return reseeded(self.base_seed + self.slices[i][0], Reseed.WORKER_REPLACED, self.slot_restarts[i])
 
     @abstractmethod
     def _start(self, i: int) -> None:

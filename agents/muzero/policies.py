@@ -1,0 +1,257 @@
+"""The search's two policies (mctx's policies.py): each prepares the roots, selects leaves its own way
+inside the generic loop (agents.muzero.search), and returns the action to play, the action weights to
+learn from and the tree.
+
+- `muzero_policy`: MuZero's pUCT (Schrittwieser et al. 2020): Dirichlet noise in the root prior, pUCT
+  at every node; the weights are the root's visit shares, the action is sampled from visits^(1/T) (or
+  the most visited, when greedy).
+- `gumbel_muzero_policy`: Gumbel MuZero (Danihelka et al. 2022): the root samples m actions without
+  replacement by Gumbel-top-k and shares the simulations among them by sequential halving; interior
+  nodes pick deterministically the action whose visit share lags the improved policy most. The weights
+  are that improved policy softmax(logits + sigma(completed Q)), which improves on the prior even with
+  2-4 simulations, and the action is the one sequential halving leaves.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from agents.muzero.search import (
+    RecurrentFn,
+    RootFnOutput,
+    SearchConfig,
+    Tree,
+    children_q,
+    init_tree,
+    search,
+    signed_discount,
+)
+
+
+class PolicyOutput(NamedTuple):
+    action: np.ndarray  # [B] the action to play
+    action_weights: np.ndarray  # [B, A] the improved policy: the training target
+    visit_counts: np.ndarray  # [B, A] visits of the root's children
+    root_value: np.ndarray  # [B] mean value backed up into the root
+    q_values: np.ndarray  # [B, A] Q(root, a) = r + discount * V(child); 0 where unvisited
+    tree: Tree
+
+
+def run_policy(
+    root: RootFnOutput, recurrent_fn: RecurrentFn, cfg: SearchConfig, rng: np.random.Generator,
+    valid_actions: np.ndarray | None = None, temperature: float = 1.0, greedy: bool | np.ndarray = False,
+) -> PolicyOutput:  # fmt: skip
+    """The policy cfg names (Gumbel or pUCT). temperature and greedy choose pUCT's action (see
+    muzero_policy); the Gumbel search always plays its own choice."""
+    if cfg.gumbel:
+        return gumbel_muzero_policy(root, recurrent_fn, cfg, rng, valid_actions)
+    return muzero_policy(root, recurrent_fn, cfg, rng, valid_actions, temperature, greedy)
+
+
+def _root_prior(root: RootFnOutput, valid_actions: np.ndarray | None) -> np.ndarray:
+    """[B, A] the softmax of the root's logits, renormalised over valid_actions [B, A] (bool)."""
+    prior = _softmax(np.asarray(root.prior_logits, np.float64))
+    if valid_actions is not None:
+        prior = np.where(valid_actions, prior, 0.0)
+        prior /= prior.sum(-1, keepdims=True)
+    return prior
+
+
+def muzero_policy(
+    root: RootFnOutput, recurrent_fn: RecurrentFn, cfg: SearchConfig, rng: np.random.Generator,
+    valid_actions: np.ndarray | None = None, temperature: float = 1.0, greedy: bool | np.ndarray = False,
+) -> PolicyOutput:  # fmt: skip
+    """MuZero's search from B roots. valid_actions [B, A] (bool) removes actions at the root: they get
+    no prior, no noise and no visits. The action of root b is the most visited where greedy (True, or
+    greedy[b]); else sampled from visits^(1 / temperature). greedy=True draws no random numbers."""
+    prior = _root_prior(root, valid_actions)
+    batch, num_actions = prior.shape
+    if cfg.root_exploration_fraction > 0:
+        noise = rng.dirichlet(np.full(num_actions, cfg.dirichlet_alpha), size=batch)
+        if valid_actions is not None:
+            noise = np.where(valid_actions, noise, 0.0)
+            noise /= noise.sum(-1, keepdims=True)
+        prior = (1 - cfg.root_exploration_fraction) * prior + cfg.root_exploration_fraction * noise
+    tree = init_tree(root, prior, cfg.num_simulations)
+    root_mask = np.ones((batch, num_actions), bool) if valid_actions is None else np.asarray(valid_actions, bool)
+    # Noise far below any Q or prior difference only breaks exact ties (at random, not by index).
+    tie_noise = rng.uniform(0, 1e-9, (cfg.num_simulations, batch, num_actions))
+    discount = signed_discount(cfg)
+
+    def select_leaves(tree: Tree, sim: int, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:
+        _puct_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.min_q,
+                            tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, root_mask, tie_noise[sim - 1],
+                            leaf_parent, leaf_action)  # fmt: skip
+
+    search(tree, recurrent_fn, select_leaves, cfg)
+    all_b, root_nodes = np.arange(batch), np.zeros(batch, np.int64)
+    q_values, visit_counts = children_q(tree, all_b, root_nodes, cfg)
+    weights = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)
+    most_visited = visit_counts.argmax(-1)
+    if greedy is True:
+        action = most_visited
+    else:
+        sampling = visit_counts.astype(np.float64) ** (1.0 / temperature)
+        sampling /= sampling.sum(-1, keepdims=True)
+        action = np.array([rng.choice(num_actions, p=w) for w in sampling])
+        if greedy is not False:
+            action = np.where(greedy, most_visited, action)
+    return PolicyOutput(action, weights, visit_counts, tree.value(all_b, root_nodes), q_values, tree)
+
+
+def gumbel_muzero_policy(
+    root: RootFnOutput, recurrent_fn: RecurrentFn, cfg: SearchConfig, rng: np.random.Generator,
+    valid_actions: np.ndarray | None = None,
+) -> PolicyOutput:  # fmt: skip
+    """Gumbel MuZero's search from B roots (valid_actions as in muzero_policy); cfg.gumbel_scale 0 makes
+    it deterministic (for evaluation)."""
+    prior = _root_prior(root, valid_actions)
+    batch, num_actions = prior.shape
+    tree = init_tree(root, prior, cfg.num_simulations)
+    all_b, root_nodes = np.arange(batch), np.zeros(batch, np.int64)
+    # Gumbel-top-k: the m actions with the largest g + logits are a sample without replacement from the
+    # prior; sequential halving then decides among them by their Q.
+    gumbel = cfg.gumbel_scale * rng.gumbel(size=(batch, num_actions))
+    root_logits = _log_prior(tree, all_b, root_nodes)
+    num_valid = np.isfinite(root_logits).sum(-1)
+    m = np.minimum(cfg.max_considered_actions, num_valid)
+    ranks = (-(gumbel + root_logits)).argsort(-1).argsort(-1)
+    considered = ranks < m[:, None]
+    schedules = {k: considered_visit_sequence(k, cfg.num_simulations) for k in np.unique(m)}
+    root_score = gumbel + root_logits
+
+    def select_leaves(tree: Tree, sim: int, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:
+        _gumbel_select_leaves(tree, cfg, sim, considered, schedules, m, root_score, leaf_parent, leaf_action)
+
+    search(tree, recurrent_fn, select_leaves, cfg)
+    q_values, visit_counts = children_q(tree, all_b, root_nodes, cfg)
+    sigma, _ = _sigma_completed_q(tree, all_b, root_nodes, cfg)
+    # The training target: the prior improved by the completed Q values (zero where masked).
+    weights = _softmax(np.where(np.isfinite(root_logits), root_logits + sigma, -np.inf))
+    # The action: among the considered actions that got the most visits, the best by g + logits + sigma(q).
+    most = considered & (visit_counts == np.where(considered, visit_counts, -1).max(-1, keepdims=True))
+    action = np.where(most, root_score + sigma, -np.inf).argmax(-1)
+    return PolicyOutput(action, weights, visit_counts, tree.value(all_b, root_nodes), q_values, tree)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def _log_prior(tree: Tree, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    prior = tree.prior[b, nodes]
+    return np.where(prior > 0, np.log(np.maximum(prior, 1e-300)), -np.inf)
+
+
+def _sigma_completed_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Gumbel MuZero's sigma(completed Q) at nodes, [k, A], and the children's visits.
+
+    Unvisited actions get the mixed value v_mix = (v + sum_b N(b) * sum_visited pi(b) q(b) / sum_visited pi(b))
+    / (1 + sum_b N(b)), an estimate of V that uses the visits made so far; then Q is scaled to [0, 1] by
+    the extremes among the node's children and multiplied by (c_visit + max_b N(b)) * c_scale.
+    """
+    q, visits = children_q(tree, b, nodes, cfg)
+    prior = tree.prior[b, nodes]
+    visited = visits > 0
+    total = visits.sum(-1)
+    weight = (prior * visited).sum(-1)
+    mean_q = (prior * q * visited).sum(-1) / np.where(weight > 0, weight, 1)
+    v_mix = (tree.raw_value[b, nodes] + total * np.where(weight > 0, mean_q, 0.0)) / (1 + total)
+    completed = np.where(visited, q, v_mix[:, None])
+    lo, hi = completed.min(-1, keepdims=True), completed.max(-1, keepdims=True)
+    normalized = (completed - lo) / np.maximum(hi - lo, 1e-8)
+    return (cfg.c_visit + visits.max(-1, keepdims=True)) * cfg.c_scale * normalized, visits
+
+
+def considered_visit_sequence(num_considered: int, num_simulations: int) -> np.ndarray:
+    """Sequential halving as a schedule: before simulation s, the root visits a considered action that
+    has exactly sequence[s] visits. Each phase gives every remaining action the same number of visits,
+    then halves the remaining actions (mctx's get_sequence_of_considered_visits)."""
+    if num_considered <= 1:
+        return np.arange(num_simulations)
+    log2max = int(np.ceil(np.log2(num_considered)))
+    sequence: list[int] = []
+    visits = [0] * num_considered
+    while len(sequence) < num_simulations:
+        extra = max(1, num_simulations // (log2max * num_considered))
+        for _ in range(extra):
+            sequence.extend(visits[:num_considered])
+            visits[:num_considered] = [v + 1 for v in visits[:num_considered]]
+        num_considered = max(2, num_considered // 2)
+    return np.array(sequence[:num_simulations])
+
+
+@numba.njit(cache=True)
+def _puct_select_leaves(
+    visits, value_sum, reward, prior, children, min_q, max_q, discount, pb_c_init, pb_c_base, root_mask, tie_noise,
+    leaf_parent, leaf_action,
+):  # fmt: skip
+    """1. Selection for every tree b: from the root, take argmax_a of the pUCT score
+        Q_norm(s, a) + P(s, a) * sqrt(N(s)) / (1 + N(s, a)) * (c1 + log((N(s) + c2 + 1) / c2))
+    until the chosen action's child is not expanded yet; that node and action are the leaf to expand.
+    Q(s, a) = r(s, a) + discount * V(child) is min-max normalised by the extremes seen in the tree so far
+    (MuZero's MinMaxStats, so c1 and c2 work for any reward scale; used as it is until two distinct values
+    exist); unvisited children score 0 for Q, so the prior term alone decides whether to try them.
+    root_mask[b, a] False removes action a at the root."""
+    batch, _, num_actions = prior.shape
+    for b in range(batch):
+        node = 0
+        spread = max_q[b] - min_q[b]
+        while True:
+            parent_visits = visits[b, node]
+            pb_c = (pb_c_init + np.log((parent_visits + pb_c_base + 1.0) / pb_c_base)) * np.sqrt(parent_visits)
+            best_score, best_action = -np.inf, 0
+            for a in range(num_actions):
+                if node == 0 and not root_mask[b, a]:
+                    continue
+                child = children[b, node, a]
+                child_visits, q_norm = 0, 0.0
+                if child >= 0 and visits[b, child] > 0:
+                    child_visits = visits[b, child]
+                    q = reward[b, child] + discount * value_sum[b, child] / child_visits
+                    q_norm = (q - min_q[b]) / spread if spread > 0 else q
+                score = q_norm + pb_c / (1.0 + child_visits) * prior[b, node, a] + tie_noise[b, a]
+                if score > best_score:
+                    best_score, best_action = score, a
+            child = children[b, node, best_action]
+            if child < 0:
+                leaf_parent[b], leaf_action[b] = node, best_action
+                break
+            node = child
+
+
+def _gumbel_select_leaves(tree: Tree, cfg: SearchConfig, sim: int, considered: np.ndarray, schedules: dict,
+                          m: np.ndarray, root_score: np.ndarray, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:  # fmt: skip
+    """Gumbel's selection of one leaf per tree, all trees at once, one tree level per pass."""
+    node = np.zeros(len(leaf_parent), np.int64)
+    active = np.arange(len(leaf_parent))
+    while active.size:
+        actions = _gumbel_select(tree, active, node[active], cfg, sim, considered, schedules, m, root_score)
+        child = tree.children[active, node[active], actions]
+        done = child < 0
+        leaf_parent[active[done]] = node[active[done]]
+        leaf_action[active[done]] = actions[done]
+        node[active[~done]] = child[~done]
+        active = active[~done]
+
+
+def _gumbel_select(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, sim: int, considered: np.ndarray,
+                   schedules: dict, m: np.ndarray, root_score: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Gumbel MuZero's selection: at the root, the considered action with the visit count that the
+    sequential-halving schedule asks for, best by g + logits + sigma(q); below it, the action whose
+    share of visits lags the improved policy softmax(logits + sigma(completed Q)) the most."""
+    sigma, visits = _sigma_completed_q(tree, b, nodes, cfg)
+    logits = _log_prior(tree, b, nodes)
+    improved = _softmax(np.where(np.isfinite(logits), logits + sigma, -np.inf))
+    actions = (improved - visits / (1 + visits.sum(-1, keepdims=True))).argmax(-1)
+    at_root = nodes == 0
+    if at_root.any():
+        rb = b[at_root]
+        target = np.array([schedules[k][sim - 1] for k in m[rb]])
+        wanted = considered[rb] & (visits[at_root] == target[:, None])
+        actions[at_root] = np.where(wanted, root_score[rb] + sigma[at_root], -np.inf).argmax(-1)
+    return actions

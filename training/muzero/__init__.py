@@ -1,0 +1,1 @@
+"""MuZero's part of training: its config, self-play workers, replay, learner, acting agent, the loop."""
