@@ -14,7 +14,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 
-from training.logger import DASHBOARD_LAYOUT, HPARAM_METRICS
+from training.logger import HPARAM_METRICS
+from training.ppo.train import PPO_DASHBOARD_LAYOUT as DASHBOARD_LAYOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from training.ppo.executors import InProcessExecutor
 from training.ppo.train import PPOLearner, build_agent, train
 
 CFG = PPOConfig(env_id="CartPole-v1", preset="cleanrl", num_envs=4, num_steps=32, num_minibatches=2, update_epochs=3,
-                normalize_obs=True, normalize_reward=True, target_kl=0.002, eval_every=0, progress=False)  # fmt: skip
+                normalize_obs=True, normalize_reward=True, target_kl=0.002, eval_episodes=0, progress=False)  # fmt: skip
 
 
 def _two_updates(parallel: DataParallel):

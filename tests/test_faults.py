@@ -9,14 +9,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from envs import probe_spaces
 from training.checkpoint import load_checkpoint
+from training.errors import TrainingDiverged
 from training.ppo.config import PPOConfig
 from training.ppo.executors import InProcessExecutor
-from training.ppo.train import PPOLearner, TrainingDiverged, build_agent, train
+from training.ppo.train import PPOLearner, build_agent, train
 
 
 def _cfg(tmp_path, env_id, **kw) -> PPOConfig:
     return PPOConfig(env_id=env_id, preset="cleanrl", num_envs=2, num_steps=64, num_minibatches=2, update_epochs=2,
-                     backend="inprocess", eval_every=0, progress=False, runs_dir=str(tmp_path), checkpoint_every=128,
+                     backend="inprocess", eval_episodes=0, progress=False, runs_dir=str(tmp_path), checkpoint_every=128,
                      max_bad_updates=3, **kw)  # fmt: skip
 
 

@@ -36,9 +36,9 @@ def _tictactoe(seed: int, runs_dir: str):
                        eval_episodes=100, runs_dir=runs_dir, progress=False)  # fmt: skip
     result = train_muzero(cfg)
     if not result.solved:
-        return seed, False, None, result.history
+        return seed, False, None, result.eval_history
     _, actor = load_muzero_actor(load_algo_checkpoint(str(result.checkpoint), "muzero")[0])
-    return seed, True, audit_against_perfect_play(actor).losing_moves, result.history
+    return seed, True, audit_against_perfect_play(actor).losing_moves, result.eval_history
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def test_muzero_learns_cartpole_on_most_seeds(tmp_path):
     with ctx.Pool(2) as pool:
         results = pool.starmap(_learn_cartpole, [(seed, str(tmp_path)) for seed in (1, 2, 3)])
     learned = [r for r in results if r.solved and r.eval_return >= LEARNED and r.global_step <= 3000]
-    assert len(learned) >= 2, [r.history for r in results]
+    assert len(learned) >= 2, [r.eval_history for r in results]
     result = learned[0]
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
     acc.Reload()

@@ -168,7 +168,7 @@ def test_a_killed_actor_is_replaced_and_counted(ray_head):
 def test_train_ppo_runs_on_the_ray_cluster(ray_head, tmp_path):
     cmd = [sys.executable, str(ROOT / "launch" / "train_ppo.py"), "--backend", "ray", "--ray-address", ray_head,
            "--num-workers", "2", "--total-timesteps", "2048", "--runs-dir", str(tmp_path), "--no-progress",
-           "--eval-every", "0"]  # fmt: skip
+           "--eval-episodes", "0"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finished CartPole-v1 after 2048 env steps" in proc.stdout
@@ -183,7 +183,7 @@ def test_train_ppo_starts_and_stops_its_own_ray_on_a_fresh_machine(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     cmd = [sys.executable, str(ROOT / "launch" / "train_ppo.py"), "--backend", "ray", "--num-workers", "1",
-           "--total-timesteps", "1024", "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--eval-every", "0"]  # fmt: skip
+           "--total-timesteps", "1024", "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--eval-episodes", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**env, "HOME": str(home)}, start_new_session=True)  # fmt: skip
     try:

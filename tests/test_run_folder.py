@@ -90,7 +90,7 @@ def test_interrupted_exits_as_the_shell_expects():
 TRAIN_PPO = [sys.executable, str(ROOT / "launch" / "train_ppo.py")]
 TRAIN_MUZERO = [sys.executable, str(ROOT / "launch" / "train_muzero.py")]
 LONG_PPO = ["--total-timesteps", "10000000", "--checkpoint-every", "2048", "--no-stop-when-solved", "--no-progress",
-            "--eval-every", "0"]  # fmt: skip
+            "--eval-episodes", "0"]  # fmt: skip
 LONG_MUZERO = ["--total-timesteps", "1000000", "--checkpoint-every", "64", "--no-stop-when-solved", "--no-progress",
                "--eval-every", "0", "--warmup-steps", "64"]  # fmt: skip
 
@@ -119,7 +119,7 @@ def _wait_for_checkpoint(runs: Path, proc: subprocess.Popen, timeout: float = 12
         (TRAIN_PPO, [*LONG_PPO, "--backend", "multiprocess", "--num-workers", "2"], signal.SIGTERM),
         (TRAIN_PPO, [*LONG_PPO, "--backend", "inprocess"], signal.SIGINT),
         (TRAIN_MUZERO, LONG_MUZERO, signal.SIGTERM),
-        (TRAIN_MUZERO, [*LONG_MUZERO, "--self-play-backend", "multiprocess", "--self-play-workers", "2"], signal.SIGTERM),
+        (TRAIN_MUZERO, [*LONG_MUZERO, "--backend", "multiprocess", "--num-workers", "2"], signal.SIGTERM),
     ],
     ids=["ppo-inprocess-term", "ppo-processes-term", "ppo-inprocess-int", "muzero-inprocess-term", "muzero-processes-term"],
 )  # fmt: skip
@@ -142,7 +142,7 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
 
 def _short_ppo_run(runs: Path, steps: int = 2048, env: tuple[str, ...] = ()) -> Path:
     done = subprocess.run([*TRAIN_PPO, *env, "--runs-dir", str(runs), "--total-timesteps", str(steps), "--no-progress",
-                           "--eval-every", "0", "--no-stop-when-solved", "--checkpoint-every", "2048"], cwd=ROOT,
+                           "--eval-episodes", "0", "--no-stop-when-solved", "--checkpoint-every", "2048"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = runs.iterdir()
@@ -247,7 +247,7 @@ HUNG = (r"stopped: {what} made no progress in 1s \(an env whose step hangs\?\): 
     ("module_name", "argv", "what"),
     [
         ("train_ppo", ["--env-id", "tests/HangingEnv-v0", "--num-envs", "2", "--num-steps", "16",
-                       "--backend", "inprocess", "--eval-every", "0"],
+                       "--backend", "inprocess", "--eval-episodes", "0"],
          "collecting a rollout of tests/HangingEnv-v0 in this process"),
         ("train_ppo", ["--env-id", "tests/HangingInEvaluationEnv-v0", "--num-envs", "2", "--num-steps", "16",
                        "--backend", "inprocess", "--eval-every", "64", "--eval-episodes", "1"],

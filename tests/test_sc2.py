@@ -28,7 +28,7 @@ SMALL = SC2Options(screen_size=16, minimap_size=16)
 
 def _cfg(tmp_path, **kw) -> PPOConfig:
     base = dict(env_id="sc2-mock/MoveToBeacon", preset="cleanrl", num_envs=2, num_steps=32, num_minibatches=2,
-                update_epochs=2, backend="inprocess", eval_every=0, progress=False, runs_dir=str(tmp_path), sc2=SMALL)  # fmt: skip
+                update_epochs=2, backend="inprocess", eval_episodes=0, progress=False, runs_dir=str(tmp_path), sc2=SMALL)  # fmt: skip
     return PPOConfig(**{**base, **kw})
 
 

@@ -30,7 +30,7 @@ def test_restarted_envs_land_in_their_own_range_and_apart():
     for base, why, count in itertools.product((1, 77, 2**36 + 5), Reseed, range(1, 40)):
         first = reseeded(base, why, count)
         # Env i of the restarted group gets first + i, i < MAX_ENVS: all inside the range.
-        assert RESEEDED_START <= first and first + MAX_ENVS <= RESEEDED_START + RESEEDED_SPAN
+        assert first >= RESEEDED_START and first + MAX_ENVS <= RESEEDED_START + RESEEDED_SPAN
         firsts.add(first)
     assert len(firsts) == 3 * len(Reseed) * 39  # every restart its own seeds
     # A group of MAX_ENVS envs from one restart overlaps another's with probability ~ 2 * MAX_ENVS / span.

@@ -144,8 +144,8 @@ def test_a_worker_that_cannot_start_is_a_setup_error():
 
 def test_training_with_self_play_in_worker_processes(tmp_path):
     cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=320, warmup_steps=80, batch_size=32, num_envs=4,
-                       num_simulations=4, eval_episodes=2, eval_every=0, self_play_backend="multiprocess",
-                       self_play_workers=2, self_play_moves=5, progress=False)  # fmt: skip
+                       num_simulations=4, eval_episodes=2, eval_every=0, backend="multiprocess",
+                       num_workers=2, self_play_moves=5, progress=False)  # fmt: skip
     result = train_muzero(cfg)
     assert result.global_step == 320 and result.episodes > 0 and result.eval_return is not None
 
@@ -206,8 +206,8 @@ def test_training_goes_on_when_a_self_play_worker_dies(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MultiprocessSelfPlay, "play", play_and_kill_once)
     cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=160, warmup_steps=80, batch_size=32, num_envs=4,
-                       num_simulations=4, eval_episodes=1, eval_every=0, self_play_backend="multiprocess",
-                       self_play_workers=2, self_play_moves=5, progress=False)  # fmt: skip
+                       num_simulations=4, eval_episodes=1, eval_every=0, backend="multiprocess",
+                       num_workers=2, self_play_moves=5, progress=False)  # fmt: skip
     result = train_muzero(cfg)
     from training.checkpoint import load_checkpoint
 

@@ -73,7 +73,7 @@ def test_thread_variables_do_not_change_a_seeded_run(tmp_path):
     for threads in ("1", "2"):
         runs = tmp_path / threads
         proc = _run(["--seed", "1", "--total-timesteps", "8192", "--runs-dir", str(runs), "--no-progress",
-                     "--eval-every", "0", "--keep-checkpoints", "1"],
+                     "--eval-episodes", "0", "--keep-checkpoints", "1"],
                     env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         states.append(_final_state(runs))
@@ -158,7 +158,7 @@ def test_async_rollouts_train_with_a_lag_of_one_version(tmp_path):
 
     cfg = apply_preset(PPOConfig(env_id="CartPole-v1"))
     cfg = dataclasses.replace(cfg, async_rollouts=True, backend="multiprocess", num_workers=2, total_timesteps=20480,
-                              runs_dir=str(tmp_path), progress=False, eval_every=0)  # fmt: skip
+                              runs_dir=str(tmp_path), progress=False, eval_episodes=0)  # fmt: skip
     result = train(cfg)
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
     acc.Reload()

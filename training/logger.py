@@ -17,37 +17,6 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from training import provenance
 
-# TensorBoard's "Custom Scalars" tab: one page with the charts people read first, curves that belong
-# together drawn on the same axes (each entry is a regex over the tags of the same run).
-DASHBOARD_LAYOUT = {
-    "1. Return": {
-        "return: training episodes, last-100 mean, evaluation": [
-            "Multiline", ["charts/episodic_return", "charts/mean_return_100", "eval/episodic_return"],
-        ],
-        "episode length: training and evaluation": ["Multiline", ["charts/episodic_length", "eval/episodic_length"]],
-    },
-    "2. Losses": {
-        "policy and value loss": ["Multiline", ["losses/policy_loss", "losses/value_loss"]],
-        "entropy": ["Multiline", ["losses/entropy"]],
-    },
-    "3. Policy statistics": {
-        "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
-        "clip fraction": ["Multiline", ["losses/clipfrac"]],
-        "explained variance": ["Multiline", ["losses/explained_variance"]],
-        "gradient norm and learning rate": ["Multiline", ["charts/grad_norm", "charts/learning_rate"]],
-        "policy lag of the data (versions; > 0 with --async-rollouts)": ["Multiline", ["charts/policy_lag"]],
-    },
-    "4. System": {
-        "env steps per second": ["Multiline", ["charts/SPS"]],
-        "seconds per rollout vs per update": ["Multiline", ["time/rollout_seconds", "time/update_seconds"]],
-        "rollout workers": ["Multiline", ["system/num_workers"]],
-        "memory (MiB)": ["Multiline", ["system/.*_mib"]],
-    },
-    "5. Faults": {
-        "skipped updates, worker and env restarts, dropped episodes": ["Multiline", ["faults/.*"]],
-    },
-}  # fmt: skip
-
 CONFIG_FILE = "config.json"
 
 # The figures that the HParams tab shows beside each run's hyperparameters (their latest values).
@@ -96,8 +65,8 @@ class RunLogger:
             self.writer.add_text("hyperparameters", config_markdown(config), global_step=resumed_at or 0)
             provenance.write_json_atomically(self.run_dir / CONFIG_FILE, config)
 
-    def dashboards(self, hparams: dict, layout: dict = DASHBOARD_LAYOUT) -> None:
-        """The custom-scalars layout (the algorithm's own page; PPO's by default), and this run's
+    def dashboards(self, hparams: dict, layout: dict) -> None:
+        """The custom-scalars layout (the algorithm's own page: TensorBoard's Custom Scalars tab), and this run's
         hyperparameters for the HParams tab (where runs are compared by HPARAM_METRICS). Values other
         than numbers, strings and booleans are shown as text."""
         self.writer.add_custom_scalars(layout)

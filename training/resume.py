@@ -10,13 +10,6 @@ from typing import Any
 
 from training.errors import ConfigError
 
-# Fields both algorithms let a resumed run change. With --anneal-lr (PPO), a longer --total-timesteps
-# stretches the learning-rate schedule over the new total from where the run is.
-CHANGEABLE_ON_RESUME = (
-    "total_timesteps", "device", "progress", "stop_when_solved", "stop_return", "eval_every", "eval_episodes",
-    "checkpoint_every", "keep_checkpoints",
-)  # fmt: skip
-
 
 def given_fields(argv: Sequence[str], config_class: type) -> list[str]:
     """The config fields named by the flags on a command line (`--total-timesteps 5`, `--x=1`,

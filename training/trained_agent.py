@@ -20,7 +20,7 @@ from training.checkpoint import (
     reading_contents,
     run_dir_of,
 )
-from training.muzero.train import load_muzero_actor
+from training.muzero.actor import load_muzero_actor
 from training.ppo.config import config_from_dict, env_kwargs
 from training.ppo.train import build_agent
 from training.seeds import evaluation_seed

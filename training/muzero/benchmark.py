@@ -77,7 +77,7 @@ class SolveResult:
 def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
     result = train_muzero(cfg)
     threshold = solved_return(cfg.env_id, cfg.stop_return)
-    first = next(((s, t) for s, t, r in result.history if threshold is not None and r >= threshold), (None, None))
+    first = next(((s, t) for s, t, r in result.eval_history if threshold is not None and r >= threshold), (None, None))
     queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
                           result.global_step, torch.get_num_threads()))  # fmt: skip
 

@@ -11,46 +11,45 @@ from typing import Literal
 
 import gymnasium as gym
 import numpy as np
-import tyro
 
 from agents.muzero.networks import MuZeroMLP, MuZeroResNet
 from agents.muzero.search import SearchConfig
 from envs.factory import probe_spaces
 from training.errors import ConfigError
-from training.resume import CHANGEABLE_ON_RESUME
-from training.validation import range_problems, run_problems
+from training.run_config import (
+    CHANGEABLE_ON_RESUME,
+    RunConfig,
+    default_num_workers,
+    run_config_problems,
+    worker_problems,
+)
+from training.validation import range_problems
 
-# What `--resume` may change in a MuZero run (the shared list and the cluster to join). A longer
-# --total-timesteps also stretches the self-play temperature schedule, which follows the run's progress.
-MUZERO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "ray_address")
+# What `--resume` may change in a MuZero run: the shared list. A longer --total-timesteps also stretches
+# the self-play temperature schedule, which follows the run's progress.
+MUZERO_CHANGEABLE_ON_RESUME = CHANGEABLE_ON_RESUME
 
 
 @dataclass
-class MuZeroConfig:
-    env_id: str = "CartPole-v1"
-    """the Gymnasium env id (Discrete actions; the board games rlgames/TicTacToe-v0 and rlgames/ConnectFour-v0 play both sides)"""
+class MuZeroConfig(RunConfig):
+    """MuZero's settings: the shared ones (training.run_config.RunConfig) with MuZero's defaults, and these."""
+
     exp_name: str = "muzero"
     """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
-    seed: int = 1
-    """seed of the experiment"""
     total_timesteps: int = 10_000
     """env steps of self-play, at most"""
-    stop_when_solved: bool = True
-    """stop once a greedy evaluation reaches --stop-return"""
-    stop_return: float | None = None
-    """the solved threshold for evaluations; default: the env's own (CartPole-v1 475, ...)"""
-    device: str = "auto"
-    """the learner's device: 'auto', 'cpu', 'cuda', ..."""
+    solved_by: Literal["training", "evaluation"] = "evaluation"
+    """what counts as solved: 'training' (the mean return of the last 100 self-play games reaches --stop-return) or 'evaluation' (a greedy evaluation of the search without noise does)"""
     num_envs: int = 8
     """self-play games played together (one batched search per move for each worker's games)"""
-    self_play_backend: Literal["inprocess", "multiprocess", "ray"] = "inprocess"
-    """where self-play workers run: in the learner's process (fastest for small models and cheap envs), in worker processes, or as Ray actors (needs the ray extra)"""
-    self_play_workers: int = 1
-    """self-play workers (each plays num_envs / workers games); 1 with --self-play-backend inprocess"""
+    eval_every: int = 2_000
+    """env steps between greedy evaluations (the search without noise; the best is kept as checkpoints/best.pt); one more runs at the end; 0 = only the one at the end"""
+    checkpoint_every: int = 2_000
+    """env steps between checkpoints (a killed run loses at most this much); the final one is always written"""
+    exp_name: str = "muzero"
+    """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
     self_play_moves: int = 1
     """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
-    ray_address: str | None = None
-    """with --self-play-backend ray: a running cluster to join ('auto' or HOST:PORT); default: Ray on this machine"""
     num_simulations: int = 25
     """search simulations per move"""
     gumbel: bool = False
@@ -103,32 +102,19 @@ class MuZeroConfig:
     """image observations: residual blocks in each of the representation and dynamics"""
     support_size: int = 20
     """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
-    eval_every: int = 2_000
-    """env steps between greedy evaluations (the search without noise); 0 = only at the end"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    runs_dir: str = "runs"
-    """folder that holds the run folders"""
-    checkpoint_every: int = 2_000
-    """env steps between checkpoints"""
-    keep_checkpoints: int = 3
-    """periodic checkpoints kept on disk"""
-    worker_timeout: float = 300.0
-    """seconds that self-play in this process or an evaluation may go without a single env step before the run counts it hung and stops with a checkpoint"""
-    max_bad_updates: int = 5
-    """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
-    resume: str | None = None
-    """a run folder (or checkpoint) to continue from; the replay starts empty again; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
-    resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
-    """the fields a --resume takes from this config instead of the run's (set from the command line)"""
-    progress: bool = True
-    """show a progress bar"""
+
+
+def resolve_self_play(cfg: MuZeroConfig) -> tuple[str, int]:
+    """(backend, num_workers) after 'auto' and 0: self-play in the learner's process unless asked otherwise
+    (for small models and cheap envs a process round trip costs more than it saves)."""
+    backend = "inprocess" if cfg.backend == "auto" else cfg.backend
+    return backend, cfg.num_workers or default_num_workers(backend, cfg.num_envs)
 
 
 def validate_muzero(cfg: MuZeroConfig) -> None:
-    problems = []
-    for name in ("total_timesteps", "num_envs", "num_simulations", "unroll_steps", "td_steps", "batch_size",
-                 "replay_capacity", "checkpoint_every", "eval_episodes", "max_bad_updates"):  # fmt: skip
+    """Raise ConfigError naming the offending settings and what would work."""
+    problems = run_config_problems(cfg)
+    for name in ("num_simulations", "unroll_steps", "td_steps", "batch_size", "replay_capacity", "self_play_moves"):
         if getattr(cfg, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     for name in ("reanalyse_fraction", "reanalyse_policy_fraction"):
@@ -142,22 +128,18 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
     if cfg.segment_length < 0:
         problems.append(f"--segment-length must be >= 0 (0 = whole games; got {cfg.segment_length})")
-    if cfg.self_play_workers < 1 or cfg.self_play_moves < 1:
-        problems.append(f"--self-play-workers and --self-play-moves must be >= 1 (got {cfg.self_play_workers}, {cfg.self_play_moves})")
-    elif cfg.self_play_backend == "inprocess" and cfg.self_play_workers != 1:
-        problems.append("--self-play-backend inprocess runs one worker; use multiprocess or ray for several")
-    elif cfg.num_envs % cfg.self_play_workers:
-        problems.append(f"--num-envs {cfg.num_envs} does not split evenly over --self-play-workers {cfg.self_play_workers}")
+    backend, workers = resolve_self_play(cfg)
+    if backend == "inprocess" and workers != 1:
+        problems.append("--backend inprocess self-plays with one worker; use multiprocess or ray for several")
+    elif cfg.num_envs > 0:
+        problems += worker_problems(cfg, backend, workers)
     if cfg.replay_capacity < cfg.batch_size:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     problems += range_problems(
-        cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "worker_timeout",
-                       "res_channels"),
-        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "keep_checkpoints", "res_blocks",
-                      "eval_every"),
+        cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "res_channels"),
+        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks"),
         unit=("priority_beta",),
     )  # fmt: skip
-    problems += run_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -3,7 +3,7 @@ batched search and hands back the games that ended, as plain arrays (training.mu
 
 The learner talks to one SelfPlayExecutor whatever runs the workers: in its own process (the default:
 for small models and cheap envs a process round trip costs more than it saves), in worker processes,
-or as Ray actors, chosen by `--self-play-backend`, as PPO's rollout workers are.
+or as Ray actors, chosen by `--backend`, as PPO's rollout workers are.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from agents.muzero.networks import root_inference, search_callback
 from agents.muzero.policies import run_policy
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
-from training.muzero.config import MuZeroConfig, build_model, sampling_moves, search_config
+from training.muzero.config import MuZeroConfig, build_model, resolve_self_play, sampling_moves, search_config
 from training.muzero.replay import Game
 from training.seeds import Reseed, reseeded
 from training.workers.processes import (
@@ -245,6 +245,10 @@ class SelfPlayExecutor:
     def play(self, moves: int, temperature: float) -> SelfPlayRound:
         return SelfPlayRound.merge([w.play(moves, temperature) for w in self.workers])
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of workers outside the learner's process (for the memory figures)."""
+        return []
+
     def close(self) -> None:
         for w in self.workers:
             w.close()
@@ -394,6 +398,9 @@ class MultiprocessSelfPlay(_ReplacingSelfPlay):
             proc.kill()
             proc.join(timeout=10)
 
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p is not None and p.pid is not None]
+
     def close(self) -> None:
         for conn in self.conns:
             with contextlib.suppress(BrokenPipeError, OSError, AttributeError):
@@ -411,6 +418,7 @@ class RaySelfPlay(_ReplacingSelfPlay):
 
     def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], ray_address: str | None = None, timeout: float = 300.0):
         ray, self.started_ray = connect_ray(ray_address, num_cpus=max(len(shares), 1))
+        self.address = ray_address
         self.ray = ray
         self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(_RaySelfPlayActor)
         self.actors: list = [None] * len(shares)
@@ -448,6 +456,10 @@ class RaySelfPlay(_ReplacingSelfPlay):
     def _receive(self, i: int) -> SelfPlayRound:
         return self._get(self.pending[i], "playing", self.timeout)
 
+    def worker_pids(self) -> list[int]:
+        """The actors' process ids when Ray runs on this machine; none on a cluster."""
+        return [pid for pid in self.pids if pid is not None] if self.started_ray and not self.address else []
+
     def _stop(self, i: int) -> None:
         if self.actors[i] is not None:
             with contextlib.suppress(Exception):
@@ -477,14 +489,14 @@ class _RaySelfPlayActor:
 
 
 def make_self_play(cfg: MuZeroConfig, model: torch.nn.Module, seed: int, rng: np.random.Generator) -> SelfPlayExecutor:
-    """The executor of cfg.self_play_backend with cfg.self_play_workers workers sharing cfg.num_envs games
-    (worker i's envs seeded from seed + its first env index). The in-process worker plays with `model`
-    and `rng` themselves."""
-    if cfg.self_play_backend == "inprocess":
+    """The executor of cfg's backend with its workers sharing cfg.num_envs games (worker i's envs seeded from
+    seed + its first env index). The in-process worker plays with `model` and `rng` themselves."""
+    backend, workers = resolve_self_play(cfg)
+    if backend == "inprocess":
         return SelfPlayExecutor([SelfPlayWorker(cfg, model, cfg.num_envs, seed, rng)])
-    per_worker = cfg.num_envs // cfg.self_play_workers
-    shares = [(per_worker, seed + i * per_worker) for i in range(cfg.self_play_workers)]
+    per_worker = cfg.num_envs // workers
+    shares = [(per_worker, seed + i * per_worker) for i in range(workers)]
     plain = dataclasses.replace(cfg, resume=None)
-    if cfg.self_play_backend == "multiprocess":
+    if backend == "multiprocess":
         return MultiprocessSelfPlay(plain, shares, cfg.worker_timeout)
     return RaySelfPlay(plain, shares, cfg.ray_address, cfg.worker_timeout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,48 +21,37 @@ import tyro
 
 from envs.sc2 import SC2Options, is_sc2
 from training.errors import ConfigError  # noqa: F401 - re-exported: PPO's modules import it from here
-from training.resume import CHANGEABLE_ON_RESUME, resume_changes
-from training.validation import range_problems, resolve_device, run_problems  # noqa: F401 - resolve_device re-exported
+from training.resume import resume_changes
+from training.run_config import (
+    CHANGEABLE_ON_RESUME,
+    RunConfig,
+    default_num_workers,
+    run_config_problems,
+    worker_problems,
+)
+from training.run_config import config_from_dict as _config_from_dict
+from training.run_config import config_to_dict as config_to_dict
+from training.validation import range_problems, resolve_device  # noqa: F401 - resolve_device re-exported
 
 
 @dataclass
-class PPOConfig:
-    env_id: str = "CartPole-v1"
-    """the Gymnasium env id (ALE/... needs the atari extra, LunarLander the box2d extra)"""
+class PPOConfig(RunConfig):
+    """PPO's settings: the shared ones (training.run_config.RunConfig) and these."""
+
     preset: str = "auto"
     """tuned settings to start from: 'auto' (the env's own preset if it has one), 'cleanrl' (CleanRL's ppo.py defaults), or an env id with a preset"""
     exp_name: str = "ppo"
     """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
-    seed: int = 1
-    """seed of the experiment (envs, sampling, initialisation, minibatch order)"""
-    total_timesteps: int = 500_000
-    """env steps to train for, at most"""
-    stop_when_solved: bool = True
-    """stop once the mean return of the last 100 episodes reaches --stop-return"""
-    stop_return: float | None = None
-    """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
-    device: str = "auto"
-    """the learner's device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     num_learners: int = 0
     """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
     torch_threads: int = 0
     """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all usable cores for CNNs); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
 
     # Rollout workers
-    num_envs: int = 4
-    """parallel envs in total, across all rollout workers"""
     num_steps: int = 128
     """steps per env per rollout (the rollout is num_envs * num_steps env steps)"""
-    backend: Literal["auto", "inprocess", "multiprocess", "ray"] = "auto"
-    """where rollout workers run: 'inprocess' (in the learner's process), 'multiprocess' (one process per worker, data through shared memory), 'ray' (Ray actors, on this machine or a cluster: needs the ray extra); 'auto' picks inprocess or multiprocess, whichever is fastest for the env"""
-    num_workers: int = 0
-    """rollout workers; 0 = auto (1 in-process, up to the CPU count otherwise); must divide num_envs"""
-    ray_address: str | None = None
-    """with --backend ray: a running cluster to join ('auto', or HOST:PORT of `ray start --head`); default: start Ray on this machine"""
     async_rollouts: bool = False
     """collect the next rollout while the learner updates (workers never wait; the data lags the learner by at most one policy version, corrected with V-trace targets and a PPO ratio clipped around the acting policy, as in APPO); needs --backend multiprocess or ray"""
-    worker_timeout: float = 300.0
-    """seconds a worker process or actor may take for its share of one rollout before it counts as hung and is replaced; in-process envs and evaluation: seconds without a single env step before the run counts them hung and stops with a checkpoint"""
 
     # PPO
     learning_rate: float = 2.5e-4
@@ -107,32 +95,9 @@ class PPOConfig:
     """StarCraft II: save a .SC2Replay of every Nth episode of each game under RUN_DIR/replays/ (0 = none)"""
 
     # Faults
-    max_bad_updates: int = 5
-    """updates in a row whose loss or gradient is NaN or inf (each is skipped) before the run stops"""
 
-    # Evaluation and videos
-    eval_every: int = 25_000
-    """env steps between greedy evaluations (logged as eval/*; the best one is kept as checkpoints/best.pt); one more runs at the end; 0 = none"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    capture_video: bool = False
-    """record a greedy evaluation episode every --video-every updates and at the end: an MP4 in RUN_DIR/videos/ and a GIF in TensorBoard's Images tab"""
-    video_every: int = 50
-    """updates between recorded episodes, with --capture-video"""
 
     # Logging and checkpoints
-    runs_dir: str = "runs"
-    """folder that holds the run folders"""
-    checkpoint_every: int = 50_000
-    """env steps between checkpoints (a killed run loses at most this much); the final one is always written"""
-    keep_checkpoints: int = 3
-    """periodic checkpoints kept on disk (newest first)"""
-    resume: str | None = None
-    """a run folder (or one of its checkpoint files) to continue from; its saved config is used; flags given with it that leave the learning as it was apply (--total-timesteps extends the run; --device, evaluation, checkpoint, worker and stop settings), any other is refused"""
-    resume_changes: tyro.conf.Suppress[tuple[str, ...]] = ()
-    """the fields a --resume takes from this config instead of the run's (set from the command line)"""
-    progress: bool = True
-    """show a progress bar (a log line every few seconds when stderr is not a terminal)"""
 
     @property
     def batch_size(self) -> int:
@@ -216,11 +181,8 @@ def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     return dataclasses.replace(cfg, preset=preset, **PRESETS[preset])
 
 
-# What `--resume` may change in a PPO run: the shared list, and where workers run and how a run is watched.
-PPO_CHANGEABLE_ON_RESUME = (
-    *CHANGEABLE_ON_RESUME, "backend", "num_workers", "ray_address", "worker_timeout", "torch_threads",
-    "capture_video", "video_every", "max_bad_updates",
-)  # fmt: skip
+# What `--resume` may change in a PPO run: the shared list and the learner's threads.
+PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "torch_threads")
 
 
 def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
@@ -252,20 +214,16 @@ def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
     backend = cfg.backend
     if backend == "auto":
         backend = "multiprocess" if is_heavy(cfg.env_id) and (os.cpu_count() or 1) > 1 else "inprocess"
-    workers = cfg.num_workers
-    if workers == 0:
-        workers = 1 if backend == "inprocess" else math.gcd(cfg.num_envs, os.cpu_count() or 1)
-    return backend, workers
+    return backend, cfg.num_workers or default_num_workers(backend, cfg.num_envs)
 
 
 def validate(cfg: PPOConfig) -> None:
     """Raise ConfigError naming the offending settings and what would work."""
-    problems = []
-    positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "checkpoint_every",
-                "max_bad_updates"]  # fmt: skip
+    problems = run_config_problems(cfg)
+    positive = ["num_steps", "num_minibatches", "update_epochs"]
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
-    if cfg.num_workers < 0 or cfg.num_learners < 0:
-        problems.append(f"--num-workers and --num-learners must be >= 0 (got {cfg.num_workers}, {cfg.num_learners})")
+    if cfg.num_learners < 0:
+        problems.append(f"--num-learners must be >= 0 (got {cfg.num_learners})")
     if is_sc2(cfg.env_id) and min(cfg.sc2.screen_size, cfg.sc2.minimap_size) < 4:
         problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
@@ -274,10 +232,6 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--save-replay-every must be >= 0 (0 saves none; got {cfg.save_replay_every})")
     if cfg.save_replay_every and not is_sc2(cfg.env_id):
         problems.append(f"--save-replay-every is for StarCraft II envs (sc2/<map>); {cfg.env_id} has no replays")
-    if cfg.eval_every < 0:
-        problems.append(f"--eval-every must be >= 0 (0 turns evaluation off; got {cfg.eval_every})")
-    if cfg.eval_episodes < 1 or cfg.video_every < 1:
-        problems.append(f"--eval-episodes and --video-every must be >= 1 (got {cfg.eval_episodes}, {cfg.video_every})")
     if not problems:
         if cfg.batch_size % cfg.num_minibatches:
             divisors = [d for d in range(1, min(cfg.batch_size, 64) + 1) if cfg.batch_size % d == 0]
@@ -290,20 +244,12 @@ def validate(cfg: PPOConfig) -> None:
         backend, workers = resolve_backend(cfg)
         if cfg.async_rollouts and backend == "inprocess":
             problems.append("--async-rollouts needs workers outside the learner: --backend multiprocess or ray")
-        if cfg.ray_address and backend != "ray":
-            problems.append(f"--ray-address is for --backend ray (the backend is {backend})")
         # Each data-parallel learner gets num_envs / learners envs, split again over its workers.
         learners = resolve_num_learners(cfg)
-        if workers * learners > cfg.num_envs:
-            problems.append(
-                f"--num-workers {workers} x --num-learners {learners} is more than --num-envs {cfg.num_envs}: "
-                "each worker needs at least one env"
-            )
-        elif cfg.num_envs % (workers * learners):
-            problems.append(
-                f"--num-envs {cfg.num_envs} does not split evenly over --num-learners {learners} x --num-workers {workers}"
-            )
-        elif learners > 1 and (cfg.num_envs // learners * cfg.num_steps) % cfg.num_minibatches:
+        problems += worker_problems(cfg, backend, workers, learners)
+        if learners > 1 and cfg.solved_by == "evaluation" and cfg.stop_when_solved:
+            problems.append("--solved-by evaluation stops one learner of --num-learners > 1: use --solved-by training")
+        elif learners > 1 and not problems and (cfg.num_envs // learners * cfg.num_steps) % cfg.num_minibatches:
             problems.append(
                 f"each learner's batch (num_envs / num_learners * num_steps) does not split into --num-minibatches {cfg.num_minibatches}"
             )
@@ -312,11 +258,10 @@ def validate(cfg: PPOConfig) -> None:
                 f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"
             )
     problems += range_problems(
-        cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "worker_timeout"),
+        cfg, positive=("learning_rate", "clip_coef", "max_grad_norm"),
         non_negative=("ent_coef", "vf_coef", "torch_threads"), unit=("gamma", "gae_lambda"),
         optional_positive=("target_kl",),
     )  # fmt: skip
-    problems += run_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -332,18 +277,8 @@ def env_kwargs(cfg: PPOConfig, run_dir: Path | None = None) -> dict[str, Any]:
     return kwargs
 
 
-def config_to_dict(cfg: PPOConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def config_from_dict(data: dict) -> PPOConfig:
-    names = {f.name for f in dataclasses.fields(PPOConfig)}
-    data = {k: v for k, v in data.items() if k in names}
-    if "hidden_sizes" in data:
-        data["hidden_sizes"] = tuple(data["hidden_sizes"])
-    if isinstance(data.get("sc2"), dict):
-        data["sc2"] = SC2Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["sc2"].items()})
-    return PPOConfig(**data)
+    return _config_from_dict(PPOConfig, data)
 
 
 __all__ = ["PPOConfig", "PRESETS", "ConfigError", "apply_preset", "parse_ppo_config", "validate"]

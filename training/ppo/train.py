@@ -1,20 +1,15 @@
-"""PPO's learner loop: collect a rollout through the executor, update, broadcast weights, log, save.
-
-The learner has one code path whatever runs the workers (in-process, worker processes, Ray actors).
-"""
+"""PPO: the network it builds, the learner (an update on a rollout, undone when it turns NaN) and the
+algorithm's step for the run skeleton (training.run): collect a rollout through the executor, update,
+broadcast the weights. The learner has one code path whatever runs the workers (in-process, worker
+processes, Ray actors)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
-import json
-import math
 import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -29,36 +24,25 @@ from agents.ppo import (
     explained_variance,
     ppo_update,
 )
-from envs.factory import check_env_id, probe_spaces, solved_return
+from envs.factory import probe_spaces
 from envs.sc2 import is_sc2
 from training.checkpoint import (
-    load_algo_checkpoint,
     reading_contents,
-    run_dir_of,
-    save_checkpoint,
 )
 from training.distributed import SINGLE, DataParallel, run_data_parallel
-from training.errors import TrainingDiverged
-from training.evaluation import TrainingEvaluator
-from training.interrupts import armed
-from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.ppo.backends import make_executor
 from training.ppo.config import (
     PPOConfig,
-    config_from_dict,
-    config_to_dict,
     env_kwargs,
     resolve_backend,
     resolve_device,
     resolve_num_learners,
     validate,
 )
-from training.ppo.executors import Executor
 from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
 from training.provenance import usable_cores
-from training.resume import apply_resume_changes
-from training.run_folder import claim_run_dir, loop_exit
+from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
 
 
@@ -182,64 +166,152 @@ class PPOLearner:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    checkpoint: Path
-    global_step: int
-    seconds: float
-    solved: bool
-    mean_return: float | None
-    sps: float
-    eval_return: float | None
-    """mean return of the final greedy evaluation (None with --eval-every 0)"""
-    rollout_seconds: float
-    update_seconds: float
-    history: list[tuple[int, float, float]] = field(default_factory=list)
-    """(env steps, wall seconds, mean return of the last 100 episodes) after each update"""
-    env_id: str = ""
-    """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
+# PPO's page in TensorBoard's "Custom Scalars" tab: one page with the charts people read first, curves that belong
+# together drawn on the same axes (each entry is a regex over the tags of the same run).
+PPO_DASHBOARD_LAYOUT = {
+    "1. Return": {
+        "return: training episodes, last-100 mean, evaluation": [
+            "Multiline", ["charts/episodic_return", "charts/mean_return_100", "eval/episodic_return"],
+        ],
+        "episode length: training and evaluation": ["Multiline", ["charts/episodic_length", "eval/episodic_length"]],
+    },
+    "2. Losses": {
+        "policy and value loss": ["Multiline", ["losses/policy_loss", "losses/value_loss"]],
+        "entropy": ["Multiline", ["losses/entropy"]],
+    },
+    "3. Policy statistics": {
+        "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
+        "clip fraction": ["Multiline", ["losses/clipfrac"]],
+        "explained variance": ["Multiline", ["losses/explained_variance"]],
+        "gradient norm and learning rate": ["Multiline", ["charts/grad_norm", "charts/learning_rate"]],
+        "policy lag of the data (versions; > 0 with --async-rollouts)": ["Multiline", ["charts/policy_lag"]],
+    },
+    "4. System": {
+        "env steps per second": ["Multiline", ["charts/SPS"]],
+        "seconds per rollout vs per update": ["Multiline", ["time/rollout_seconds", "time/update_seconds"]],
+        "rollout workers": ["Multiline", ["system/num_workers"]],
+        "memory (MiB)": ["Multiline", ["system/.*_mib"]],
+    },
+    "5. Faults": {
+        "skipped updates, worker and env restarts, dropped episodes": ["Multiline", ["faults/.*"]],
+    },
+}  # fmt: skip
 
 
-def load_resume_config(cfg: PPOConfig) -> tuple[PPOConfig, dict, Path]:
-    """The saved config of the run to resume (with this invocation's device/progress), its checkpoint
-    payload and its run folder."""
-    payload, path = load_algo_checkpoint(cfg.resume, "ppo")
-    with reading_contents(path):
-        resumed = apply_resume_changes(config_from_dict(json.loads(payload["config"])), cfg)
-        payload["global_step"] = int(payload["global_step"])
-    return resumed, payload, run_dir_of(path)
+class PPOAlgorithm(Algorithm):
+    """PPO for the run skeleton: a step collects one rollout through the executor (its workers in-process,
+    in worker processes or on Ray actors), updates on it and broadcasts the new weights."""
 
+    name, dashboard = "ppo", PPO_DASHBOARD_LAYOUT
 
-@dataclass
-class FaultCounts:
-    """Faults survived before this process's executor started (they carry over a resume); the executor
-    adds the workers it replaced, and the learner the updates it skipped."""
+    def __init__(self, cfg: PPOConfig, context: RunContext):
+        parallel, payload = context.parallel, context.payload
+        self.cfg, self.parallel, self.watch = cfg, parallel, context.watch
+        device = resolve_device(cfg.device)
+        if parallel.enabled and device.type == "cuda":
+            device = torch.device("cuda", parallel.rank)  # one GPU per learner
+        self.device = device
+        self.backend, self.num_workers = resolve_backend(cfg)
+        self.in_process = self.backend == "inprocess"
+        local_envs = cfg.num_envs // parallel.world_size
+        observation_space, action_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
+        self.agent = self.policy = build_agent(cfg, observation_space, action_space).to(device)
+        # One thread for MLPs (a second costs more in synchronisation than it gives); all usable cores for
+        # CNNs. Chosen here, never inherited from OMP_NUM_THREADS: a thread count changes float rounding, so
+        # a user's environment variable would otherwise change a seeded run.
+        torch.set_num_threads(cfg.torch_threads or (usable_cores() if self.agent.is_image else 1))
+        self.learner = PPOLearner(self.agent, cfg, device, parallel)
+        self.iteration = 0
+        # Faults survived before this process's executor started (they carry over a resume); the executor
+        # adds the workers it replaced, and the learner the updates it skipped.
+        self.faults_before = dict.fromkeys(("env_restarts", "worker_restarts", "dropped_episodes"), 0)
+        if payload is not None:
+            with reading_contents(cfg.resume):
+                saved = payload.get("faults", {})
+                self.learner.skipped_updates = saved.get("skipped_updates", 0)
+                self.faults_before.update({k: saved.get(k, 0) for k in self.faults_before})
+                self.learner.load_state_dict(payload["learner"])
+                self.iteration = payload["iteration"]
+                torch.set_rng_state(payload["rng"]["torch"])
+                random.setstate(payload["rng"]["python"])
+        self.env_kwargs = env_kwargs(cfg, context.run_dir)
+        # Envs restart from fresh episodes after a resume, on seeds of their own (training.seeds). Each
+        # data-parallel learner steps its own envs, seeded after those of the learners before it.
+        worker_seed = reseeded(rollout_seed(cfg.seed), Reseed.RESUME, self.iteration) + parallel.rank * local_envs
+        self.executor = make_executor(
+            self.backend, cfg.env_id, observation_space, action_space, self.agent, local_envs, self.num_workers,
+            cfg.num_steps, worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts, self.env_kwargs,
+        )  # fmt: skip
+        self.executor.set_weights(self.agent.state_dict(), self.iteration)
+        self.acting_total = self.learning_total = 0.0  # this invocation's, for time/rollout_fraction
 
-    env_restarts: int = 0
-    worker_restarts: int = 0
-    dropped_episodes: int = 0
+    def config_extras(self) -> dict:
+        return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
+                "resolved_num_learners": self.parallel.world_size}  # fmt: skip
 
-    def totals(self, executor: Executor, learner: PPOLearner) -> dict[str, int]:
+    def step(self) -> StepReport:
+        cfg = self.cfg
+        lr = cfg.learning_rate
+        if cfg.anneal_lr:
+            lr *= 1.0 - self.iteration / cfg.num_iterations
+        t0 = time.perf_counter()
+        with self.watch(f"collecting a rollout of {cfg.env_id} in this process") if self.in_process else contextlib.nullcontext():
+            rollout = self.executor.collect_next() if cfg.async_rollouts else self.executor.collect()
+        t1 = time.perf_counter()
+        policy_lag = self.iteration - rollout.policy_version
+        self.consistent = False  # from here to the new weights, a crash leaves the learner half-updated
+        self.iteration += 1
+        stats = self.learner.update(rollout, lr)
+        self.executor.set_weights(self.agent.state_dict(), self.iteration)
+        self.consistent = True
+        t2 = time.perf_counter()
+        self.faults_before["env_restarts"] += rollout.env_restarts
+        self.faults_before["dropped_episodes"] += rollout.dropped_episodes
+
+        # Every learner sees every learner's episodes, so all take the same stop decision.
+        episodes = self.parallel.gather_objects((rollout.episode_returns, rollout.episode_lengths))
+        scalars = {"charts/learning_rate": lr, "charts/policy_lag": policy_lag,
+                   "time/rollout_seconds": t1 - t0, "time/update_seconds": t2 - t1}  # fmt: skip
+        if stats is not None:
+            scalars.update({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")})
+            scalars.update({"charts/update_epochs": stats["epochs"], "charts/grad_norm": stats["grad_norm"]})
+        self.acting_total += t1 - t0
+        self.learning_total += t2 - t1
+        scalars["time/rollout_fraction"] = self.acting_total / (self.acting_total + self.learning_total)
+        return StepReport(
+            steps=rollout.num_steps * self.parallel.world_size,
+            episode_returns=np.concatenate([r for r, _ in episodes]),
+            episode_lengths=np.concatenate([n for _, n in episodes]),
+            scalars=scalars, skipped_in_a_row=self.learner.skipped_in_a_row, acting_seconds=t1 - t0,
+            learning_seconds=t2 - t1,
+        )  # fmt: skip
+
+    def state_dict(self) -> dict:
         return {
-            "skipped_updates": learner.skipped_updates,
-            "env_restarts": self.env_restarts,
-            "worker_restarts": self.worker_restarts + executor.worker_restarts,
-            "dropped_episodes": self.dropped_episodes + executor.dropped_episodes,
+            "iteration": self.iteration,
+            "learner": self.learner.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
 
+    def faults(self) -> dict[str, int]:
+        return {
+            "skipped_updates": self.learner.skipped_updates,
+            "env_restarts": self.faults_before["env_restarts"],
+            "worker_restarts": self.faults_before["worker_restarts"] + self.executor.worker_restarts,
+            "dropped_episodes": self.faults_before["dropped_episodes"] + self.executor.dropped_episodes,
+        }
 
-class _NullLogger:
-    """What data-parallel learners other than rank 0 log to: nothing."""
+    def worker_pids(self) -> list[int]:
+        return self.executor.worker_pids()
 
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
+    def close(self) -> None:
+        self.executor.close()
 
 
-def train(cfg: PPOConfig) -> TrainResult:
+def train(cfg: PPOConfig) -> RunResult:
     """Train PPO; with several learners (--num-learners, or one per GPU), in that many data-parallel
     processes, returning rank 0's result."""
-    resolved = load_resume_config(cfg)[0] if cfg.resume else cfg
+    resolved = resumed_config(cfg, "ppo")[0] if cfg.resume else cfg
     validate(resolved)
     learners = resolve_num_learners(resolved)
     if learners > 1:
@@ -247,201 +319,5 @@ def train(cfg: PPOConfig) -> TrainResult:
     return _train(cfg, SINGLE)
 
 
-def _train(cfg: PPOConfig, parallel: DataParallel) -> TrainResult:
-    payload, run_dir = None, None
-    if cfg.resume:
-        cfg, payload, run_dir = load_resume_config(cfg)
-    validate(cfg)
-    check_env_id(cfg.env_id)
-    if payload is None and parallel.is_main:
-        run_dir = make_run_dir(Path(cfg.runs_dir), run_name(cfg.env_id, cfg.exp_name, cfg.seed))
-    if not parallel.is_main:  # rank 0 holds the folder for all learners
-        return _train_in_folder(cfg, parallel, payload, run_dir)
-    with claim_run_dir(run_dir, payload["global_step"] if payload is not None else None):
-        return _train_in_folder(cfg, parallel, payload, run_dir)
-
-
-def _train_in_folder(cfg: PPOConfig, parallel: DataParallel, payload: dict | None, run_dir: Path | None) -> TrainResult:
-    device = resolve_device(cfg.device)
-    if parallel.enabled and device.type == "cuda":
-        device = torch.device("cuda", parallel.rank)  # one GPU per learner
-    main = parallel.is_main
-    backend, num_workers = resolve_backend(cfg)
-    local_envs = cfg.num_envs // parallel.world_size
-    observation_space, action_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
-
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    agent = build_agent(cfg, observation_space, action_space).to(device)
-    # One thread for MLPs (a second costs more in synchronisation than it gives); all usable cores for CNNs.
-    # Chosen here, never inherited from OMP_NUM_THREADS: a thread count changes float rounding, so a
-    # user's environment variable would otherwise change a seeded run.
-    torch.set_num_threads(cfg.torch_threads or (usable_cores() if agent.is_image else 1))
-    learner = PPOLearner(agent, cfg, device, parallel)
-
-    global_step, iteration, seconds_before = 0, 0, 0.0
-    recent_returns: deque[float] = deque(maxlen=100)
-    faults = FaultCounts()
-    if payload is not None:
-        with reading_contents(cfg.resume):
-            saved = payload.get("faults", {})
-            learner.skipped_updates = saved.get("skipped_updates", 0)
-            faults = FaultCounts(**{k: saved.get(k, 0) for k in ("env_restarts", "worker_restarts", "dropped_episodes")})
-            learner.load_state_dict(payload["learner"])
-            global_step, iteration = payload["global_step"], payload["iteration"]
-            seconds_before = payload["elapsed_seconds"]
-            recent_returns.extend(payload["recent_returns"].tolist())
-            torch.set_rng_state(payload["rng"]["torch"])
-            random.setstate(payload["rng"]["python"])
-
-    threshold = solved_return(cfg.env_id, cfg.stop_return)
-    config_dict = {**config_to_dict(cfg), "resolved_backend": backend, "resolved_num_workers": num_workers,
-                   "resolved_num_learners": parallel.world_size}  # fmt: skip
-    if main:
-        logger = RunLogger(run_dir, config_dict, resumed_at=global_step if payload is not None else None)
-        if payload is None:
-            logger.dashboards(config_dict)
-    else:
-        logger = _NullLogger()
-    evaluator = TrainingEvaluator(
-        cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
-        cfg.video_every, best_return=payload.get("best_eval_return", -math.inf) if payload else -math.inf,
-        env_kwargs=env_kwargs(cfg),
-    )  # fmt: skip
-
-    def checkpoint_state() -> dict:
-        return {
-            "algo": "ppo",
-            "config": json.dumps(config_to_dict(dataclasses.replace(cfg, resume=None, resume_changes=()))),
-            "global_step": global_step,
-            "iteration": iteration,
-            "elapsed_seconds": seconds_before + time.perf_counter() - start,
-            "learner": learner.state_dict(),
-            "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "best_eval_return": evaluator.best_return,
-            "faults": faults.totals(executor, learner),
-        }
-
-    def checkpoint() -> Path | None:
-        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints) if main else None
-
-    # Envs restart from fresh episodes after a resume, on seeds of their own (training.seeds). Each
-    # data-parallel learner steps its own envs, seeded after those of the learners before it.
-    worker_seed = reseeded(rollout_seed(cfg.seed), Reseed.RESUME, iteration) + parallel.rank * local_envs
-    start = time.perf_counter()
-    executor = make_executor(
-        backend, cfg.env_id, observation_space, action_space, agent, local_envs, num_workers, cfg.num_steps,
-        worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts, env_kwargs(cfg, run_dir),
-    )  # fmt: skip
-    progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress and main)
-    rollout_seconds = update_seconds = 0.0
-    history: list[tuple[int, float, float]] = []
-    eval_return = None
-    solved, last_checkpoint, next_checkpoint = False, None, (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    consistent = True  # the state a checkpoint would hold is one between two updates
-
-    def watching(what: str) -> contextlib.AbstractContextManager:
-        # Envs stepped in this process have no --worker-timeout of their own: the watchdog stands in.
-        return armed(what, cfg.worker_timeout) if backend == "inprocess" else contextlib.nullcontext()
-
-    try:
-        executor.set_weights(agent.state_dict(), iteration)
-        steps_at_start = global_step
-        while global_step < cfg.total_timesteps:
-            lr = cfg.learning_rate
-            if cfg.anneal_lr:
-                lr *= 1.0 - iteration / cfg.num_iterations
-            t0 = time.perf_counter()
-            with watching(f"collecting a rollout of {cfg.env_id} in this process"):
-                rollout = executor.collect_next() if cfg.async_rollouts else executor.collect()
-            t1 = time.perf_counter()
-            policy_lag = iteration - rollout.policy_version
-            consistent = False  # from here to the new weights, a crash leaves the learner half-updated
-            step_before = global_step
-            global_step += rollout.num_steps * parallel.world_size
-            iteration += 1
-            stats = learner.update(rollout, lr)
-            if stats is None and learner.skipped_in_a_row >= cfg.max_bad_updates:
-                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-                raise TrainingDiverged(
-                    f"{learner.skipped_in_a_row} updates in a row had a NaN or inf loss or gradient, so the run "
-                    f"stopped at env step {global_step}; {kept}. Look for NaN/inf in the env's rewards and "
-                    "observations, or lower --learning-rate"
-                )
-            executor.set_weights(agent.state_dict(), iteration)
-            consistent = True
-            t2 = time.perf_counter()
-            rollout_seconds += t1 - t0
-            update_seconds += t2 - t1
-
-            # Every learner sees every learner's episodes, so all take the same stop decision.
-            episodes = parallel.gather_objects((rollout.episode_returns, rollout.episode_lengths))
-            episode_returns = np.concatenate([r for r, _ in episodes])
-            episode_lengths = np.concatenate([n for _, n in episodes])
-            for ret, length in zip(episode_returns, episode_lengths, strict=True):
-                logger.scalars({"charts/episodic_return": ret, "charts/episodic_length": length}, global_step)
-            # A NaN or inf return (a broken reward) would hold the last-100 mean at NaN for 100 episodes.
-            recent_returns.extend(episode_returns[np.isfinite(episode_returns)].tolist())
-            faults.env_restarts += rollout.env_restarts
-            faults.dropped_episodes += rollout.dropped_episodes
-            mean_return = float(np.mean(recent_returns)) if recent_returns else None
-            elapsed = time.perf_counter() - start
-            sps = (global_step - steps_at_start) / elapsed
-            if stats is not None:
-                logger.scalars({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")}, global_step)
-                logger.scalars({"charts/update_epochs": stats["epochs"], "charts/grad_norm": stats["grad_norm"]}, global_step)
-            logger.scalars({
-                "charts/learning_rate": lr,
-                "charts/SPS": sps,
-                "charts/policy_lag": policy_lag,
-                **{f"faults/{k}": v for k, v in faults.totals(executor, learner).items()},
-                "time/rollout_seconds": t1 - t0,
-                "time/update_seconds": t2 - t1,
-                "time/rollout_fraction": rollout_seconds / (rollout_seconds + update_seconds),
-            }, global_step)  # fmt: skip
-            logger.system(num_workers, executor.worker_pids(), device, global_step)
-            if mean_return is not None:
-                logger.scalars({"charts/mean_return_100": mean_return}, global_step)
-                history.append((global_step, seconds_before + elapsed, mean_return))
-            progress.update(global_step, sps, mean_return)
-
-            solved = (
-                cfg.stop_when_solved and threshold is not None and len(recent_returns) == recent_returns.maxlen
-                and mean_return >= threshold
-            )  # fmt: skip
-            # Periodic evaluation and videos; the last of each runs after the loop, once training is over.
-            finished = solved or global_step >= cfg.total_timesteps
-            if main and evaluator.evaluation_due(step_before, global_step) and not finished:
-                with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
-                    evaluator.evaluate(agent, global_step, checkpoint_state)
-            if main and evaluator.video_due(iteration) and not finished:
-                with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
-                    evaluator.record_video(agent, global_step)
-            if global_step >= next_checkpoint and not finished:
-                last_checkpoint = checkpoint()
-                next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-            if solved:
-                break
-        if main and cfg.eval_every > 0:
-            with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
-                eval_return = evaluator.evaluate(agent, global_step, checkpoint_state).mean_return
-        if main and cfg.capture_video:
-            with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
-                evaluator.record_video(agent, global_step)
-        last_checkpoint = checkpoint()
-    except BaseException as error:  # a stop or a crash: save what can be saved, then say so (run_folder)
-        raise loop_exit(error, run_dir, global_step, checkpoint, consistent, last_checkpoint)  # noqa: B904
-    finally:
-        progress.close()
-        executor.close()
-        logger.close()
-
-    elapsed = time.perf_counter() - start
-    mean_return = float(np.mean(recent_returns)) if recent_returns else None
-    return TrainResult(
-        run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
-        solved=bool(solved), mean_return=mean_return, sps=(global_step - steps_at_start) / elapsed, eval_return=eval_return,
-        rollout_seconds=rollout_seconds, update_seconds=update_seconds, history=history, env_id=cfg.env_id,
-    )  # fmt: skip
+def _train(cfg: PPOConfig, parallel: DataParallel) -> RunResult:
+    return run_training(cfg, "ppo", validate, PPOAlgorithm, parallel)

@@ -1,0 +1,60 @@
+"""MuZero's search as an acting policy (PPO's act interface), for evaluation, videos and watching, and
+loading it from a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.muzero.networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero.policies import run_policy
+from agents.muzero.search import SearchConfig
+from envs.factory import check_env_id
+from training.muzero.config import MuZeroConfig, build_model, search_config
+from training.run_config import config_from_dict
+
+
+class MuZeroActor(nn.Module):
+    """The search as a policy with PPO's acting interface, for evaluation and watching: greedy (most
+    visited, or Gumbel's noiseless choice) when deterministic, else sampled from the visits."""
+
+    def __init__(self, model: MuZeroMLP, search: SearchConfig, seed: int = 0):
+        super().__init__()
+        self.model, self.search = model, search
+        self.rng = np.random.default_rng(seed)
+        self.last_result = None
+
+    @torch.inference_mode()
+    def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = True):
+        mask = obs.get("action_mask")
+        features = obs["obs"].cpu().numpy()
+        search = dataclasses.replace(self.search, root_exploration_fraction=0.0,
+                                     gumbel_scale=0.0 if deterministic else self.search.gumbel_scale)  # fmt: skip
+        result = run_policy(root_inference(self.model, features), search_callback(self.model), search, self.rng,
+                            None if mask is None else mask.cpu().numpy().astype(bool), greedy=deterministic)  # fmt: skip
+        self.last_result = result
+        action = result.action
+        n = len(action)
+        return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(result.root_value, dtype=torch.float32)
+
+    def search_summary(self) -> list[str]:
+        """The last search of the first root, as overlay lines: root visit counts and Q per action."""
+        if self.last_result is None:
+            return []
+        r = self.last_result
+        visits = " ".join(str(int(v)) for v in r.visit_counts[0])
+        q = " ".join(f"{v:.2f}" for v in r.q_values[0])
+        return [f"root value {r.root_value[0]:.2f}", f"visits {visits}", f"Q {q}"]
+
+
+def load_muzero_actor(payload: dict) -> tuple[MuZeroConfig, MuZeroActor]:
+    """A MuZero checkpoint's config and its search as a policy (for watch.py and evaluate.py)."""
+    cfg = config_from_dict(MuZeroConfig, json.loads(payload["config"]))
+    check_env_id(cfg.env_id)
+    model = build_model(cfg)
+    model.load_state_dict(payload["model"])
+    return cfg, MuZeroActor(model, search_config(cfg), seed=cfg.seed)
