@@ -96,7 +96,11 @@ def muzero_policy(
     else:
         sampling = visit_counts.astype(np.float64) ** (1.0 / temperature)
         sampling /= sampling.sum(-1, keepdims=True)
-        action = np.array([rng.choice(num_actions, p=w) for w in sampling])
+        # Inverse-CDF sampling of every row at once: the same uniform draws and the same actions as
+        # rng.choice(A, p=row) row by row, without its per-call cost (~10 us a root).
+        cdf = sampling.cumsum(-1)
+        cdf /= cdf[:, -1:]
+        action = (cdf <= rng.random(batch)[:, None]).sum(-1)
         if greedy is not False:
             action = np.where(greedy, most_visited, action)
     return PolicyOutput(action, weights, visit_counts, tree.value(all_b, root_nodes), q_values, tree)
