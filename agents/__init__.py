@@ -1,1 +1,1 @@
-"""Networks, action distributions and the PPO math. Imports neither `training` nor `launch`."""
+"""Networks, action distributions, PPO's math and MuZero's (agents.muzero). Imports neither `training` nor `launch`."""

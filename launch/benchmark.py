@@ -275,7 +275,7 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
 def muzero_report(args: BenchmarkArgs) -> list[str]:
     """Search throughput table, then one line per seed of the CartPole solve runs and their summary."""
     from training.muzero.benchmark import search_throughput, time_to_solve
-    from training.muzero.train import MuZeroConfig
+    from training.muzero.config import MuZeroConfig
 
     # Evaluations as the issue's target measures them: 20 greedy episodes every 1,000 env steps.
     base = MuZeroConfig(eval_every=1_000, eval_episodes=20)

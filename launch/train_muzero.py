@@ -9,7 +9,8 @@ import sys
 import tyro
 
 from training.cli import run_cli, run_footer
-from training.muzero.train import MUZERO_CHANGEABLE_ON_RESUME, MuZeroConfig, train_muzero
+from training.muzero.config import MUZERO_CHANGEABLE_ON_RESUME, MuZeroConfig
+from training.muzero.train import train_muzero
 from training.resume import resume_changes
 
 

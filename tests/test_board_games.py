@@ -119,7 +119,7 @@ def test_a_symmetric_copy_of_a_game_is_a_game_with_the_same_results(env_id, env_
     start gives the turned boards, the same rewards and the same end, and the turned policy targets put
     their mass on the turned moves."""
     from envs.board_games import board_symmetries
-    from training.muzero.train import apply_symmetries
+    from training.muzero.learner import apply_symmetries
 
     obs_perms, action_perms = board_symmetries(env_id)
     num_cells, num_actions = obs_perms.shape[1], action_perms.shape[1]

@@ -30,7 +30,9 @@ def test_preset_solves_within_budget(tmp_path, env_id, budget, seed):
 def _tictactoe(seed: int, runs_dir: str):
     from training.checkpoint import load_algo_checkpoint
     from training.evaluation import audit_against_perfect_play
-    from training.muzero.train import MuZeroConfig, load_muzero_actor, train_muzero
+    from training.muzero.actor import load_muzero_actor
+    from training.muzero.config import MuZeroConfig
+    from training.muzero.train import train_muzero
 
     cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", seed=seed, total_timesteps=60_000, eval_every=2_500,
                        eval_episodes=100, runs_dir=runs_dir, progress=False)  # fmt: skip

@@ -89,8 +89,9 @@ def test_the_unrolled_loss_trains_the_model():
 
 def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
     from agents.muzero.networks import MuZeroMLP, root_inference
+    from training.muzero.config import MuZeroConfig
+    from training.muzero.learner import reanalysed_values
     from training.muzero.replay import Game
-    from training.muzero.train import MuZeroConfig, reanalysed_values
 
     torch.manual_seed(0)
     model = MuZeroMLP(obs_dim=3, num_actions=2, support_size=10, reward_support_size=10)
@@ -117,8 +118,9 @@ def test_reanalyse_searches_the_unrolls_positions_again_with_the_latest_model():
     """The policy half of Reanalyse on TicTacToe self-play games: the unroll's positions get new search
     policies over their legal moves (the only legal move, alone, when one is left), the positions outside
     the unroll and the stored games keep theirs."""
+    from training.muzero.config import MuZeroConfig, build_model
+    from training.muzero.learner import reanalysed_policies
     from training.muzero.self_play import SelfPlayWorker
-    from training.muzero.train import MuZeroConfig, build_model, reanalysed_policies
 
     cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", num_simulations=8, unroll_steps=2, reanalyse_policy_fraction=1.0)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from training.muzero.benchmark import constant_model, search_throughput, time_to_solve
-from training.muzero.train import MuZeroConfig
+from training.muzero.config import MuZeroConfig
 
 
 def test_constant_model_keeps_the_state_and_returns_nothing_to_learn_from():

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from training.muzero.train import MuZeroConfig, train_muzero, validate_muzero
+from training.muzero.config import MuZeroConfig, validate_muzero
+from training.muzero.train import train_muzero
 from training.ppo.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def test_connect_four_trains_and_is_evaluated_against_the_lookahead_player(tmp_p
 
 
 def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():
-    from training.muzero.train import sampling_moves, visit_temperature
+    from training.muzero.config import sampling_moves, visit_temperature
 
     assert visit_temperature(MuZeroConfig()) == 0.25
     assert visit_temperature(MuZeroConfig(env_id="rlgames/TicTacToe-v0")) == 1.0
@@ -205,7 +206,7 @@ class _ImageCorridor(gym.Env):
 
 def test_image_observations_train_the_residual_net(tmp_path):
     from agents.muzero.networks import MuZeroResNet
-    from training.muzero.train import build_model
+    from training.muzero.config import build_model
 
     gym.register("tests/ImageCorridor-v0", entry_point=_ImageCorridor)
     try:
@@ -223,7 +224,7 @@ def test_image_observations_train_the_residual_net(tmp_path):
 
 
 def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):
-    from training.muzero.train import ModelSpaces, check_replay_fits
+    from training.muzero.config import ModelSpaces, check_replay_fits
 
     spaces = ModelSpaces((4, 84, 84), np.dtype(np.uint8), 6, False)
     # A uint8 frame stack plus policy and scalars; segments of 50 starts also keep 5 + 10 + 1 positions after them.

@@ -234,8 +234,8 @@ def test_ray_async_collection_lags_one_version(ray_head):
 
 
 def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
+    from training.muzero.config import MuZeroConfig, build_model
     from training.muzero.self_play import RaySelfPlay, SelfPlayWorker
-    from training.muzero.train import MuZeroConfig, build_model
 
     cfg = MuZeroConfig(num_envs=2, num_simulations=4)
     torch.manual_seed(3)
@@ -259,8 +259,8 @@ def test_muzero_self_play_as_ray_actors_plays_the_same_games(ray_head):
 
 
 def test_a_killed_self_play_actor_is_replaced_and_counted(ray_head):
+    from training.muzero.config import MuZeroConfig, build_model
     from training.muzero.self_play import RaySelfPlay
-    from training.muzero.train import MuZeroConfig, build_model
 
     cfg = MuZeroConfig(num_envs=2, num_simulations=4)
     remote = RaySelfPlay(cfg, [(1, 20), (1, 21)], ray_address=ray_head, timeout=60)

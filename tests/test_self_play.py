@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from agents.muzero.loss import make_targets
+from training.muzero.config import MuZeroConfig, build_model
 from training.muzero.replay import Game
 from training.muzero.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker, _GameRecord
-from training.muzero.train import MuZeroConfig, build_model, train_muzero
+from training.muzero.train import train_muzero
 
 CFG = MuZeroConfig(num_envs=2, num_simulations=4)
 

@@ -1,1 +1,2 @@
-"""Rollout workers and executors, learner loops, logging, checkpoints: the wiring between agents and envs."""
+"""The wiring between agents and envs: the run skeleton, config base, seeds, checkpoints, logging and
+evaluation shared by both algorithms, and each algorithm's part (training.ppo, training.muzero)."""

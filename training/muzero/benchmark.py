@@ -15,7 +15,8 @@ from agents.muzero.networks import root_inference, search_callback
 from agents.muzero.policies import run_policy
 from agents.muzero.search import RecurrentFnOutput, SearchConfig
 from envs.factory import solved_return
-from training.muzero.train import MuZeroConfig, build_model, model_spaces, train_muzero
+from training.muzero.config import MuZeroConfig, build_model, model_spaces
+from training.muzero.train import train_muzero
 
 
 def constant_model(num_actions: int, hidden_state: int):

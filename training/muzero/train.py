@@ -14,22 +14,19 @@ import torch
 
 from envs.board_games import board_symmetries
 from envs.factory import check_env_id
-from training.muzero.actor import MuZeroActor, load_muzero_actor  # noqa: F401 - importable from here
-from training.muzero.config import (  # noqa: F401 - the config's names, importable from here as before
-    MUZERO_CHANGEABLE_ON_RESUME,
-    ModelSpaces,
+from training.muzero.actor import MuZeroActor
+from training.muzero.config import (
     MuZeroConfig,
     build_model,
     check_replay_fits,
     is_two_player,
     model_spaces,
     resolve_self_play,
-    sampling_moves,
     search_config,
     validate_muzero,
     visit_temperature,
 )
-from training.muzero.learner import apply_symmetries, reanalysed_policies, reanalysed_values, update  # noqa: F401
+from training.muzero.learner import update
 from training.muzero.replay import PrioritizedReplay
 from training.muzero.self_play import make_self_play
 from training.run import Algorithm, RunContext, RunResult, StepReport, run_training
