@@ -12,8 +12,9 @@ import torch
 from agents.muzero.loss import make_targets
 from training.muzero.config import MuZeroConfig, build_model
 from training.muzero.replay import Game
-from training.muzero.self_play import MultiprocessSelfPlay, SelfPlayError, SelfPlayWorker, _GameRecord
+from training.muzero.self_play import MultiprocessSelfPlay, SelfPlayWorker, _GameRecord
 from training.muzero.train import train_muzero
+from training.workers.pool import WorkerError
 
 CFG = MuZeroConfig(num_envs=2, num_simulations=4)
 
@@ -139,7 +140,7 @@ def test_a_dead_or_hung_worker_process_is_replaced_and_counted(fault, capsys):
 
 
 def test_a_worker_that_cannot_start_is_a_setup_error():
-    with pytest.raises(SelfPlayError, match="self-play worker 0 could not start"):
+    with pytest.raises(WorkerError, match="self-play worker 0 could not start"):
         MultiprocessSelfPlay(dataclasses.replace(CFG, env_id="tests/NoSuchEnv-v0"), [(1, 0)], timeout=60)
 
 

@@ -3,19 +3,17 @@ batched search and hands back the games that ended, as plain arrays (training.mu
 
 The learner talks to one SelfPlayExecutor whatever runs the workers: in its own process (the default:
 for small models and cheap envs a process round trip costs more than it saves), in worker processes,
-or as Ray actors, chosen by `--backend`, as PPO's rollout workers are.
+or as Ray actors, chosen by `--backend`: the same worker pool as PPO's rollout workers (training.workers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import sys
+import functools
 import time
-from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 
 import numpy as np
 import torch
@@ -27,14 +25,8 @@ from training.interrupts import beat
 from training.muzero.config import MuZeroConfig, build_model, resolve_self_play, sampling_moves, search_config
 from training.muzero.replay import Game
 from training.seeds import Reseed, reseeded
-from training.workers.processes import (
-    MIN_STARTUP_TIMEOUT,
-    NO_REPLY,
-    receive_reply,
-    serve_commands,
-    start_worker_process,
-)
-from training.workers.ray_cluster import connect_ray
+from training.workers.backends import make_backend
+from training.workers.pool import InProcessBackend, PoolBackend, WorkerFactory, WorkerPool
 
 
 @dataclass
@@ -228,275 +220,95 @@ class SelfPlayWorker:
         self.envs.close()
 
 
-class SelfPlayError(RuntimeError):
-    """A self-play worker process or actor died or raised."""
-
-
 class SelfPlayExecutor:
-    """Runs the workers; the learner calls set_weights after its updates and play for each round."""
+    """MuZero's self-play workers in the shared worker pool (training.workers): the learner calls
+    set_weights after its updates and play for each round; a dead or hung worker outside the learner's
+    process is replaced (new env seeds, the latest weights) and plays its share of the round again, its
+    games in progress dropped and counted."""
 
-    def __init__(self, workers: list[SelfPlayWorker]):
-        self.workers = workers
+    def __init__(self, backend: PoolBackend, make_worker: Callable[[int, int], WorkerFactory],
+                 shares: list[tuple[int, int]], timeout: float):  # fmt: skip
+        self.shares = shares
+        self.pool = WorkerPool(backend, make_worker, [n for n, _ in shares], timeout, "self-play worker")
+        self.version = 0
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        for w in self.workers:
-            w.set_weights(state_dict)
+        self.version += 1
+        self.pool.set_weights(state_dict, self.version)
 
     def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        return SelfPlayRound.merge([w.play(moves, temperature) for w in self.workers])
+        restarts, dropped = self.pool.worker_restarts, self.pool.dropped_episodes
+        merged = SelfPlayRound.merge(self.pool.call_all("play", lambda i: (moves, temperature)))
+        merged.worker_restarts = self.pool.worker_restarts - restarts
+        merged.dropped_episodes += self.pool.dropped_episodes - dropped
+        return merged
+
+    @property
+    def restarts(self) -> list[int]:
+        """times each worker slot was replaced"""
+        return self.pool.restarts
+
+    def worker_seed(self, i: int, restarts: int) -> int:
+        return reseeded(self.shares[i][1], Reseed.WORKER_REPLACED, restarts)
 
     def worker_pids(self) -> list[int]:
         """Process ids of workers outside the learner's process (for the memory figures)."""
-        return []
+        return self.pool.worker_pids()
 
     def close(self) -> None:
-        for w in self.workers:
-            w.close()
+        self.pool.close()
 
 
-def _worker_process(cfg: MuZeroConfig, num_envs: int, seed: int, conn: Connection) -> None:
-    def set_weights(worker: SelfPlayWorker, state_dict: dict[str, torch.Tensor]):
-        worker.set_weights(state_dict)
-        return NO_REPLY
-
-    serve_commands(conn, lambda: SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed),
-                   {"weights": set_weights, "play": SelfPlayWorker.play})  # fmt: skip
+def new_self_play_worker(cfg: MuZeroConfig, num_envs: int, seed: int) -> SelfPlayWorker:
+    """A worker with a model copy of its own (its weights come with the first round): outside the learner."""
+    return SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed)
 
 
-class _ReplacingSelfPlay(SelfPlayExecutor, ABC):
-    """Workers outside the learner's process, each with its share of the games. One that dies, raises or
-    stays silent for `timeout` seconds during a round is stopped and replaced by a fresh one (new env seeds,
-    the latest weights) that plays its share of the round again; the games it had in progress are lost
-    (counted as dropped). At start-up a failure is raised at once: it is a setup problem, not bad luck.
-    Subclasses say how to start, ask, hear from and stop worker i."""
+class _RemoteSelfPlay(SelfPlayExecutor):
+    """Workers outside the learner's process, each with its share (num_envs, first env seed) of the games."""
 
-    # Replacements of one worker in a row (within one round) before the round gives up.
-    MAX_REPLACEMENTS_IN_A_ROW = 3
+    def __init__(self, backend: str, cfg: MuZeroConfig, shares: list[tuple[int, int]], timeout: float,
+                 ray_address: str | None = None):  # fmt: skip
+        self.cfg = dataclasses.replace(cfg, resume=None)
+        pool_backend = make_backend(backend, len(shares), 1, ray_address, "self-play")
+        super().__init__(pool_backend, self._worker_factory, shares, timeout)
 
-    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], timeout: float):
-        self.cfg, self.shares, self.timeout = cfg, shares, timeout
-        self.restarts = [0] * len(shares)
-        self.weights: dict[str, torch.Tensor] | None = None
-        for i in range(len(shares)):
-            self._start(i)
-        try:
-            for i in range(len(shares)):
-                self._wait_ready(i)
-        except BaseException as e:
-            self.close()
-            if isinstance(e, SelfPlayError):
-                raise SelfPlayError(f"self-play worker {i} could not start: {e}") from None
-            raise
-
-    def worker_seed(self, i: int) -> int:
-        return reseeded(self.shares[i][1], Reseed.WORKER_REPLACED, self.restarts[i])
-
-    @abstractmethod
-    def _start(self, i: int) -> None:
-        """Start worker i (without waiting for it)."""
-
-    @abstractmethod
-    def _wait_ready(self, i: int) -> None:
-        """Return once worker i has built its envs; SelfPlayError if it cannot."""
-
-    @abstractmethod
-    def _send_weights(self, i: int) -> None:
-        """Give worker i self.weights (before its next round)."""
-
-    @abstractmethod
-    def _request(self, i: int, moves: int, temperature: float) -> None:
-        """Ask worker i for a round of `moves` moves."""
-
-    @abstractmethod
-    def _receive(self, i: int) -> SelfPlayRound:
-        """Worker i's round; SelfPlayError if it died, raised or hung."""
-
-    @abstractmethod
-    def _stop(self, i: int) -> None:
-        """Stop worker i for good, whatever state it is in."""
-
-    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-        for i in range(len(self.shares)):
-            with contextlib.suppress(SelfPlayError):  # a dead worker is replaced at the next round
-                self._send_weights(i)
-
-    def _replace(self, i: int, reason: SelfPlayError) -> None:
-        self._stop(i)
-        self.restarts[i] += 1
-        print(f"self-play worker {i} {reason}; replacing it (new env seeds)", file=sys.stderr)
-        self._start(i)
-        self._wait_ready(i)
-        if self.weights is not None:
-            self._send_weights(i)
-
-    def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        for i in range(len(self.shares)):
-            with contextlib.suppress(SelfPlayError):  # a worker already dead fails in _receive below
-                self._request(i, moves, temperature)
-        rounds, replaced, dropped = [], 0, 0
-        for i in range(len(self.shares)):
-            for attempt in range(self.MAX_REPLACEMENTS_IN_A_ROW + 1):
-                try:
-                    rounds.append(self._receive(i))
-                    break
-                except SelfPlayError as e:
-                    if attempt == self.MAX_REPLACEMENTS_IN_A_ROW:
-                        raise SelfPlayError(f"self-play worker {i} failed {attempt + 1} times in a row: {e}") from None
-                    self._replace(i, e)
-                    replaced, dropped = replaced + 1, dropped + self.shares[i][0]
-                    self._request(i, moves, temperature)
-        merged = SelfPlayRound.merge(rounds)
-        merged.worker_restarts, merged.dropped_episodes = replaced, merged.dropped_episodes + dropped
-        return merged
+    def _worker_factory(self, i: int, restarts: int) -> WorkerFactory:
+        return functools.partial(new_self_play_worker, self.cfg, self.shares[i][0], self.worker_seed(i, restarts))
 
 
-class MultiprocessSelfPlay(_ReplacingSelfPlay):
-    """Workers in their own processes (spawned), each with its share of the games; a round runs them
-    all at once and waits for every one."""
+class MultiprocessSelfPlay(_RemoteSelfPlay):
+    """Workers in their own processes (spawned); a round runs them all at once and waits for every one."""
 
     def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], timeout: float = 300.0):
-        self.ctx = torch.multiprocessing.get_context("spawn")
-        self.conns: list = [None] * len(shares)
-        self.processes: list = [None] * len(shares)
-        super().__init__(cfg, shares, timeout)
+        super().__init__("multiprocess", cfg, shares, timeout)
 
-    def _start(self, i: int) -> None:
-        parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_process, args=(self.cfg, self.shares[i][0], self.worker_seed(i), child),
-                                daemon=True, name=f"self-play-{i}")  # fmt: skip
-        start_worker_process(proc)
-        child.close()
-        self.conns[i], self.processes[i] = parent, proc
-
-    def _reply(self, i: int, expected: str, timeout: float):
-        return receive_reply(self.conns[i], self.processes[i], expected, timeout, SelfPlayError, "--worker-timeout")
-
-    def _wait_ready(self, i: int) -> None:
-        self._reply(i, "ready", max(self.timeout, MIN_STARTUP_TIMEOUT))
-
-    def _send(self, i: int, message: tuple) -> None:
-        try:
-            self.conns[i].send(message)
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            raise SelfPlayError(f"died (exit code {self.processes[i].exitcode})") from None
-
-    def _send_weights(self, i: int) -> None:
-        self._send(i, ("weights", self.weights))
-
-    def _request(self, i: int, moves: int, temperature: float) -> None:
-        self._send(i, ("play", moves, temperature))
-
-    def _receive(self, i: int) -> SelfPlayRound:
-        return self._reply(i, "ok", self.timeout)
-
-    def _stop(self, i: int) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.conns[i].close()
-        proc = self.processes[i]
-        if proc is not None and proc.is_alive():
-            proc.kill()
-            proc.join(timeout=10)
-
-    def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p is not None and p.pid is not None]
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(BrokenPipeError, OSError, AttributeError):
-                conn.send(("close",))
-        for proc in self.processes:
-            if proc is None:
-                continue
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+    @property
+    def processes(self) -> list:
+        return self.pool.backend.processes
 
 
-class RaySelfPlay(_ReplacingSelfPlay):
+class RaySelfPlay(_RemoteSelfPlay):
     """Workers as Ray actors (on this machine, or a cluster with `ray_address`)."""
 
-    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], ray_address: str | None = None, timeout: float = 300.0):
-        ray, self.started_ray = connect_ray(ray_address, num_cpus=max(len(shares), 1))
-        self.address = ray_address
-        self.ray = ray
-        self.actor_class = ray.remote(num_cpus=1, max_restarts=0)(_RaySelfPlayActor)
-        self.actors: list = [None] * len(shares)
-        self.ready: list = [None] * len(shares)
-        self.pending: list = [None] * len(shares)
-        self.pids: list[int | None] = [None] * len(shares)
-        super().__init__(cfg, shares, timeout)
+    def __init__(self, cfg: MuZeroConfig, shares: list[tuple[int, int]], ray_address: str | None = None,
+                 timeout: float = 300.0):  # fmt: skip
+        super().__init__("ray", cfg, shares, timeout, ray_address)
 
-    def _get(self, ref, what: str, timeout: float):
-        try:
-            return self.ray.get(ref, timeout=timeout)
-        except self.ray.exceptions.GetTimeoutError:
-            raise SelfPlayError(f"hung ({what}: no reply within {timeout:g}s, --worker-timeout)") from None
-        except self.ray.exceptions.RayError as e:
-            raise SelfPlayError(f"died or raised ({what}): {str(e).strip()[:2000]}") from None
-
-    def _start(self, i: int) -> None:
-        self.actors[i] = self.actor_class.remote(self.cfg, self.shares[i][0], self.worker_seed(i))
-        self.ready[i] = self.actors[i].pid.remote()
-
-    def _wait_ready(self, i: int) -> None:
-        self.pids[i] = self._get(self.ready[i], "starting", max(self.timeout, MIN_STARTUP_TIMEOUT))
-
-    def _send_weights(self, i: int) -> None:
-        # The actor's call is queued before its next play; a failure shows in that play's reply.
-        self.actors[i].set_weights.remote(self.weights_ref)
-
-    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.weights_ref = self.ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
-        super().set_weights(state_dict)
-
-    def _request(self, i: int, moves: int, temperature: float) -> None:
-        self.pending[i] = self.actors[i].play.remote(moves, temperature)
-
-    def _receive(self, i: int) -> SelfPlayRound:
-        return self._get(self.pending[i], "playing", self.timeout)
-
-    def worker_pids(self) -> list[int]:
-        """The actors' process ids when Ray runs on this machine; none on a cluster."""
-        return [pid for pid in self.pids if pid is not None] if self.started_ray and not self.address else []
-
-    def _stop(self, i: int) -> None:
-        if self.actors[i] is not None:
-            with contextlib.suppress(Exception):
-                self.ray.kill(self.actors[i], no_restart=True)
-            self.actors[i] = None
-
-    def close(self) -> None:
-        for i in range(len(self.actors)):
-            self._stop(i)
-        if self.started_ray and self.ray.is_initialized():
-            self.ray.shutdown()
-
-
-class _RaySelfPlayActor:
-    def __init__(self, cfg: MuZeroConfig, num_envs: int, seed: int):
-        torch.set_num_threads(1)
-        self.worker = SelfPlayWorker(cfg, build_model(cfg).eval(), num_envs, seed)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.worker.set_weights(state_dict)
-
-    def play(self, moves: int, temperature: float) -> SelfPlayRound:
-        return self.worker.play(moves, temperature)
+    @property
+    def pids(self) -> list[int | None]:
+        return self.pool.backend.pids
 
 
 def make_self_play(cfg: MuZeroConfig, model: torch.nn.Module, seed: int, rng: np.random.Generator) -> SelfPlayExecutor:
     """The executor of cfg's backend with its workers sharing cfg.num_envs games (worker i's envs seeded from
     seed + its first env index). The in-process worker plays with `model` and `rng` themselves."""
     backend, workers = resolve_self_play(cfg)
-    if backend == "inprocess":
-        return SelfPlayExecutor([SelfPlayWorker(cfg, model, cfg.num_envs, seed, rng)])
     per_worker = cfg.num_envs // workers
     shares = [(per_worker, seed + i * per_worker) for i in range(workers)]
-    plain = dataclasses.replace(cfg, resume=None)
+    if backend == "inprocess":
+        worker = functools.partial(SelfPlayWorker, cfg, model, cfg.num_envs, seed, rng)
+        return SelfPlayExecutor(InProcessBackend(1), lambda i, restarts: worker, shares, cfg.worker_timeout)
     if backend == "multiprocess":
-        return MultiprocessSelfPlay(plain, shares, cfg.worker_timeout)
-    return RaySelfPlay(plain, shares, cfg.ray_address, cfg.worker_timeout)
+        return MultiprocessSelfPlay(cfg, shares, cfg.worker_timeout)
+    return RaySelfPlay(cfg, shares, cfg.ray_address, cfg.worker_timeout)

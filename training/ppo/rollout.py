@@ -119,8 +119,8 @@ def _as_dict(obs) -> dict[str, np.ndarray]:
 class RolloutWorker:
     """Steps `num_envs` envs (seeds seed .. seed+num_envs-1) with a CPU policy copy.
 
-    The same class runs in the learner's process (InProcessExecutor), in a worker process
-    (MultiprocessExecutor) and inside a Ray actor (RayExecutor). An env that raises in `step` gets all
+    The same class runs in the learner's process, in a worker process and inside a Ray actor (the
+    worker pool's backends, training.ppo.executors). An env that raises in `step` gets all
     of this worker's envs rebuilt; the episodes in progress are dropped (see collect).
     """
 
@@ -153,10 +153,9 @@ class RolloutWorker:
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)
 
-    def retarget(self, arrays: dict[str, np.ndarray], policy: PolicyValueNet) -> None:
-        """Write the next rollouts into other arrays, acting with another policy copy (the double
-        buffers of asynchronous collection)."""
-        self.arrays, self.policy = arrays, policy
+    def retarget(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write the next rollouts into other arrays (the double buffers of asynchronous collection)."""
+        self.arrays = arrays
 
     def collect(self) -> WorkerStats:
         start = time.perf_counter()

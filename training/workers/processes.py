@@ -1,12 +1,13 @@
 """What worker processes share, whatever they run (PPO's rollout workers, MuZero's self-play workers):
-starting one that ignores Ctrl-C, its command loop over a pipe, and reading its replies with a timeout."""
+starting one that ignores Ctrl-C, its call loop over a pipe (weights through shared memory), and
+reading its replies with a timeout."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -15,10 +16,6 @@ import torch
 # Seconds a worker may take to start (a new Python, torch, the envs: StarCraft II takes tens of seconds to
 # launch), when --worker-timeout is shorter: a loaded machine must not make start-up look like a hang.
 MIN_STARTUP_TIMEOUT = 120.0
-
-
-# A command handler's return value when the command gets no answer (the learner does not wait for one).
-NO_REPLY = object()
 
 
 def start_worker_process(process) -> None:
@@ -37,25 +34,29 @@ def start_worker_process(process) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def serve_commands(
-    conn: Connection, start_worker: Callable[[], Any], handlers: Mapping[str, Callable[..., Any]]
-) -> None:
-    """The loop of a worker process: start the worker, say ("ready", None), then for each message
-    (command, *args) call handlers[command](worker, *args) and send ("ok", its result) unless it is
-    NO_REPLY, until ("close", ...). An exception goes back as ("error", traceback) and ends the process;
-    a vanished learner (closed pipe) ends it quietly. One intra-op thread: the workers are the parallelism."""
+def serve_worker(conn: Connection, factory: Callable[[], Any]) -> None:
+    """The loop of a worker process: build the worker, say ("ready", None), then for each
+    ("call", method, args, weight slot, version, shared weights or None) keep the slot's shared weights
+    when they come (once), load them if that version is new to the worker, call the method and send
+    ("ok", result), until ("close",). An exception goes back as ("error", traceback) and ends the
+    process; a vanished learner (closed pipe) ends it quietly. One intra-op thread: the workers are the
+    parallelism."""
     torch.set_num_threads(1)
-    worker = None
+    worker, loaded, shared = None, None, {}
     try:
-        worker = start_worker()
+        worker = factory()
         conn.send(("ready", None))
         while True:
-            command, *args = conn.recv()
-            if command == "close":
+            message = conn.recv()
+            if message[0] == "close":
                 break
-            reply = handlers[command](worker, *args)
-            if reply is not NO_REPLY:
-                conn.send(("ok", reply))
+            _, method, args, slot, version, handed = message
+            if handed is not None:
+                shared[slot] = handed
+            if version is not None and version != loaded:
+                worker.set_weights(shared[slot])
+                loaded = version
+            conn.send(("ok", getattr(worker, method)(*args)))
     except (KeyboardInterrupt, EOFError, ConnectionError):  # ConnectionError: a learner that vanished
         pass
     except Exception:
