@@ -230,7 +230,7 @@ def sweep_backends(args: BenchmarkArgs) -> list[str]:
     for backend in args.sweep_backends:
         for workers in (1,) if backend == "inprocess" else args.sweep_workers:
             combo = dataclasses.replace(args, seeds=1, stop=False, set=(*args.set, f"backend={backend}",
-                                        f"num_workers={workers}", "eval_every=0"))  # fmt: skip
+                                        f"num_workers={workers}", "eval_episodes=0"))  # fmt: skip
             for r in run_benchmark(combo):
                 rows.append(f"| {r.env_id} | {backend} | {workers} | {r.sps:.0f} | "
                             f"{r.rollout_seconds:.1f} / {r.update_seconds:.1f} |")  # fmt: skip

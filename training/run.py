@@ -75,6 +75,9 @@ class Algorithm(ABC):
     """steps taken so far, over the whole run (videos are recorded every --video-every of them)"""
     device: torch.device = torch.device("cpu")
     num_workers: int = 1
+    workers_started_at: float = 0.0
+    """time.perf_counter() when the workers began to start: the run's clock (SPS, seconds to solve) starts
+    there, so their start-up counts and the one-time setup of the networks before it does not"""
     env_kwargs: dict | None = None
     """what the env factory passes to each env's constructor (training.ppo.config.env_kwargs)"""
 
@@ -202,6 +205,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         return armed(what, cfg.worker_timeout)
 
     algorithm = build(cfg, RunContext(run_dir, payload, parallel, watch))
+    start = algorithm.workers_started_at
 
     config_dict = {**config_to_dict(cfg), **algorithm.config_extras()}
     if main:
@@ -214,7 +218,6 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
         cfg.video_every, best_return=best_return, env_kwargs=algorithm.env_kwargs,
     )  # fmt: skip
-    start = time.perf_counter()
 
     def checkpoint_state() -> dict:
         return {

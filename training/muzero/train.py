@@ -99,6 +99,7 @@ class MuZeroAlgorithm(Algorithm):
         self.in_process = self.backend == "inprocess"
         # Envs restart from fresh games after a resume, on seeds of their own (training.seeds).
         seed = reseeded(self_play_seed(cfg.seed), Reseed.RESUME, self.global_step)
+        self.workers_started_at = time.perf_counter()
         self.self_play = make_self_play(cfg, self.actor_model, seed, self.rng)
         self.self_play.set_weights(self.actor_model.state_dict())
         self.owed_updates, self.bad_in_a_row = 0.0, 0

@@ -238,6 +238,7 @@ class PPOAlgorithm(Algorithm):
         # Envs restart from fresh episodes after a resume, on seeds of their own (training.seeds). Each
         # data-parallel learner steps its own envs, seeded after those of the learners before it.
         worker_seed = reseeded(rollout_seed(cfg.seed), Reseed.RESUME, self.iteration) + parallel.rank * local_envs
+        self.workers_started_at = time.perf_counter()
         self.executor = make_executor(
             self.backend, cfg.env_id, observation_space, action_space, self.agent, local_envs, self.num_workers,
             cfg.num_steps, worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts, self.env_kwargs,
