@@ -31,8 +31,9 @@ import tyro
 from envs.factory import solved_return
 from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
+from training.errors import ConfigError
 from training.plots import plot_seed_band
-from training.ppo.config import ConfigError, PPOConfig, apply_preset
+from training.ppo.config import PPOConfig, apply_preset
 from training.provenance import collect, describe
 
 

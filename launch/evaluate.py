@@ -10,8 +10,8 @@ import tyro
 
 from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS
 from training.cli import run_cli
+from training.errors import ConfigError
 from training.evaluation import audit_against_perfect_play, evaluate_policy
-from training.ppo.config import ConfigError
 from training.trained_agent import PolicyArgs
 
 

@@ -12,8 +12,8 @@ import tyro
 
 from envs.factory import solved_return
 from training.cli import run_cli
+from training.errors import ConfigError
 from training.plots import find_run_dirs, group_name, plot_seed_band, read_scalar
-from training.ppo.config import ConfigError
 
 
 @dataclass

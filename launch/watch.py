@@ -18,8 +18,9 @@ import tyro
 
 from envs.sc2 import is_sc2
 from training.cli import run_cli
+from training.errors import ConfigError
 from training.evaluation import evaluate_policy, record_episode
-from training.ppo.config import ConfigError, env_kwargs
+from training.ppo.config import env_kwargs
 from training.trained_agent import PolicyArgs, TrainedAgent
 from training.video import LiveViewer, has_display
 

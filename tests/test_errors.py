@@ -10,7 +10,8 @@ import pytest
 from envs import EnvSpecError, check_env_id
 from envs.factory import make_env
 from training.cli import run_cli
-from training.ppo.config import ConfigError, PPOConfig, validate
+from training.errors import ConfigError
+from training.ppo.config import PPOConfig, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 import train_ppo  # noqa: E402

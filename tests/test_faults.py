@@ -65,7 +65,8 @@ def test_nan_updates_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp
 
 
 def test_max_bad_updates_must_be_positive(tmp_path):
-    from training.ppo.config import ConfigError, validate
+    from training.errors import ConfigError
+    from training.ppo.config import validate
 
     with pytest.raises(ConfigError, match="--max-bad-updates must be > 0"):
         validate(dataclasses.replace(_cfg(tmp_path, "CartPole-v1"), max_bad_updates=0))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from training.errors import ConfigError
 from training.muzero.config import MuZeroConfig, validate_muzero
 from training.muzero.train import train_muzero
-from training.ppo.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -203,8 +203,8 @@ def test_train_ppo_starts_and_stops_its_own_ray_on_a_fresh_machine(tmp_path):
 def test_ray_backend_without_ray_names_the_extra(monkeypatch):
     import builtins
 
-    from training.ppo.config import ConfigError
-    from training.ppo.ray_executor import _import_ray
+    from training.errors import ConfigError
+    from training.workers.ray_cluster import _import_ray
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
@@ -214,7 +214,8 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch):
 
 
 def test_ray_address_needs_the_ray_backend():
-    from training.ppo.config import ConfigError, PPOConfig, validate
+    from training.errors import ConfigError
+    from training.ppo.config import PPOConfig, validate
 
     with pytest.raises(ConfigError, match="--ray-address is for --backend ray"):
         validate(PPOConfig(backend="inprocess", ray_address="auto"))

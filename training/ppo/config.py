@@ -20,7 +20,7 @@ import torch
 import tyro
 
 from envs.sc2 import SC2Options, is_sc2
-from training.errors import ConfigError  # noqa: F401 - re-exported: PPO's modules import it from here
+from training.errors import ConfigError
 from training.resume import resume_changes
 from training.run_config import (
     CHANGEABLE_ON_RESUME,
@@ -31,7 +31,7 @@ from training.run_config import (
 )
 from training.run_config import config_from_dict as _config_from_dict
 from training.run_config import config_to_dict as config_to_dict
-from training.validation import range_problems, resolve_device  # noqa: F401 - resolve_device re-exported
+from training.validation import range_problems, resolve_device
 
 
 @dataclass
@@ -281,4 +281,4 @@ def config_from_dict(data: dict) -> PPOConfig:
     return _config_from_dict(PPOConfig, data)
 
 
-__all__ = ["PPOConfig", "PRESETS", "ConfigError", "apply_preset", "parse_ppo_config", "validate"]
+__all__ = ["PPOConfig", "PRESETS", "apply_preset", "parse_ppo_config", "validate"]

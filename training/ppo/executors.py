@@ -28,7 +28,7 @@ from agents.networks import PolicyValueNet
 from training.ppo.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
-from training.workers.pool import WorkerError, WorkerFactory, WorkerPool  # noqa: F401 - WorkerError: what a failed collect raises
+from training.workers.pool import WorkerFactory, WorkerPool
 
 
 def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:

@@ -4,7 +4,6 @@ or across a Ray cluster; imported only for `--backend ray`."""
 from __future__ import annotations
 
 from training.ppo.executors import RolloutExecutor
-from training.workers.ray_cluster import _import_ray, connect_ray  # noqa: F401 - also importable from here
 
 
 class RayExecutor(RolloutExecutor):
