@@ -84,6 +84,8 @@ class MuZeroConfig(RunConfig):
     """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
     reanalyse_fraction: float = 1.0
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
+    target_update_every: int = 0
+    """gradient steps between refreshes of the target network whose values the reanalysed bootstrap targets use (EfficientZero and MuZero Reanalyse keep one; without, the targets move with every step); 0 = no target network: the latest weights"""
     reanalyse_policy_fraction: float = 0.0
     """share of sampled unrolls whose policy targets come from a new search by the latest model at the unroll's positions (the policy half of MuZero Reanalyse; costs a search of batch_size x (unroll_steps + 1) roots per update); 0 = the searches made at play time"""
     visit_temperature: float | None = None
@@ -137,7 +139,8 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     problems += range_problems(
         cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "res_channels"),
-        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks"),
+        non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
+                      "target_update_every"),
         unit=("priority_beta",),
     )  # fmt: skip
     if problems:

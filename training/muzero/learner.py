@@ -92,9 +92,14 @@ def apply_symmetries(
 
 def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
-            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float] | None:  # fmt: skip
+            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None,
+            target_model: torch.nn.Module | None = None) -> dict[str, float] | None:  # fmt: skip
+    """One gradient step on a sampled batch; None when it was refused as non-finite. Bootstrap values are
+    reanalysed by target_model (a copy refreshed every --target-update-every updates), or by actor_model,
+    the latest weights, without one."""
     samples, weights, keys = replay.sample(cfg.batch_size)
-    root_values = reanalysed_values(actor_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
+    value_model = target_model if target_model is not None else actor_model
+    root_values = reanalysed_values(value_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
     policies = reanalysed_policies(actor_model, samples, cfg, rng) if cfg.reanalyse_policy_fraction > 0 else [g.policies for g, _ in samples]
     targets = [make_targets(g.rewards, values, pi, g.actions, g.terminated, pos, cfg.unroll_steps, cfg.td_steps,
                             cfg.discount, rng, two_player)

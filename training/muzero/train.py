@@ -92,6 +92,11 @@ class MuZeroAlgorithm(Algorithm):
             self.iteration = int(payload.get("iteration", 0))
             self.fault_counts.update({k: int(v) for k, v in payload.get("faults", {}).items() if k in self.fault_counts})
         self.actor_model.load_state_dict(self.model.state_dict())
+        self.target_model = None
+        if cfg.target_update_every:
+            self.target_model = build_model(cfg).eval()
+            saved = payload.get("target_model") if payload is not None else None
+            self.target_model.load_state_dict(saved if saved is not None else self.actor_model.state_dict())
         self.policy = MuZeroActor(self.actor_model, search_config(cfg), seed=cfg.seed)
         self.replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
         self.start_temperature = visit_temperature(cfg)
@@ -132,9 +137,11 @@ class MuZeroAlgorithm(Algorithm):
             self.consistent = False  # a crash in here leaves the model half-updated
             while self.owed_updates >= 1:
                 step_stats = update(self.model, self.optimizer, self.replay, cfg, self.rng, self.two_player,
-                                    self.device, self.actor_model, self.symmetries)  # fmt: skip
+                                    self.device, self.actor_model, self.symmetries, self.target_model)  # fmt: skip
                 self.owed_updates -= 1
                 self.updates += 1
+                if self.target_model is not None and self.updates % cfg.target_update_every == 0:
+                    self.target_model.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
                 if step_stats is None:
                     self.fault_counts["skipped_updates"] += 1
                     self.bad_in_a_row += 1
@@ -167,7 +174,8 @@ class MuZeroAlgorithm(Algorithm):
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "iteration": self.iteration, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}  # fmt: skip
+                "optimizer": self.optimizer.state_dict(),
+                "target_model": self.target_model.state_dict() if self.target_model is not None else None}  # fmt: skip
 
     def faults(self) -> dict[str, int]:
         return dict(self.fault_counts)
