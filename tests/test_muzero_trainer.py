@@ -271,3 +271,23 @@ def test_the_dashboard_is_muzeros_and_charts_every_tag_it_logs(short_run):
     acc.Reload()
     uncharted = [t for t in acc.Tags()["scalars"] if not any(re.fullmatch(p, t) for p in patterns)]
     assert not uncharted, uncharted
+
+
+@pytest.mark.parametrize("every", [1, 10**6])
+def test_the_target_network_is_refreshed_every_n_updates(tmp_path, every):
+    """--target-update-every 1: the target is the model after every step; a period longer than the run: it
+    keeps the initial weights (built first after the run's torch seed)."""
+    import torch
+
+    from training.checkpoint import load_checkpoint
+    from training.muzero.config import build_model
+
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=160, warmup_steps=64, batch_size=16, num_envs=4,
+                       num_simulations=2, target_update_every=every, eval_episodes=0, stop_when_solved=False,
+                       progress=False)  # fmt: skip
+    payload = load_checkpoint(train_muzero(cfg).checkpoint)
+    assert payload["updates"] > 0
+    torch.manual_seed(cfg.seed)
+    expected = payload["model"] if every == 1 else build_model(cfg).state_dict()
+    for name, value in payload["target_model"].items():
+        assert torch.equal(value, expected[name].cpu()), name
