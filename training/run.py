@@ -5,7 +5,7 @@ cadence, Ctrl-C and SIGTERM, the stop rule and the result. An algorithm supplies
 
     algorithm = build(cfg, context)            # networks, optimiser, workers; restored from a checkpoint
     while env steps < total_timesteps:
-        report = algorithm.step()              # PPO: a rollout and an update; MuZero: a round of self-play and its updates
+        report = algorithm.step(env steps)     # PPO: a rollout and an update; MuZero: a round of self-play and its updates
         log the episodes and the report; evaluate, record, checkpoint when due; stop once solved
     the final evaluation, video and checkpoint
 """
@@ -74,6 +74,10 @@ class Algorithm(ABC):
     iteration: int = 0
     """steps taken so far, over the whole run (videos are recorded every --video-every of them)"""
     device: torch.device = torch.device("cpu")
+    in_process: bool = True
+    """whether the envs step in the learner's process (then the watchdog stands in for --worker-timeout)"""
+    watch: Callable[[str], contextlib.AbstractContextManager] = contextlib.nullcontext
+    """RunContext.watch, kept by the algorithm for `watching`"""
     num_workers: int = 1
     workers_started_at: float = 0.0
     """time.perf_counter() when the workers began to start: the run's clock (SPS, seconds to solve) starts
@@ -82,7 +86,13 @@ class Algorithm(ABC):
     """what the env factory passes to each env's constructor (training.ppo.config.env_kwargs)"""
 
     @abstractmethod
-    def step(self) -> StepReport: ...
+    def step(self, global_step: int) -> StepReport:
+        """Collect experience and learn from it; global_step is the run's env steps before this step."""
+
+    def watching(self, what: str) -> contextlib.AbstractContextManager:
+        """The context to act in: the watchdog where envs step in this process; outside it the workers
+        have --worker-timeout of their own."""
+        return self.watch(what) if self.in_process else contextlib.nullcontext()
 
     @abstractmethod
     def state_dict(self) -> dict:
@@ -250,7 +260,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     try:
         while global_step < cfg.total_timesteps:
-            report = algorithm.step()
+            report = algorithm.step(global_step)
             step_before, global_step = global_step, global_step + report.steps
             acting_seconds += report.acting_seconds
             learning_seconds += report.learning_seconds

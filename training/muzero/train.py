@@ -6,7 +6,6 @@ Logging, evaluation (the search acting greedily), checkpoints and --resume are t
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -81,14 +80,14 @@ class MuZeroAlgorithm(Algorithm):
         self.symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
         self.model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        # The search runs on a CPU copy (its batches are small), refreshed after every gradient step.
+        # The search runs on a CPU copy (its batches are small), refreshed after each round's updates.
         self.actor_model = build_model(cfg)
-        self.updates, self.iteration, self.global_step = 0, 0, 0
+        self.updates, self.iteration = 0, 0
         self.fault_counts = dict.fromkeys(FAULTS, 0)
         if payload is not None:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
-            self.updates, self.global_step = payload["updates"], payload["global_step"]
+            self.updates = payload["updates"]
             self.iteration = int(payload.get("iteration", 0))
             self.fault_counts.update({k: int(v) for k, v in payload.get("faults", {}).items() if k in self.fault_counts})
         self.actor_model.load_state_dict(self.model.state_dict())
@@ -103,7 +102,8 @@ class MuZeroAlgorithm(Algorithm):
         self.backend, self.num_workers = resolve_self_play(cfg)
         self.in_process = self.backend == "inprocess"
         # Envs restart from fresh games after a resume, on seeds of their own (training.seeds).
-        seed = reseeded(self_play_seed(cfg.seed), Reseed.RESUME, self.global_step)
+        resumed_at = payload["global_step"] if payload is not None else 0
+        seed = reseeded(self_play_seed(cfg.seed), Reseed.RESUME, resumed_at)
         self.workers_started_at = time.perf_counter()
         self.self_play = make_self_play(cfg, self.actor_model, seed, self.rng)
         self.self_play.set_weights(self.actor_model.state_dict())
@@ -112,17 +112,16 @@ class MuZeroAlgorithm(Algorithm):
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers}
 
-    def step(self) -> StepReport:
+    def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
         # Self-play: every worker's games make self_play_moves moves with the current weights, at a
         # temperature that halves at 50% and 75% of the run.
-        fraction = self.global_step / cfg.total_timesteps
+        fraction = global_step / cfg.total_timesteps
         temperature = self.start_temperature * (1.0 if fraction < 0.5 else 0.5 if fraction < 0.75 else 0.25)
         start = time.perf_counter()
-        with self.watch(f"self-play on {cfg.env_id}") if self.in_process else contextlib.nullcontext():
+        with self.watching(f"self-play on {cfg.env_id}"):
             played = self.self_play.play(cfg.self_play_moves, temperature)
         self.iteration += 1
-        self.global_step += played.steps
         for name in ("env_restarts", "dropped_episodes", "nonfinite_steps", "worker_restarts"):
             self.fault_counts[name] += getattr(played, name)
         for game in played.games:
@@ -131,7 +130,7 @@ class MuZeroAlgorithm(Algorithm):
 
         # Learning: updates_per_step gradient steps per env step played, once the replay holds enough.
         scalars = {}
-        if self.global_step >= cfg.warmup_steps and self.replay.num_positions >= cfg.batch_size:
+        if global_step + played.steps >= cfg.warmup_steps and self.replay.num_positions >= cfg.batch_size:
             self.owed_updates += cfg.updates_per_step * played.steps
             stats = None
             self.consistent = False  # a crash in here leaves the model half-updated

@@ -5,7 +5,6 @@ processes, Ray actors)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import random
@@ -26,16 +25,13 @@ from agents.ppo import (
 )
 from envs.factory import probe_spaces
 from envs.sc2 import is_sc2
-from training.checkpoint import (
-    reading_contents,
-)
+from training.checkpoint import reading_contents
 from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.ppo.backends import make_executor
 from training.ppo.config import (
     PPOConfig,
     env_kwargs,
     resolve_backend,
-    resolve_device,
     resolve_num_learners,
     validate,
 )
@@ -44,6 +40,7 @@ from training.ppo.rollout import Rollout
 from training.provenance import usable_cores
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
+from training.validation import resolve_device
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -250,13 +247,13 @@ class PPOAlgorithm(Algorithm):
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
                 "resolved_num_learners": self.parallel.world_size}  # fmt: skip
 
-    def step(self) -> StepReport:
+    def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
         lr = cfg.learning_rate
         if cfg.anneal_lr:
             lr *= 1.0 - self.iteration / cfg.num_iterations
         t0 = time.perf_counter()
-        with self.watch(f"collecting a rollout of {cfg.env_id} in this process") if self.in_process else contextlib.nullcontext():
+        with self.watching(f"collecting a rollout of {cfg.env_id} in this process"):
             rollout = self.executor.collect_next() if cfg.async_rollouts else self.executor.collect()
         t1 = time.perf_counter()
         policy_lag = self.iteration - rollout.policy_version
