@@ -1,4 +1,5 @@
-"""Actor-critic networks for PPO: MLPs for vector observations, the Nature CNN for stacked frames.
+"""Actor-critic networks for PPO: MLPs for vector observations, the Nature CNN for stacked frames, each
+feed-forward or with memory (an LSTM core between the torso and the heads: agents.recurrent).
 
 Observations travel as a dict of tensors. A plain Box env gives `{"obs": x}`; a Dict env passes its own
 keys, and a key named `action_mask` (bool, True = allowed) masks the policy's Discrete actions.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import gymnasium as gym
 import torch
@@ -16,6 +18,7 @@ from torch.nn import functional as F
 
 from agents.distributions import ActionHead, Distribution
 from agents.initialization import orthogonal_
+from agents.recurrent import LSTMCore, unroll
 
 MASK_KEY = "action_mask"
 OBS_KEY = "obs"
@@ -100,26 +103,63 @@ class NatureCNN(nn.Sequential):
         return super().forward(x.float() / 255.0)
 
 
+class Acted(NamedTuple):
+    """What acting gives: per env the action, its log-probability, V(s), and the memory after the step
+    (None for a feed-forward policy)."""
+
+    action: torch.Tensor
+    log_prob: torch.Tensor
+    value: torch.Tensor
+    memory: torch.Tensor | None
+
+
 class PolicyValueNet(nn.Module):
-    """What rollout workers, the PPO learner and evaluation need of an agent: `forward(obs)` gives the
-    action distribution and V(s); `get_value(obs)` gives V(s) alone. Subclasses also say whether they
-    are convolutional (`is_image`, for the learner's thread count) and carry an `obs_normalizer` or None."""
+    """What rollout workers, the PPO learner and evaluation need of an agent.
+
+    `forward(obs, memory, episode_starts)` gives the action distribution, V(s) and the memory after the
+    step (acting; None after an unroll of several steps and for feed-forward nets); `get_value(...)` gives
+    V(s) alone. A feed-forward net (memory_size 0) ignores memory and
+    episode_starts and returns None as memory. A net with memory takes obs time-major flattened, [T * B,
+    ...], memory [B, memory_size] (the state before the first step; zeros when None) and episode_starts
+    [T * B] (1.0 where a step begins an episode: its state is reset first; none when None). Subclasses also
+    say whether they are convolutional (`is_image`, for the learner's thread count) and carry an
+    `obs_normalizer` or None."""
 
     obs_normalizer: ObsNormalizer | None
     is_image: bool
     obs_key: str
+    memory_size: int = 0
 
-    def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def initial_memory(self, batch_size: int) -> torch.Tensor | None:
+        """The memory of envs at the start of their first episode: zeros [B, memory_size], or None."""
+        return torch.zeros(batch_size, self.memory_size) if self.memory_size else None
+
+    def _memory_inputs(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None, episode_starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Defaults for one step from a fresh state: a batch of B observations, no resets.
+        first = obs[self.obs_key]
+        if memory is None:
+            memory = torch.zeros(first.shape[0], self.memory_size, device=first.device)
+        if episode_starts is None:
+            episode_starts = torch.zeros(first.shape[0], device=first.device)
+        return memory.to(first.device), episode_starts.to(first.device)
+
+    def get_value(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         raise NotImplementedError
 
     @torch.inference_mode()
     def act(
-        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Action, its log-probability and the value estimate, for acting in envs (no autograd)."""
-        dist, value = self(obs)
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = False,
+        memory: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None,
+    ) -> Acted:  # fmt: skip
+        """One step for a batch of envs, for acting (no autograd)."""
+        dist, value, memory = self(obs, memory, episode_starts)
         action = dist.mode() if deterministic else dist.sample(generator)
-        return action, dist.log_prob(action), value
+        return Acted(action, dist.log_prob(action), value, memory)
 
 
 class ActorCritic(PolicyValueNet):
@@ -127,6 +167,9 @@ class ActorCritic(PolicyValueNet):
 
     Vector observations: separate actor and critic MLPs (the PPO defaults of CleanRL and SB3; sharing
     a trunk lets the value loss disturb the policy). Image observations: one shared Nature CNN trunk.
+    With `lstm_size` > 0 an LSTM core sits between each torso and its heads: one per MLP (actor and critic
+    keep separate memories, as SB3-contrib's RecurrentPPO does with enable_critic_lstm), one after the
+    shared CNN (as CleanRL's ppo_atari_lstm). The memory is [actor's (h, c), critic's (h, c)] for vectors.
     """
 
     def __init__(
@@ -136,6 +179,7 @@ class ActorCritic(PolicyValueNet):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         normalize_obs: bool = False,
+        lstm_size: int = 0,
     ):
         super().__init__()
         spaces = obs_spaces(observation_space)
@@ -159,6 +203,12 @@ class ActorCritic(PolicyValueNet):
             self.actor_body = MLP(in_features, hidden_sizes, activation)
             self.critic_body = MLP(in_features, hidden_sizes, activation)
             actor_out = critic_out = self.actor_body.out_features
+        # A CNN's one trunk feeds one core (actor_core, shared by the heads); the MLPs' torsos feed one each.
+        self.actor_core = LSTMCore(actor_out, lstm_size) if lstm_size else None
+        self.critic_core = LSTMCore(critic_out, lstm_size) if lstm_size and not self.is_image else None
+        if lstm_size:
+            actor_out = critic_out = lstm_size
+            self.memory_size = self.actor_core.state_size * (1 if self.is_image else 2)
         self.policy_head = ActionHead(actor_out, action_space)
         self.value_head = layer_init(nn.Linear(critic_out, 1), gain=1.0)
 
@@ -171,11 +221,40 @@ class ActorCritic(PolicyValueNet):
             x = self.obs_normalizer(x)
         return x.flatten(1) if x.dim() > 2 else x
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[Distribution, torch.Tensor]:
+    def _critic_core(self, memory: torch.Tensor) -> tuple[LSTMCore, torch.Tensor]:
+        """The core the value head reads, and its part of the memory."""
+        if self.is_image:
+            return self.actor_core, memory
+        return self.critic_core, memory[:, self.actor_core.state_size :]
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> tuple[Distribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
         x = self._encode(obs)
         mask = obs.get(MASK_KEY)
-        dist = self.policy_head(self.actor_body(x), None if mask is None else mask.bool())
-        return dist, self.value_head(self.critic_body(x)).squeeze(-1)
+        actor, critic = self.actor_body(x), self.critic_body(x)
+        if self.actor_core is not None:
+            memory, episode_starts = self._memory_inputs(obs, memory, episode_starts)
+            split = self.actor_core.state_size
+            actor, actor_memory = unroll(self.actor_core, actor, memory[:, :split], episode_starts)
+            if self.is_image:
+                critic, memory = actor, actor_memory
+            else:
+                critic, critic_memory = unroll(self.critic_core, critic, memory[:, split:], episode_starts)
+                memory = None if actor_memory is None else torch.cat([actor_memory, critic_memory], dim=-1)
+        dist = self.policy_head(actor, None if mask is None else mask.bool())
+        return dist, self.value_head(critic).squeeze(-1), memory if self.actor_core is not None else None
 
-    def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.value_head(self.critic_body(self._encode(obs))).squeeze(-1)
+    def get_value(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        x = self._encode(obs)
+        if self.actor_core is None:
+            return self.value_head(self.critic_body(x)).squeeze(-1)
+        memory, episode_starts = self._memory_inputs(obs, memory, episode_starts)
+        # The core the value head reads: the shared one after a CNN, the critic's own after an MLP.
+        core, state = (self.actor_core, memory) if self.is_image else (self.critic_core, memory[:, self.actor_core.state_size :])
+        critic, _ = unroll(core, self.critic_body(x), state, episode_starts)
+        return self.value_head(critic).squeeze(-1)

@@ -166,30 +166,53 @@ def ppo_update(
     """Minibatch epochs over one flattened rollout batch.
 
     batch holds "obs" (a dict of tensors), "actions", "log_probs", "values", "advantages", "returns",
-    each with the batch as first dim. `agent(obs)` gives (action distribution, value); agent may be a
+    each with the batch as first dim, time-major ([T * N]: step t of env n at t * N + n). `agent(obs,
+    memory, episode_starts)` gives (action distribution, value, memory); agent may be a
     DistributedDataParallel wrapper, which averages the gradients of data-parallel learners in backward.
+    A policy with memory also needs "memory" [N, S] (each env's state at the rollout's start) and
+    "episode_starts" [T * N]: its minibatches are then whole env sequences (N / num_minibatches envs, all T
+    steps each), unrolled from the stored state with the resets where episodes began, so the first epoch
+    recomputes the rollout's log-probabilities (truncated backpropagation through the rollout).
     The minibatch order comes from `generator`, so a resumed run repeats it exactly. Data-parallel
     learners take the target-KL decision on the KL averaged over them (mean_over_learners), so that
     all of them stop after the same epoch.
     """
     batch_size = batch["actions"].shape[0]
-    minibatch_size = batch_size // hp.num_minibatches
+    recurrent = "memory" in batch
+    # What is shuffled: samples, or for a policy with memory whole env sequences.
+    units = batch["memory"].shape[0] if recurrent else batch_size
+    per_minibatch = units // hp.num_minibatches
+    device = batch["actions"].device
     params = [p for p in agent.parameters() if p.requires_grad]
     history: list[dict[str, torch.Tensor]] = []
     epochs_done = 0
     fields = ("actions", "log_probs", "values", "advantages", "returns")
+
+    def minibatch(idx: torch.Tensor | None) -> tuple:
+        """Observations and the fields of the samples idx (all of them when None)."""
+        take = (lambda x: x) if idx is None else (lambda x: x[idx])
+        obs = {k: take(v) for k, v in batch["obs"].items()}
+        return obs, *(take(batch[f]) for f in fields)
+
     for _epoch in range(hp.update_epochs):
         if hp.num_minibatches == 1:
             # One minibatch is the whole batch: the order does not matter, so skip the shuffle and gathers.
-            minibatches = [(batch["obs"], *(batch[f] for f in fields))]
+            groups = [None]
         else:
-            order = torch.randperm(batch_size, generator=generator).to(batch["actions"].device)
-            minibatches = (
-                ({k: v[idx] for k, v in batch["obs"].items()}, *(batch[f][idx] for f in fields))
-                for idx in order[: hp.num_minibatches * minibatch_size].split(minibatch_size)
-            )
-        for obs, actions, old_log_prob, old_value, advantages, returns in minibatches:
-            dist, new_value = agent(obs)
+            groups = torch.randperm(units, generator=generator).to(device)[: hp.num_minibatches * per_minibatch]
+            groups = groups.split(per_minibatch)
+        for group in groups:
+            idx, memory, episode_starts = group, None, None
+            if recurrent:
+                envs = torch.arange(units, device=device) if group is None else group
+                memory = batch["memory"][envs]
+                if group is not None:
+                    # All T steps of these envs, time-major: step t of env n sits at t * N + n.
+                    steps = torch.arange(batch_size // units, device=device)
+                    idx = (steps[:, None] * units + group[None, :]).reshape(-1)
+                episode_starts = batch["episode_starts"] if idx is None else batch["episode_starts"][idx]
+            obs, actions, old_log_prob, old_value, advantages, returns = minibatch(idx)
+            dist, new_value, _ = agent(obs, memory, episode_starts)
             new_log_prob, entropy = dist.log_prob(actions), dist.entropy()
             loss, stats = ppo_loss(
                 new_log_prob, old_log_prob, entropy, new_value, old_value, advantages, returns, hp

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from agents.distributions import Categorical
 from agents.networks import PolicyValueNet, layer_init
+from agents.recurrent import LSTMCore, unroll
 
 AVAILABLE_KEY = "available_actions"
 
@@ -119,7 +120,9 @@ class FullyConv(PolicyValueNet):
     minimap's resized to the screen's grid when the sizes differ), are the state. Point arguments come
     from 1x1 convolutions over the state, one logit per cell; the function id, the other arguments and
     the value come from a 256-unit fully connected layer over the flattened state and the log-scaled
-    player features."""
+    player features. With `lstm_size` > 0 an LSTM core follows that layer (memory [B, 2 * lstm_size]) and
+    feeds the function, non-spatial argument and value heads; the spatial heads read the convolutional
+    state of the current step. (The paper's FullyConv LSTM put a convolutional LSTM on the state instead.)"""
 
     obs_key = "screen"
     obs_normalizer = None
@@ -137,6 +140,7 @@ class FullyConv(PolicyValueNet):
         argument_names: Sequence[str],
         uses: np.ndarray,
         hidden: int = 256,
+        lstm_size: int = 0,
     ):
         super().__init__()
         self.screen_size, self.minimap_size = screen_size, minimap_size
@@ -146,6 +150,9 @@ class FullyConv(PolicyValueNet):
         self.argument_names = list(argument_names)
         state_channels = 64
         self.fc = layer_init(nn.Linear(state_channels * screen_size**2 + num_player_features, hidden))
+        self.core = LSTMCore(hidden, lstm_size) if lstm_size else None
+        if lstm_size:
+            hidden, self.memory_size = lstm_size, self.core.state_size
         self.value_head = layer_init(nn.Linear(hidden, 1), gain=1.0)
         self.function_head = layer_init(nn.Linear(hidden, uses.shape[0]), gain=0.01)
         self.argument_heads = nn.ModuleDict()
@@ -156,7 +163,10 @@ class FullyConv(PolicyValueNet):
                 self.argument_heads[name] = layer_init(nn.Linear(hidden, size), gain=0.01)
         self.spatial = set(spatial_arguments)
 
-    def _state(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _state(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None, episode_starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The convolutional state [B, 64, H, W], the hidden vector the non-spatial heads read, the memory."""
         screen = self.screen(obs["screen"])
         minimap = self.minimap(obs["minimap"])
         if self.minimap_size != self.screen_size:
@@ -164,10 +174,16 @@ class FullyConv(PolicyValueNet):
         state = torch.cat([screen, minimap], dim=1)
         player = torch.log1p(obs["player"].float().clamp(min=0))
         hidden = torch.relu(self.fc(torch.cat([state.flatten(1), player], dim=1)))
-        return state, hidden
+        if self.core is None:
+            return state, hidden, None
+        hidden, memory = unroll(self.core, hidden, *self._memory_inputs(obs, memory, episode_starts))
+        return state, hidden, memory
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[FunctionCallDistribution, torch.Tensor]:
-        state, hidden = self._state(obs)
+    def forward(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> tuple[FunctionCallDistribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        state, hidden, memory = self._state(obs, memory, episode_starts)
         argument_logits = []
         for name in self.argument_names:
             head = self.argument_heads[name]
@@ -181,7 +197,10 @@ class FullyConv(PolicyValueNet):
         dist = FunctionCallDistribution(
             self.function_head(hidden), argument_logits, self.uses, obs[AVAILABLE_KEY].bool()
         )
-        return dist, self.value_head(hidden).squeeze(-1)
+        return dist, self.value_head(hidden).squeeze(-1), memory
 
-    def get_value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.value_head(self._state(obs)[1]).squeeze(-1)
+    def get_value(
+        self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
+        episode_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        return self.value_head(self._state(obs, memory, episode_starts)[1]).squeeze(-1)

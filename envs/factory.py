@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from envs import partial_observability  # noqa: F401  (importing it registers rlgames/CartPoleNoVel-v1)
 from envs.board_games import BOARD_OPPONENTS  # importing it registers rlgames/TicTacToe-v0 and ConnectFour-v0
 from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
 
@@ -24,6 +25,7 @@ from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
 # they exist; Acrobot and the Box envs use the thresholds the field reports against).
 SOLVED_RETURN: dict[str, float] = {
     "CartPole-v1": 475.0,
+    "rlgames/CartPoleNoVel-v1": 475.0,
     "Acrobot-v1": -100.0,
     "LunarLander-v3": 200.0,
     "Pendulum-v1": -200.0,

@@ -39,7 +39,7 @@ def test_atari_preprocessing_and_cnn():
     assert agent.is_image
     envs = make_vector_env("ALE/Breakout-v5", 2, seed=0)
     obs, _ = envs.reset(seed=[0, 1])
-    action, log_prob, value = agent.act({"obs": torch.from_numpy(obs)}, torch.Generator().manual_seed(0))
+    action, log_prob, value, _ = agent.act({"obs": torch.from_numpy(obs)}, torch.Generator().manual_seed(0))
     assert action.shape == (2,) and torch.isfinite(log_prob).all() and value.shape == (2,)
     _, reward, *_ = envs.step(action.numpy())
     assert set(np.unique(reward)) <= {-1.0, 0.0, 1.0}  # rewards clipped to their sign

@@ -128,14 +128,27 @@ def test_the_suite_stops_only_the_ray_head_it_started(tmp_path):
     assert _session_pids(bystander_sid) == []
 
 
-def _executors(address):
+def _executors(address, env_id="CartPole-v1", lstm_size=0):
     from training.ppo.ray_executor import RayExecutor
 
-    obs_space, act_space = probe_spaces("CartPole-v1")
+    obs_space, act_space = probe_spaces(env_id)
     torch.manual_seed(0)
-    agent = ActorCritic(obs_space, act_space)
-    args = ("CartPole-v1", obs_space, act_space, agent, 4, 2, 64, 3)
+    agent = ActorCritic(obs_space, act_space, lstm_size=lstm_size)
+    args = (env_id, obs_space, act_space, agent, 4, 2, 64, 3)
     return agent, InProcessExecutor(*args), RayExecutor(*args, worker_timeout=60, address=address)
+
+
+def test_ray_actors_give_the_same_data_with_a_policy_with_memory(ray_head):
+    agent, local, remote = _executors(ray_head, "rlgames/CartPoleNoVel-v1", lstm_size=16)
+    with local, remote:
+        for version in range(2):
+            a, b = local.collect(), remote.collect()
+            for name in ("actions", "log_probs", "values", "bootstrap_values", "last_values", "episode_starts",
+                         "memory"):  # fmt: skip
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+            assert version == 0 or np.abs(b.memory).max() > 0  # the state carried over to the next rollout
+            local.set_weights(agent.state_dict(), version + 1)
+            remote.set_weights(agent.state_dict(), version + 1)
 
 
 def test_ray_actors_give_the_same_data_as_local_workers(ray_head):

@@ -90,7 +90,7 @@ def _check_async_versions(ex, agent):
         acting = deepcopy(agent)
         acting.load_state_dict(snapshots[rollout.policy_version])
         with torch.no_grad():
-            dist, _ = acting({"obs": torch.as_tensor(rollout.obs["obs"]).reshape(-1, 4)})
+            dist, _, _ = acting({"obs": torch.as_tensor(rollout.obs["obs"]).reshape(-1, 4)})
             log_probs = dist.log_prob(torch.as_tensor(rollout.actions).reshape(-1))
         np.testing.assert_allclose(log_probs.numpy(), rollout.log_probs.reshape(-1), rtol=1e-5, atol=1e-6)
         with torch.no_grad():  # the learner's update

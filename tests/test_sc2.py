@@ -145,7 +145,7 @@ def test_sampled_actions_are_available_and_pysc2_accepts_them():
     cfg = PPOConfig(env_id="sc2-mock/MoveToBeacon", sc2=options)
     agent = build_agent(cfg, interface.observation_space, interface.action_space)
     batch = {k: torch.as_tensor(v).unsqueeze(0).expand(512, *v.shape) for k, v in obs.items()}
-    actions, _, _ = agent.act(batch, torch.Generator().manual_seed(0))
+    actions = agent.act(batch, torch.Generator().manual_seed(0)).action
     assert len(set(actions[:, 0].tolist())) > 5  # the near-uniform initial policy explores many functions
     for action in actions.numpy():
         assert obs["available_actions"][action[0]] == 1
@@ -365,3 +365,30 @@ def test_train_watch_and_evaluate_commands_run_on_the_mock(tmp_path):
     evaluate = subprocess.run([sys.executable, "launch/evaluate.py", str(run_dir), "--episodes", "2"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert evaluate.returncode == 0 and "greedy: mean return 0.00" in evaluate.stdout
+
+
+def test_fullyconv_with_memory_reproduces_its_function_calls_and_updates(tmp_path):
+    """--policy-memory lstm on the FullyConv agent: the LSTM after its fully connected layer carries the
+    state through the mock's episodes; the update recomputes the function-call log-probabilities."""
+    from training.ppo.rollout import Rollout
+
+    cfg = _cfg(tmp_path, policy_memory="lstm", lstm_size=16)
+    obs_space, act_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
+    learner = PPOLearner(build_agent(cfg, obs_space, act_space), cfg, torch.device("cpu"))
+    agent = learner.agent
+    assert agent.memory_size == 32
+    arrays = allocate_rollout_arrays(obs_space, act_space, cfg.num_steps, cfg.num_envs, memory_size=agent.memory_size)
+    worker = RolloutWorker(cfg.env_id, cfg.num_envs, 0, agent, arrays, env_kwargs(cfg))
+    worker.collect()
+    rollout = Rollout.from_arrays(arrays, 0, [worker.collect()])  # the second: it starts from a carried state
+    worker.close()
+    assert np.abs(rollout.memory).max() > 0
+    np.testing.assert_array_equal(rollout.episode_starts[1:], (rollout.terminated + rollout.truncated)[:-1])
+    steps, n = rollout.rewards.shape
+    obs = {k: torch.as_tensor(v.reshape(steps * n, *v.shape[2:])) for k, v in rollout.obs.items()}
+    with torch.no_grad():
+        dist, _, _ = agent(obs, torch.as_tensor(rollout.memory), torch.as_tensor(rollout.episode_starts.reshape(-1)))
+        log_probs = dist.log_prob(torch.as_tensor(rollout.actions.reshape(steps * n, -1)))
+    np.testing.assert_allclose(log_probs.numpy(), rollout.log_probs.reshape(-1), rtol=0, atol=1e-5)
+    result = learner.update(rollout, 1e-3)
+    assert result is not None and all(np.isfinite(v) for v in result.values())

@@ -2,8 +2,10 @@
 their frames for watching and videos. Shared by training's periodic evaluation, `launch/evaluate.py`
 and `launch/watch.py`.
 
-A policy here is anything with `act(obs, generator, deterministic) -> (action, log_prob, value)` over a
-batch of observations as a dict of tensors (agents.networks.ActorCritic; MuZero's acting agent later).
+A policy here is anything with `act(obs, generator, deterministic) -> (action, log_prob, value, ...)` over
+a batch of observations as a dict of tensors (agents.networks.ActorCritic, MuZero's acting agent). A policy
+with memory (`memory_size` > 0: agents.networks.PolicyValueNet) also takes the memory and where episodes
+began, and gives the memory after the step as the fourth item: `MemoryCarrier` carries it through episodes.
 Returns are the true game scores that `RecordEpisodeStatistics` records (before reward clipping or
 scaling), so they compare across runs and with published numbers.
 """
@@ -64,6 +66,28 @@ class EvalResult:
         return "\n".join([*lines, f"{'greedy' if deterministic else 'stochastic'}: {self.summary()}"])
 
 
+class MemoryCarrier:
+    """Acts with a policy for a batch of envs, carrying a policy's memory from step to step: each env's
+    episode starts from a fresh state (tell it which envs began a new episode with `episodes_ended`)."""
+
+    def __init__(self, policy: Any, num_envs: int):
+        self.policy = policy
+        self.memory = policy.initial_memory(num_envs) if getattr(policy, "memory_size", 0) else None
+        self.episode_starts = torch.ones(num_envs)
+
+    def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None, deterministic: bool) -> tuple:
+        """(action, log_prob, value, ...) for the envs' observations."""
+        if self.memory is None:
+            return self.policy.act(obs, generator, deterministic)
+        acted = self.policy.act(obs, generator, deterministic, self.memory, self.episode_starts)
+        self.memory, self.episode_starts = acted[3], torch.zeros_like(self.episode_starts)
+        return acted
+
+    def episodes_ended(self, done: np.ndarray | bool) -> None:
+        """done [num_envs]: the envs whose next step begins an episode."""
+        self.episode_starts = torch.as_tensor(np.atleast_1d(done), dtype=torch.float32)
+
+
 def _device(policy: torch.nn.Module) -> torch.device:
     return next(policy.parameters()).device
 
@@ -101,11 +125,13 @@ def evaluate_policy(
     generator = torch.Generator().manual_seed(seed)
     device = _device(policy)
     envs = make_vector_env(env_id, n, seed, env_kwargs)
+    carrier = MemoryCarrier(policy, n)
     try:
         obs, _ = envs.reset(seed=[seed + i for i in range(n)])
         while (counts < targets).any():
-            action, _, _ = policy.act(_obs_batch(obs, device), generator, deterministic)
-            obs, _, _, _, info = envs.step(_env_action(action, envs.single_action_space))
+            action = carrier.act(_obs_batch(obs, device), generator, deterministic)[0]
+            obs, _, terminated, truncated, info = envs.step(_env_action(action, envs.single_action_space))
+            carrier.episodes_ended(terminated | truncated)
             beat()  # progress, for the watchdog
             final = info.get("final_info")
             if final and "episode" in final:
@@ -136,11 +162,12 @@ def play_against_board_opponent(
     for game in range(games):
         side = 1 if game % 2 == 0 else -1
         obs, _ = env.reset(seed=seed + game)
+        carrier = MemoryCarrier(policy, 1)  # a policy with memory remembers its own moves of this game
         length = 0
         while True:
             mover = env.to_play
             if mover == side:
-                action = int(policy.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[0][0])
+                action = int(carrier.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[0][0])
             else:
                 action = int(rng.choice(opponent.moves(env.board)))
             obs, reward, terminated, _, _ = env.step(action)
@@ -168,7 +195,8 @@ def audit_against_perfect_play(policy: torch.nn.Module, deterministic: bool = Tr
     """Every TicTacToe position the policy meets, as X and as O, against a perfect player that tries each
     of its best moves in turn, and the policy's moves there that lose the game's value (a drawn position
     left lost, or an illegal move). No losing move means no perfect opponent can ever beat the policy; a
-    match of random games only samples these lines. Positions are searched in one batch per depth."""
+    match of random games only samples these lines. Positions are searched in one batch per depth (a policy
+    with memory meets each position from a fresh state)."""
 
     def play(board: tuple[int, ...], move: int) -> tuple[int, ...]:
         return tuple(-x for x in board[:move] + (1,) + board[move + 1 :])  # the next mover's view
@@ -242,9 +270,10 @@ def play_episode(
     ends the episode early."""
     device = _device(policy)
     obs, _ = env.reset(seed=seed)
+    carrier = MemoryCarrier(policy, 1)
     episode_return, step, values = 0.0, 0, []
     while True:
-        action, _, value = policy.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)
+        action, _, value = carrier.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[:3]
         values.append(float(value[0]))
         if on_frame is not None and on_frame(env.render(), step, episode_return, values[-1]) is False:
             return Episode(episode_return, step, False, values)

@@ -88,6 +88,10 @@ class PPOConfig(RunConfig):
     """hidden layer widths of the actor and critic MLPs (vector observations)"""
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
+    policy_memory: Literal["none", "lstm"] = "none"
+    """'lstm': an LSTM core between the torso (MLPs, Nature CNN, FullyConv) and the heads, reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
+    lstm_size: int = 128
+    """units of the LSTM core (--policy-memory lstm)"""
 
     # StarCraft II (sc2/<map>, sc2-mock/<map>)
     sc2: SC2Options = field(default_factory=SC2Options)
@@ -98,6 +102,11 @@ class PPOConfig(RunConfig):
 
 
     # Logging and checkpoints
+
+    @property
+    def memory_lstm_size(self) -> int:
+        """The LSTM core's units, 0 without memory."""
+        return self.lstm_size if self.policy_memory == "lstm" else 0
 
     @property
     def batch_size(self) -> int:
@@ -224,6 +233,8 @@ def validate(cfg: PPOConfig) -> None:
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
     if cfg.num_learners < 0:
         problems.append(f"--num-learners must be >= 0 (got {cfg.num_learners})")
+    if cfg.lstm_size < 1:
+        problems.append(f"--lstm-size must be >= 1 (got {cfg.lstm_size})")
     if is_sc2(cfg.env_id) and min(cfg.sc2.screen_size, cfg.sc2.minimap_size) < 4:
         problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
@@ -247,6 +258,13 @@ def validate(cfg: PPOConfig) -> None:
         # Each data-parallel learner gets num_envs / learners envs, split again over its workers.
         learners = resolve_num_learners(cfg)
         problems += worker_problems(cfg, backend, workers, learners)
+        local_envs = cfg.num_envs // learners
+        if cfg.memory_lstm_size and local_envs % cfg.num_minibatches:
+            problems.append(
+                f"--policy-memory lstm trains on minibatches of whole env sequences, so each learner's "
+                f"{local_envs} envs must split into --num-minibatches {cfg.num_minibatches}; choose one of "
+                f"{[d for d in range(1, local_envs + 1) if local_envs % d == 0]}"
+            )
         if learners > 1 and cfg.solved_by == "evaluation" and cfg.stop_when_solved:
             problems.append("--solved-by evaluation stops one learner of --num-learners > 1: use --solved-by training")
         elif learners > 1 and not problems and (cfg.num_envs // learners * cfg.num_steps) % cfg.num_minibatches:

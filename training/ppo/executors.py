@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from agents.networks import PolicyValueNet
-from training.ppo.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
+from training.ppo.rollout import PER_ENV_FIELDS, Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
 from training.workers.pool import WorkerFactory, WorkerPool
@@ -38,8 +38,8 @@ def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
 
 
 def slice_arrays(arrays: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Tensor]:
-    """Envs lo..hi of rollout arrays ([T, N, ...], last_values [N])."""
-    return {k: (v[lo:hi] if k == "last_values" else v[:, lo:hi]) for k, v in arrays.items()}
+    """Envs lo..hi of rollout arrays ([T, N, ...]; the per-env ones [N, ...])."""
+    return {k: (v[lo:hi] if k in PER_ENV_FIELDS else v[:, lo:hi]) for k, v in arrays.items()}
 
 
 class BufferedRolloutWorker:
@@ -68,7 +68,8 @@ class ArrayRolloutWorker:
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet, observation_space: gym.Space,
                  action_space: gym.Space, num_steps: int, env_kwargs: Mapping[str, Any] | None = None):  # fmt: skip
-        self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs)
+        self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs,
+                                              memory_size=policy.memory_size)  # fmt: skip
         self.worker = RolloutWorker(env_id, num_envs, seed, policy, self.arrays, env_kwargs)
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -102,7 +103,8 @@ class RolloutExecutor:
         # Rollout buffers: one, or two for asynchronous collection. Worker processes write into shared ones.
         self.num_buffers = 2 if asynchronous and backend != "inprocess" else 1
         self.buffers = [
-            allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs, shared=backend == "multiprocess")
+            allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs,
+                                    shared=backend == "multiprocess", memory_size=policy.memory_size)
             for _ in range(self.num_buffers)
         ]  # fmt: skip
         self.buffer_versions = [0] * self.num_buffers

@@ -24,12 +24,18 @@ from training.seeds import Reseed, reseeded
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
+# A policy with memory adds, per step, where episodes began, and per env its state at the rollout's start.
+MEMORY_FIELDS = ("episode_starts", "memory")
+# Fields with one row per env ([N, ...]) rather than one per step and env.
+PER_ENV_FIELDS = ("last_values", "memory")
 
 
 def allocate_rollout_arrays(
-    observation_space: gym.Space, action_space: gym.Space, num_steps: int, num_envs: int, shared: bool = False
-) -> dict[str, torch.Tensor]:
-    """Zeroed tensors for one rollout; `shared=True` puts them in shared memory for worker processes."""
+    observation_space: gym.Space, action_space: gym.Space, num_steps: int, num_envs: int, shared: bool = False,
+    memory_size: int = 0,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Zeroed tensors for one rollout (with a policy's memory of memory_size floats per env, its fields too);
+    `shared=True` puts them in shared memory for worker processes."""
     arrays: dict[str, torch.Tensor] = {}
     for key, space in obs_spaces(observation_space).items():
         dtype = torch.from_numpy(np.zeros(0, dtype=space.dtype)).dtype
@@ -41,6 +47,9 @@ def allocate_rollout_arrays(
     for name in STEP_FIELDS:
         arrays[name] = torch.zeros((num_steps, num_envs), dtype=torch.float32)
     arrays["last_values"] = torch.zeros(num_envs, dtype=torch.float32)
+    if memory_size:
+        arrays["episode_starts"] = torch.zeros((num_steps, num_envs), dtype=torch.float32)
+        arrays["memory"] = torch.zeros((num_envs, memory_size), dtype=torch.float32)
     if shared:
         for t in arrays.values():
             t.share_memory_()
@@ -79,6 +88,8 @@ class Rollout:
     bootstrap_values: np.ndarray  # [T, N]  V(final obs) where truncated, else 0
     last_values: np.ndarray  # [N]  V(s_T)
     policy_version: int
+    episode_starts: np.ndarray | None = None  # [T, N]  1.0 where step t began an episode (memory only)
+    memory: np.ndarray | None = None  # [N, S]  each env's memory before step 0, prior to any reset (memory only)
     episode_returns: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     episode_lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     env_restarts: int = 0
@@ -98,6 +109,8 @@ class Rollout:
             actions=np_arrays["actions"],
             last_values=np_arrays["last_values"],
             policy_version=version,
+            episode_starts=np_arrays.get("episode_starts"),
+            memory=np_arrays.get("memory"),
             episode_returns=np.concatenate([s.episode_returns for s in stats]),
             episode_lengths=np.concatenate([s.episode_lengths for s in stats]),
             env_restarts=sum(s.env_restarts for s in stats),
@@ -122,6 +135,10 @@ class RolloutWorker:
     The same class runs in the learner's process, in a worker process and inside a Ray actor (the
     worker pool's backends, training.ppo.executors). An env that raises in `step` gets all
     of this worker's envs rebuilt; the episodes in progress are dropped (see collect).
+
+    A policy with memory carries each env's state from step to step and rollout to rollout; a step that
+    begins an episode (the first after a reset, whether the last one terminated or was truncated) starts
+    from a zeroed state, which the policy does itself from the episode_starts it is given.
     """
 
     def __init__(
@@ -132,6 +149,7 @@ class RolloutWorker:
         self.env_restarts = 0
         self._start_envs(seed)
         self.policy = policy
+        self.memory = policy.initial_memory(num_envs)
         # Sampling noise depends on this worker's seed alone, so any executor reproduces the same data.
         self.generator = torch.Generator().manual_seed(seed)
         self.arrays = {k: v.numpy() for k, v in arrays.items()}
@@ -143,6 +161,8 @@ class RolloutWorker:
         self.envs = make_vector_env(self.env_id, self.num_envs, seed, self.env_kwargs)
         obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
         self.obs = _as_dict(obs)
+        # Every env begins an episode at its next step.
+        self.episode_starts = torch.ones(self.num_envs)
 
     def _restart_envs(self) -> None:
         with contextlib.suppress(Exception):
@@ -162,16 +182,20 @@ class RolloutWorker:
         a, policy = self.arrays, self.policy
         returns, lengths = [], []
         restarts = failures_in_a_row = 0
+        if self.memory is not None:
+            a["memory"][:] = self.memory.numpy()
         t = 0
         while t < self.num_steps:
             obs_t = {k: torch.from_numpy(v) for k, v in self.obs.items()}
-            action, log_prob, value = policy.act(obs_t, self.generator)
+            action, log_prob, value, memory = policy.act(obs_t, self.generator, False, self.memory, self.episode_starts)
             action_np = action.numpy()
             for k, v in self.obs.items():
                 a[f"obs/{k}"][t] = v
             a["actions"][t] = action_np
             a["log_probs"][t] = log_prob.numpy()
             a["values"][t] = value.numpy()
+            if memory is not None:
+                a["episode_starts"][t] = self.episode_starts.numpy()
 
             env_action = np.clip(action_np, *self.clip_actions) if self.clip_actions else action_np
             try:
@@ -180,7 +204,7 @@ class RolloutWorker:
                 failures_in_a_row += 1
                 if failures_in_a_row >= MAX_ENV_FAILURES_IN_A_ROW:
                     raise
-                self._restart_envs()
+                self._restart_envs()  # every env begins a new episode: its memory restarts
                 restarts += 1
                 if t > 0:
                     # The interrupted episodes end at s_t as if a time limit had cut them there: the
@@ -191,6 +215,7 @@ class RolloutWorker:
                     a["bootstrap_values"][t - 1, cut] = a["values"][t, cut]
                 continue
             failures_in_a_row = 0
+            self.memory = memory
             beat()  # progress, for the watchdog of in-process runs
             a["rewards"][t] = reward
             a["terminated"][t] = terminated
@@ -203,14 +228,18 @@ class RolloutWorker:
                 cut = np.flatnonzero(truncated & ~terminated)
                 if cut.size:
                     final = _stack_obs(list(info["final_obs"][cut]))
+                    # V(final obs) one step on from the episode's last state, as if it had gone on.
+                    episode_memory = None if memory is None else memory[cut]
                     with torch.inference_mode():
-                        v = policy.get_value({k: torch.from_numpy(x) for k, x in final.items()})
+                        v = policy.get_value({k: torch.from_numpy(x) for k, x in final.items()}, episode_memory)
                     a["bootstrap_values"][t, cut] = v.numpy()
             self.obs = _as_dict(next_obs)
+            self.episode_starts = torch.as_tensor(terminated | truncated, dtype=torch.float32)
             t += 1
 
         with torch.inference_mode():
-            a["last_values"][:] = policy.get_value({k: torch.from_numpy(v) for k, v in self.obs.items()}).numpy()
+            obs_t = {k: torch.from_numpy(v) for k, v in self.obs.items()}
+            a["last_values"][:] = policy.get_value(obs_t, self.memory, self.episode_starts).numpy()
         return WorkerStats(
             episode_returns=np.concatenate(returns) if returns else np.empty(0, np.float32),
             episode_lengths=np.concatenate(lengths) if lengths else np.empty(0, np.int64),

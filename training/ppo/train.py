@@ -54,9 +54,10 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
         return FullyConv(
             layers["screen"], layers["minimap"], cfg.sc2.screen_size, cfg.sc2.minimap_size,
             observation_space["player"].shape[0], interface.argument_sizes, SPATIAL_ARGUMENTS, ARGUMENT_TYPES,
-            interface.uses,
+            interface.uses, lstm_size=cfg.memory_lstm_size,
         )  # fmt: skip
-    return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs)
+    return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
+                       cfg.memory_lstm_size)  # fmt: skip
 
 
 def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
@@ -108,14 +109,20 @@ class PPOLearner:
             return torch.as_tensor(x.reshape(-1, *x.shape[2:])).to(self.device)
 
         obs, actions = {k: flat(v) for k, v in rollout.obs.items()}, flat(rollout.actions)
+        # A policy with memory: each env's state at the rollout's start and where episodes began.
+        memory_inputs = {}
+        if rollout.memory is not None:
+            memory_inputs = {"memory": torch.as_tensor(rollout.memory).to(self.device),
+                             "episode_starts": flat(rollout.episode_starts)}  # fmt: skip
         terminated, truncated = rollout.terminated.astype(bool), rollout.truncated.astype(bool)
         values = rollout.values
         if self.cfg.async_rollouts:
             # The rollout was acted by the previous weights (mu) while these (pi) were being computed:
             # V-trace targets from the current critic, weighted by pi/mu. The PPO ratio below is taken
-            # against mu's log-probabilities and clipped around it, as in APPO.
+            # against mu's log-probabilities and clipped around it, as in APPO. With memory, pi unrolls
+            # from the states mu's workers had at the rollout's start.
             with torch.no_grad():
-                dist, current_values = self.agent(obs)
+                dist, current_values, _ = self.agent(obs, memory_inputs.get("memory"), memory_inputs.get("episode_starts"))
                 log_rhos = (dist.log_prob(actions) - flat(rollout.log_probs)).cpu().numpy().reshape(values.shape)
             values = current_values.cpu().numpy().reshape(values.shape)
             advantages, returns = compute_vtrace(
@@ -135,6 +142,7 @@ class PPOLearner:
             "values": flat(values),
             "advantages": flat(advantages),
             "returns": flat(returns),
+            **memory_inputs,
         }
         stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
