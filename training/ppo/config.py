@@ -132,6 +132,13 @@ PRESETS: dict[str, dict] = {
         num_envs=8, num_steps=64, learning_rate=3e-3, gamma=0.99, gae_lambda=0.9, num_minibatches=2,
         update_epochs=10, ent_coef=0.0, clip_vloss=False, total_timesteps=100_000,
     ),
+    # CartPole-v1's preset with memory, for CartPole without its velocities: an LSTM of 64 reading the
+    # normalised observation, then a 64-unit ReLU MLP (SB3-contrib's RecurrentPPO layout), 150k steps.
+    "rlgames/CartPoleNoVel-v1": dict(
+        policy_memory="lstm", lstm_size=64, hidden_sizes=(64,), activation="relu", num_envs=8, num_steps=64,
+        learning_rate=3e-3, gamma=0.99, gae_lambda=0.9, num_minibatches=2, update_epochs=10, ent_coef=0.0,
+        clip_vloss=False, normalize_obs=True, normalize_reward=True, total_timesteps=150_000,
+    ),
     # rl-zoo's Acrobot settings without value clipping; its simulator (~30 us a step) gains from 2 workers.
     "Acrobot-v1": dict(
         num_envs=16, num_steps=256, gamma=0.99, gae_lambda=0.94, num_minibatches=4, update_epochs=4,
