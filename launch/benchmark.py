@@ -108,7 +108,7 @@ def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> 
             out[key] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, tuple):
             out[key] = tuple(int(x) for x in raw.split(","))
-        elif raw.lower() == "none":
+        elif raw.lower() == "none" and not isinstance(default, str):  # a string field may hold 'none'
             out[key] = None
         else:
             out[key] = type(default)(raw) if default is not None else float(raw)
