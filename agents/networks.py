@@ -113,6 +113,25 @@ class Acted(NamedTuple):
     memory: torch.Tensor | None
 
 
+class GridCNN(nn.Sequential):
+    """Young & Tian 2019's MinAtar network for small grids of binary channels (10x10): 16 3x3 filters at
+    stride 1, then 128 units. Observations are 0/1 already, so nothing is scaled."""
+
+    def __init__(self, in_channels: int, height: int, width: int, out_features: int = 128):
+        super().__init__(
+            layer_init(nn.Conv2d(in_channels, 16, 3, stride=1)), nn.ReLU(), nn.Flatten(),
+            layer_init(nn.Linear(16 * (height - 2) * (width - 2), out_features)), nn.ReLU(),
+        )  # fmt: skip
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+# The Nature CNN's 8/4, 4/2 and 3/1 convolutions need at least 36 pixels a side; smaller grids get GridCNN.
+NATURE_CNN_MIN_SIZE = 36
+
+
 class PolicyValueNet(nn.Module):
     """What rollout workers, the PPO learner and evaluation need of an agent.
 
@@ -122,11 +141,13 @@ class PolicyValueNet(nn.Module):
     episode_starts and returns None as memory. A net with memory takes obs time-major flattened, [T * B,
     ...], memory [B, memory_size] (the state before the first step; zeros when None) and episode_starts
     [T * B] (1.0 where a step begins an episode: its state is reset first; none when None). Subclasses also
-    say whether they are convolutional (`is_image`, for the learner's thread count) and carry an
+    say whether they read frames (`is_image`), whether the learner gains from several intra-op threads
+    (`multithreaded`: big convolutions do, small MLPs and GridCNN run fastest on one), and carry an
     `obs_normalizer` or None."""
 
     obs_normalizer: ObsNormalizer | None
     is_image: bool
+    multithreaded: bool = False
     obs_key: str
     memory_size: int = 0
 
@@ -164,10 +185,11 @@ class PolicyValueNet(nn.Module):
 
 class ActorCritic(PolicyValueNet):
     """Policy and value function: the torso (observation normaliser and flatten for vectors, the Nature CNN
-    for frames), with memory an LSTM core, then the bodies and the linear heads.
+    for frames, GridCNN for MinAtar's 10x10 grids), with memory an LSTM core, then the bodies and the linear
+    heads.
 
     Vector observations: separate actor and critic MLP bodies (the PPO defaults of CleanRL and SB3; sharing
-    a trunk lets the value loss disturb the policy). Image observations: one shared Nature CNN trunk.
+    a trunk lets the value loss disturb the policy). Image observations: one shared CNN trunk.
     With `lstm_size` > 0: for vectors, actor and critic each get an LSTM that reads the observation and
     feeds its MLP (SB3-contrib's RecurrentPPO layout with `enable_critic_lstm`; the memory is [actor's
     (h, c), critic's (h, c)]); for frames, one LSTM after the shared CNN feeds both heads (CleanRL's
@@ -197,9 +219,15 @@ class ActorCritic(PolicyValueNet):
         space = spaces[self.obs_key]
         self.is_image = len(space.shape) == 3
         self.obs_normalizer = ObsNormalizer(space.shape) if normalize_obs and not self.is_image else None
-        features = 512 if self.is_image else int(math.prod(space.shape))
+        features = int(math.prod(space.shape))
         if self.is_image:
-            self.trunk = NatureCNN(space.shape[0])
+            channels, height, width = space.shape
+            if min(height, width) >= NATURE_CNN_MIN_SIZE:
+                self.trunk, features = NatureCNN(channels), 512
+                self.multithreaded = True
+            else:
+                self.trunk = GridCNN(channels, height, width)
+                features = self.trunk.out_features
         # The core: one after the shared CNN (actor_core, read by both heads), or one per MLP body.
         self.actor_core = LSTMCore(features, lstm_size) if lstm_size else None
         self.critic_core = LSTMCore(features, lstm_size) if lstm_size and not self.is_image else None

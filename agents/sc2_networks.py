@@ -126,7 +126,8 @@ class FullyConv(PolicyValueNet):
 
     obs_key = "screen"
     obs_normalizer = None
-    is_image = True  # convolutions: the learner uses all CPU threads
+    is_image = True
+    multithreaded = True  # big convolutions and a 16.8M-weight layer: the learner uses all CPU threads
 
     def __init__(
         self,

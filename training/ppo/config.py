@@ -45,7 +45,7 @@ class PPOConfig(RunConfig):
     num_learners: int = 0
     """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
     torch_threads: int = 0
-    """torch intra-op threads for the learner; 0 = auto (1 for MLPs, where more threads cost more than they give; all usable cores for CNNs); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
+    """torch intra-op threads for the learner; 0 = auto (1 for MLPs and MinAtar's small CNN, where more threads cost more than they give; all usable cores for the Nature CNN and FullyConv); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
 
     # Rollout workers
     num_steps: int = 128
@@ -168,6 +168,17 @@ PRESETS: dict[str, dict] = {
         eval_every=250_000, video_every=200,
     ),
 }  # fmt: skip
+
+# MinAtar (v0: the paper's sticky actions and full action set): CleanRL-style settings for 64 envs (GPU
+# examples run thousands): 64 x 128 steps, 8 minibatches of 1024, 4 epochs, Adam 5e-4 annealed, entropy
+# 0.01, with the paper's 5M-frame budget. A first setting, not tuned here yet (README, "MinAtar").
+_MINATAR_PPO = dict(
+    num_envs=64, num_steps=128, learning_rate=5e-4, num_minibatches=8, update_epochs=4, gamma=0.99,
+    gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, total_timesteps=5_000_000, eval_every=250_000,
+    checkpoint_every=500_000,
+)  # fmt: skip
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO) for game in MINATAR_GAMES for v in ("v0", "v1")})
 
 # StarCraft II mini-games: starting points from Reaver's published PPO settings for its FullyConv agent
 # (64 games x 16 steps per update, 3 epochs of 2 minibatches, Adam 5e-4, entropy 1e-3), with GAE
