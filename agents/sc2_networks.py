@@ -122,7 +122,8 @@ class FullyConv(PolicyValueNet):
     the value come from a 256-unit fully connected layer over the flattened state and the log-scaled
     player features. With `lstm_size` > 0 an LSTM core follows that layer (memory [B, 2 * lstm_size]) and
     feeds the function, non-spatial argument and value heads; the spatial heads read the convolutional
-    state of the current step. (The paper's FullyConv LSTM put a convolutional LSTM on the state instead.)"""
+    state of the current step. (As we read the paper, its FullyConv LSTM recurs over the spatial state with a
+    convolutional LSTM; that variant is not built here.)"""
 
     obs_key = "screen"
     obs_normalizer = None

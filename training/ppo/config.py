@@ -89,7 +89,7 @@ class PPOConfig(RunConfig):
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
     policy_memory: Literal["none", "lstm"] = "none"
-    """'lstm': an LSTM core between the torso (MLPs, Nature CNN, FullyConv) and the heads, reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
+    """'lstm': an LSTM core in the policy (vectors: reading the observation, before the MLPs; frames and grids: after the CNN; StarCraft II: after FullyConv's fully connected layer), reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
     lstm_size: int = 128
     """units of the LSTM core (--policy-memory lstm)"""
 
