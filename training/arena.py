@@ -1,0 +1,174 @@
+"""Round-robin matches between board-game players (trained agents and fixed reference players) and the
+Elo ratings that fit their results.
+
+A player picks a move for the position in front of it. Every pair plays the same number of games, half
+of them with each moving first. Ratings are the Bradley-Terry maximum-likelihood fit of all the games at
+once (a draw counts half a win for each side), on Elo's scale (400 points = 10:1 odds) with the players'
+mean at 1000: unlike Elo's game-by-game updates, the result does not depend on the order the games were
+played in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from envs.board_games import lookahead_moves, perfect_moves
+from training.evaluation import MemoryCarrier
+from training.interrupts import beat
+
+ELO_SCALE = 400.0 / math.log(10.0)  # Elo points per unit of log-odds
+MEAN_RATING = 1000.0
+
+
+@dataclass
+class Player:
+    """A name and how it chooses: `start_game()` gives the chooser for one game, called with the env (the
+    board from the mover's view in env.board, the legal moves in env.legal_moves()) and the observation."""
+
+    name: str
+    start_game: Callable[[np.random.Generator], Callable[[gym.Env, dict], int]]
+
+
+def rule_player(name: str, best_moves: Callable[[gym.Env], list[int]]) -> Player:
+    """A fixed player that picks at random among the moves its rule rates best."""
+
+    def start_game(rng: np.random.Generator) -> Callable[[gym.Env, dict], int]:
+        return lambda env, obs: int(rng.choice(best_moves(env)))
+
+    return Player(name, start_game)
+
+
+def reference_players(env_id: str) -> dict[str, Player]:
+    """The fixed players a game has: 'random' always; Connect Four's 'lookahead' (4 plies); TicTacToe's
+    'perfect' (exact minimax)."""
+    players = {"random": rule_player("random", lambda env: list(np.flatnonzero(env.legal_moves().ravel())))}
+    if env_id == "rlgames/ConnectFour-v0":
+        players["lookahead"] = rule_player("lookahead (4 plies)", lambda env: lookahead_moves(env.board))
+    else:
+        players["perfect"] = rule_player("perfect (minimax)", lambda env: perfect_moves(tuple(int(x) for x in env.board)))
+    return players
+
+
+def agent_player(name: str, policy, deterministic: bool = True) -> Player:
+    """A trained policy (its most likely move; sampled with deterministic=False), its memory, if it has one,
+    carried through each game."""
+
+    def start_game(rng: np.random.Generator) -> Callable[[gym.Env, dict], int]:
+        carrier = MemoryCarrier(policy, 1)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+        def choose(env: gym.Env, obs: dict) -> int:
+            batch = {k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}
+            return int(carrier.act(batch, generator, deterministic)[0][0])
+
+        return choose
+
+    return Player(name, start_game)
+
+
+@dataclass
+class PairResult:
+    """Games between players a and b, from a's side."""
+
+    a: str
+    b: str
+    wins: int = 0
+    draws: int = 0
+    losses: int = 0
+
+    @property
+    def games(self) -> int:
+        return self.wins + self.draws + self.losses
+
+
+def play_game(env_id: str, first: Player, second: Player, seed: int) -> int:
+    """One game; +1 when the first player wins, -1 when the second does, 0 for a draw (an illegal move loses)."""
+    env = gym.make(env_id).unwrapped
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    choosers = {1: first.start_game(rng), -1: second.start_game(rng)}
+    while True:
+        mover = env.to_play
+        obs, reward, terminated, _, info = env.step(choosers[mover](env, obs))
+        beat()
+        if terminated:
+            sign = -1 if info.get("illegal") else (1 if reward > 0 else 0)
+            return sign * mover
+
+
+def round_robin(env_id: str, players: list[Player], games: int, seed: int = 0) -> list[PairResult]:
+    """`games` games for every pair (half with each moving first, the odd one to the first named)."""
+    results = []
+    for (i, a), (j, b) in itertools.combinations(enumerate(players), 2):
+        pair = PairResult(a.name, b.name)
+        for g in range(games):
+            a_first = g % 2 == 0
+            outcome = play_game(env_id, a if a_first else b, b if a_first else a, seed + 1000 * (i * len(players) + j) + g)
+            outcome = outcome if a_first else -outcome
+            pair.wins += outcome > 0
+            pair.draws += outcome == 0
+            pair.losses += outcome < 0
+        results.append(pair)
+    return results
+
+
+@dataclass
+class Rating:
+    name: str
+    elo: float
+    wins: int = 0
+    draws: int = 0
+    losses: int = 0
+    opponents: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """(wins, draws, losses) against each opponent"""
+
+
+def fit_elo(results: list[PairResult], prior_games: float = 1.0, iterations: int = 10_000) -> list[Rating]:
+    """Bradley-Terry strengths by minorization-maximization (Hunter 2004), on Elo's scale, best first.
+
+    With prior_games > 0 each player also gets that many games, half won and half lost, against a virtual
+    player of strength 1: a weak prior that keeps an unbeaten (or never-winning) player's rating finite
+    instead of running off to +-infinity. Without it the fit is the plain maximum likelihood one."""
+    names = list(dict.fromkeys(n for r in results for n in (r.a, r.b)))
+    index = {n: k for k, n in enumerate(names)}
+    n = len(names)
+    score = np.full(n, prior_games / 2)  # wins + draws / 2
+    games = np.zeros((n, n))
+    for r in results:
+        a, b = index[r.a], index[r.b]
+        score[a] += r.wins + r.draws / 2
+        score[b] += r.losses + r.draws / 2
+        games[a, b] += r.games
+        games[b, a] += r.games
+    strength = np.ones(n)
+    for _ in range(iterations):
+        updated = score / ((games / (strength[:, None] + strength[None, :])).sum(1) + prior_games / (strength + 1.0))
+        if prior_games == 0:
+            updated /= np.exp(np.log(updated).mean())  # without the prior only the strengths' ratios are fixed
+        converged = np.allclose(updated, strength, rtol=1e-12, atol=0)
+        strength = updated
+        if converged:
+            break
+    elo = ELO_SCALE * np.log(strength)
+    elo += MEAN_RATING - elo.mean()
+    ratings = {name: Rating(name, float(elo[index[name]])) for name in names}
+    for r in results:
+        ratings[r.a].opponents[r.b] = (r.wins, r.draws, r.losses)
+        ratings[r.b].opponents[r.a] = (r.losses, r.draws, r.wins)
+    for rating in ratings.values():
+        rating.wins, rating.draws, rating.losses = (sum(x[k] for x in rating.opponents.values()) for k in range(3))
+    return sorted(ratings.values(), key=lambda r: -r.elo)
+
+
+def ratings_table(ratings: list[Rating]) -> str:
+    """The ratings as a Markdown table, best first, with each player's total wins, draws and losses."""
+    lines = ["| player | Elo | wins | draws | losses |", "|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.elo:.0f} | {r.wins} | {r.draws} | {r.losses} |" for r in ratings]
+    return "\n".join(lines)
