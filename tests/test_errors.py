@@ -98,6 +98,10 @@ def test_validate_collects_every_problem():
         (["--target-kl", "-1"], "--target-kl must be a finite number > 0, or left out (got -1.0)"),
         (["--worker-timeout", "nan"], "--worker-timeout must be a finite number > 0 (got nan)"),
         (["--stop-return", "nan"], "--stop-return must be a finite number (got nan)"),
+        (["--lstm-size", "0", "--policy-memory", "lstm"], "--lstm-size must be >= 1 (got 0)"),
+        (["--policy-memory", "lstm", "--num-envs", "6", "--num-minibatches", "4"],
+         "each learner's 6 envs must split into --num-minibatches 4; choose one of [1, 2, 3, 6]"),
+        (["--env-id", "rlgames/TicTacToe-v0"], "is a two-player game, which PPO cannot train yet"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

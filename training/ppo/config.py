@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 import tyro
 
+from envs.board_games import BOARD_OPPONENTS
 from envs.sc2 import SC2Options, is_sc2
 from training.errors import ConfigError
 from training.resume import resume_changes
@@ -257,6 +258,11 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
         problems.append(f"--sc2.step-mul must be >= 1 (got {cfg.sc2.step_mul})")
+    if cfg.env_id in BOARD_OPPONENTS:
+        problems.append(
+            f"{cfg.env_id} is a two-player game, which PPO cannot train yet (one policy moving for both sides "
+            "would never see its losses): train it with launch/train_muzero.py"
+        )
     if cfg.save_replay_every < 0:
         problems.append(f"--save-replay-every must be >= 0 (0 saves none; got {cfg.save_replay_every})")
     if cfg.save_replay_every and not is_sc2(cfg.env_id):
