@@ -9,27 +9,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.arena import PairResult, Player, fit_elo, play_game, reference_players, round_robin
+from training.arena import PairResult, Player, Tally, fit_elo, play_game, reference_players, round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_elo_of_three_wins_in_four_is_400_log10_3_apart():
-    a, b = fit_elo([PairResult("a", "b", wins=3, draws=0, losses=1)], prior_games=0)
+    a, b = fit_elo([PairResult(3, 0, 1, a="a", b="b")], prior_games=0)
     assert (a.name, b.name) == ("a", "b")
     assert a.elo - b.elo == pytest.approx(400 * math.log10(3), abs=1e-6)  # 190.85: the odds 3:1
     assert (a.elo + b.elo) / 2 == pytest.approx(1000.0)
-    assert (a.wins, a.draws, a.losses, b.wins, b.losses) == (3, 0, 1, 1, 3)
+    assert a.total == Tally(3, 0, 1) and b.total == Tally(1, 0, 3)
     # Draws count half: 2 wins and 2 draws in 4 games are 3:1 odds too.
-    a2, b2 = fit_elo([PairResult("a", "b", wins=2, draws=2, losses=0)], prior_games=0)
+    a2, b2 = fit_elo([PairResult(2, 2, 0, a="a", b="b")], prior_games=0)
     assert a2.elo - b2.elo == pytest.approx(a.elo - b.elo, abs=1e-6)
 
 
 def test_an_unbeaten_player_gets_a_finite_rating_and_the_order_follows_the_results():
-    ratings = fit_elo([PairResult("a", "b", 10, 0, 0), PairResult("b", "c", 6, 2, 2), PairResult("a", "c", 5, 0, 0)])
+    ratings = fit_elo([PairResult(10, 0, 0, a="a", b="b"), PairResult(6, 2, 2, a="b", b="c"),
+                       PairResult(5, 0, 0, a="a", b="c")])  # fmt: skip
     assert [r.name for r in ratings] == ["a", "b", "c"]
     assert all(np.isfinite(r.elo) for r in ratings) and ratings[0].elo - ratings[1].elo > 200
-    assert ratings[0].opponents == {"b": (10, 0, 0), "c": (5, 0, 0)}
+    assert ratings[0].opponents == {"b": Tally(10, 0, 0), "c": Tally(5, 0, 0)}
+    assert ratings[2].opponents == {"b": Tally(2, 2, 6), "a": Tally(0, 0, 5)}
 
 
 def test_round_robin_shares_the_first_move_and_the_perfect_player_never_loses():

@@ -74,11 +74,9 @@ def agent_player(name: str, policy, deterministic: bool = True) -> Player:
 
 
 @dataclass
-class PairResult:
-    """Games between players a and b, from a's side."""
+class Tally:
+    """Wins, draws and losses, from one side."""
 
-    a: str
-    b: str
     wins: int = 0
     draws: int = 0
     losses: int = 0
@@ -86,6 +84,18 @@ class PairResult:
     @property
     def games(self) -> int:
         return self.wins + self.draws + self.losses
+
+    def flipped(self) -> Tally:
+        """The same games from the other side."""
+        return Tally(self.losses, self.draws, self.wins)
+
+
+@dataclass
+class PairResult(Tally):
+    """Games between players a and b, from a's side."""
+
+    a: str = ""
+    b: str = ""
 
 
 def play_game(env_id: str, first: Player, second: Player, seed: int) -> int:
@@ -107,7 +117,7 @@ def round_robin(env_id: str, players: list[Player], games: int, seed: int = 0) -
     """`games` games for every pair (half with each moving first, the odd one to the first named)."""
     results = []
     for (i, a), (j, b) in itertools.combinations(enumerate(players), 2):
-        pair = PairResult(a.name, b.name)
+        pair = PairResult(a=a.name, b=b.name)
         for g in range(games):
             a_first = g % 2 == 0
             outcome = play_game(env_id, a if a_first else b, b if a_first else a, seed + 1000 * (i * len(players) + j) + g)
@@ -123,11 +133,9 @@ def round_robin(env_id: str, players: list[Player], games: int, seed: int = 0) -
 class Rating:
     name: str
     elo: float
-    wins: int = 0
-    draws: int = 0
-    losses: int = 0
-    opponents: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    """(wins, draws, losses) against each opponent"""
+    total: Tally = field(default_factory=Tally)
+    opponents: dict[str, Tally] = field(default_factory=dict)
+    """the games against each opponent"""
 
 
 def fit_elo(results: list[PairResult], prior_games: float = 1.0, iterations: int = 10_000) -> list[Rating]:
@@ -160,15 +168,16 @@ def fit_elo(results: list[PairResult], prior_games: float = 1.0, iterations: int
     elo += MEAN_RATING - elo.mean()
     ratings = {name: Rating(name, float(elo[index[name]])) for name in names}
     for r in results:
-        ratings[r.a].opponents[r.b] = (r.wins, r.draws, r.losses)
-        ratings[r.b].opponents[r.a] = (r.losses, r.draws, r.wins)
+        tally = Tally(r.wins, r.draws, r.losses)
+        ratings[r.a].opponents[r.b], ratings[r.b].opponents[r.a] = tally, tally.flipped()
     for rating in ratings.values():
-        rating.wins, rating.draws, rating.losses = (sum(x[k] for x in rating.opponents.values()) for k in range(3))
+        games = rating.opponents.values()
+        rating.total = Tally(*(sum(getattr(t, k) for t in games) for k in ("wins", "draws", "losses")))
     return sorted(ratings.values(), key=lambda r: -r.elo)
 
 
 def ratings_table(ratings: list[Rating]) -> str:
     """The ratings as a Markdown table, best first, with each player's total wins, draws and losses."""
     lines = ["| player | Elo | wins | draws | losses |", "|---|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.elo:.0f} | {r.wins} | {r.draws} | {r.losses} |" for r in ratings]
+    lines += [f"| {r.name} | {r.elo:.0f} | {r.total.wins} | {r.total.draws} | {r.total.losses} |" for r in ratings]
     return "\n".join(lines)
