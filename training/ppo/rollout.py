@@ -234,7 +234,8 @@ class RolloutWorker:
                         v = policy.get_value({k: torch.from_numpy(x) for k, x in final.items()}, episode_memory)
                     a["bootstrap_values"][t, cut] = v.numpy()
             self.obs = _as_dict(next_obs)
-            self.episode_starts = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+            if memory is not None:  # only a policy with memory reads them
+                self.episode_starts = torch.as_tensor(terminated | truncated, dtype=torch.float32)
             t += 1
 
         with torch.inference_mode():
