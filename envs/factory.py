@@ -17,9 +17,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs import partial_observability  # noqa: F401  (importing it registers rlgames/CartPoleNoVel-v1)
 from envs.board_games import BOARD_OPPONENTS  # importing it registers rlgames/TicTacToe-v0 and ConnectFour-v0
+from envs.partial_observability import register_partial_observability_envs
 from envs.sc2 import check_game_installed, is_sc2, sc2_map_name
+
+register_partial_observability_envs()
 
 # Last-100-episode mean return at which an env counts as solved (gymnasium's reward thresholds where
 # they exist; Acrobot and the Box envs use the thresholds the field reports against).

@@ -31,8 +31,10 @@ def cartpole_without_velocities(render_mode: str | None = None) -> gym.Env:
     return MaskVelocity(CartPoleEnv(render_mode=render_mode), keep=(0, 2))
 
 
-if "rlgames/CartPoleNoVel-v1" not in gym.registry:
-    gym.register(
-        "rlgames/CartPoleNoVel-v1", entry_point=cartpole_without_velocities, max_episode_steps=500,
-        reward_threshold=475.0,
-    )  # fmt: skip
+def register_partial_observability_envs() -> None:
+    """Register rlgames/CartPoleNoVel-v1 (once; the env factory calls this when it is imported)."""
+    if "rlgames/CartPoleNoVel-v1" not in gym.registry:
+        gym.register(
+            "rlgames/CartPoleNoVel-v1", entry_point=cartpole_without_velocities, max_episode_steps=500,
+            reward_threshold=475.0,
+        )  # fmt: skip

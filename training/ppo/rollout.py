@@ -24,8 +24,6 @@ from training.seeds import Reseed, reseeded
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
-# A policy with memory adds, per step, where episodes began, and per env its state at the rollout's start.
-MEMORY_FIELDS = ("episode_starts", "memory")
 # Fields with one row per env ([N, ...]) rather than one per step and env.
 PER_ENV_FIELDS = ("last_values", "memory")
 
