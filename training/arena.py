@@ -65,8 +65,7 @@ def agent_player(name: str, policy, deterministic: bool = True) -> Player:
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
 
         def choose(env: gym.Env, obs: dict) -> int:
-            batch = {k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}
-            return int(carrier.act(batch, generator, deterministic)[0][0])
+            return carrier.act_one(obs, generator, deterministic)[0]
 
         return choose
 

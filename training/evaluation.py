@@ -83,6 +83,12 @@ class MemoryCarrier:
         self.memory, self.episode_starts = acted[3], torch.zeros_like(self.episode_starts)
         return acted
 
+    def act_one(self, obs: Any, generator: torch.Generator | None, deterministic: bool) -> tuple[int, float]:
+        """(Discrete action, value estimate) for one env's unbatched observation: a carrier of one env, such
+        as a board game's player."""
+        acted = self.act(_obs_batch(obs, _device(self.policy), add_batch_dim=True), generator, deterministic)
+        return int(acted[0][0]), float(acted[2][0])
+
     def episodes_ended(self, done: np.ndarray | bool) -> None:
         """done [num_envs]: the envs whose next step begins an episode."""
         self.episode_starts = torch.as_tensor(np.atleast_1d(done), dtype=torch.float32)
@@ -156,7 +162,6 @@ def play_against_board_opponent(
     opponent = BOARD_OPPONENTS[env_id]
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    device = _device(policy)
     env = gym.make(env_id).unwrapped
     returns, lengths = [], []
     for game in range(games):
@@ -167,7 +172,7 @@ def play_against_board_opponent(
         while True:
             mover = env.to_play
             if mover == side:
-                action = int(carrier.act(_obs_batch(obs, device, add_batch_dim=True), generator, deterministic)[0][0])
+                action = carrier.act_one(obs, generator, deterministic)[0]
             else:
                 action = int(rng.choice(opponent.moves(env.board)))
             obs, reward, terminated, _, _ = env.step(action)

@@ -157,9 +157,7 @@ def play_game(
             if move is None:
                 return None
         else:
-            batch = {k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}
-            acted = carrier.act(batch, generator, deterministic)
-            move, value = int(acted[0][0]), float(acted[2][0])
+            move, value = carrier.act_one(obs, generator, deterministic)
             record.agent_values.append(value)
             if on_agent_move is not None:
                 on_agent_move(move, value)
