@@ -136,11 +136,11 @@ class PolicyValueNet(nn.Module):
     """What rollout workers, the PPO learner and evaluation need of an agent.
 
     `forward(obs, memory, episode_starts)` gives the action distribution, V(s) and the memory after the
-    step (acting; None after an unroll of several steps and for feed-forward nets); `get_value(...)` gives
-    V(s) alone. A feed-forward net (memory_size 0) ignores memory and
+    step; `get_value(...)` gives V(s) alone. A feed-forward net (memory_size 0) ignores memory and
     episode_starts and returns None as memory. A net with memory takes obs time-major flattened, [T * B,
     ...], memory [B, memory_size] (the state before the first step; zeros when None) and episode_starts
-    [T * B] (1.0 where a step begins an episode: its state is reset first; none when None). Subclasses also
+    [T * B] (1.0 where a step begins an episode: its state is reset first; none when None); it returns the
+    memory after a single step (acting), None after an unroll of several (the update). Subclasses also
     say whether they read frames (`is_image`), whether the learner gains from several intra-op threads
     (`multithreaded`: big convolutions do, small MLPs and GridCNN run fastest on one), and carry an
     `obs_normalizer` or None."""
@@ -259,17 +259,18 @@ class ActorCritic(PolicyValueNet):
     ) -> tuple[Distribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
         actor = critic = self._encode(obs)
         mask = obs.get(MASK_KEY)
+        new_memory = None
         if self.actor_core is not None:
             memory, episode_starts = self._memory_inputs(obs, memory, episode_starts)
             split = self.actor_core.state_size
-            actor, actor_memory = unroll(self.actor_core, actor, memory[:, :split], episode_starts)
+            actor, new_memory = unroll(self.actor_core, actor, memory[:, :split], episode_starts)
             if self.is_image:
-                critic, memory = actor, actor_memory
+                critic = actor
             else:
                 critic, critic_memory = unroll(self.critic_core, critic, memory[:, split:], episode_starts)
-                memory = None if actor_memory is None else torch.cat([actor_memory, critic_memory], dim=-1)
+                new_memory = None if new_memory is None else torch.cat([new_memory, critic_memory], dim=-1)
         dist = self.policy_head(self.actor_body(actor), None if mask is None else mask.bool())
-        return dist, self.value_head(self.critic_body(critic)).squeeze(-1), memory if self.actor_core is not None else None
+        return dist, self.value_head(self.critic_body(critic)).squeeze(-1), new_memory
 
     def get_value(
         self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,

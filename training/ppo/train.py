@@ -222,8 +222,9 @@ class PPOAlgorithm(Algorithm):
         observation_space, action_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
         self.agent = self.policy = build_agent(cfg, observation_space, action_space).to(device)
         # One thread for MLPs and MinAtar's small CNN (a second costs more in synchronisation than it
-        # gives); all usable cores for the big CNNs. Chosen here, never inherited from OMP_NUM_THREADS: a thread count changes float rounding, so
-        # a user's environment variable would otherwise change a seeded run.
+        # gives); all usable cores for the big CNNs. Chosen here, never inherited from OMP_NUM_THREADS: a
+        # thread count changes float rounding, so a user's environment variable would otherwise change a
+        # seeded run.
         torch.set_num_threads(cfg.torch_threads or (usable_cores() if self.agent.multithreaded else 1))
         self.learner = PPOLearner(self.agent, cfg, device, parallel)
         self.iteration = 0
