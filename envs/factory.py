@@ -87,6 +87,18 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def is_two_player(env_id: str) -> bool:
+    """Whether env_id is a registered env that declares two players (metadata["players"] == 2, as
+    envs.board_games' games do): one env playing both sides, observations from the mover's view, the
+    reward to the mover."""
+    if env_id not in gym.registry:
+        return False
+    entry_point = gym.spec(env_id).entry_point
+    if isinstance(entry_point, str):
+        entry_point = gym.envs.registration.load_env_creator(entry_point)
+    return getattr(entry_point, "metadata", {}).get("players") == 2
+
+
 def check_env_id(env_id: str) -> None:
     """Raise EnvSpecError (with close matches or the pip command to run) unless env_id can be made; for
     sc2/... also SC2NotFoundError unless the game and the map are installed."""

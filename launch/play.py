@@ -1,6 +1,5 @@
-"""Play a board game against a trained agent: `python launch/play.py RUN_DIR` (a MuZero run on
-rlgames/TicTacToe-v0 or rlgames/ConnectFour-v0; any agent with the acting interface plays, PPO ones too once
-PPO can train two-player games). Click a cell or a column in a window where there is a
+"""Play a board game against a trained agent: `python launch/play.py RUN_DIR` (a MuZero or PPO run on
+rlgames/TicTacToe-v0 or rlgames/ConnectFour-v0). Click a cell or a column in a window where there is a
 display; otherwise (or with --no-window) type moves in the terminal. The agent's value estimate of each
 position it moves in is shown beside its move."""
 

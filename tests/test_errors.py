@@ -101,7 +101,8 @@ def test_validate_collects_every_problem():
         (["--lstm-size", "0", "--policy-memory", "lstm"], "--lstm-size must be >= 1 (got 0)"),
         (["--policy-memory", "lstm", "--num-envs", "6", "--num-minibatches", "4"],
          "each learner's 6 envs must split into --num-minibatches 4; choose one of [1, 2, 3, 6]"),
-        (["--env-id", "rlgames/TicTacToe-v0"], "is a two-player game, which PPO cannot train yet"),
+        (["--env-id", "rlgames/TicTacToe-v0", "--solved-by", "training"], "use --solved-by evaluation"),
+        (["--env-id", "rlgames/TicTacToe-v0", "--league.max-snapshots", "0"], "--league.max-snapshots must be >= 1 (got 0)"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

@@ -168,6 +168,15 @@ def test_ray_actors_give_the_same_data_as_local_workers(ray_head):
             remote.set_weights(agent.state_dict(), version + 1)
 
 
+def test_ray_actors_play_the_same_league_games_as_local_workers(ray_head):
+    from test_league import league_rollouts
+
+    local, remote = league_rollouts("inprocess", 2), league_rollouts("ray", 2, ray_head)
+    for a, b in zip(local, remote, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def test_a_killed_actor_is_replaced_and_counted(ray_head):
     _, local, remote = _executors(ray_head)
     with local, remote:

@@ -112,20 +112,25 @@ def play_game(env_id: str, first: Player, second: Player, seed: int) -> int:
             return sign * mover
 
 
+def play_pair(env_id: str, a: Player, b: Player, games: int, seed: int) -> PairResult:
+    """`games` games between a and b, a moving first in the even ones (game g seeded seed + g)."""
+    pair = PairResult(a=a.name, b=b.name)
+    for g in range(games):
+        a_first = g % 2 == 0
+        outcome = play_game(env_id, a if a_first else b, b if a_first else a, seed + g)
+        outcome = outcome if a_first else -outcome
+        pair.wins += outcome > 0
+        pair.draws += outcome == 0
+        pair.losses += outcome < 0
+    return pair
+
+
 def round_robin(env_id: str, players: list[Player], games: int, seed: int = 0) -> list[PairResult]:
     """`games` games for every pair (half with each moving first, the odd one to the first named)."""
-    results = []
-    for (i, a), (j, b) in itertools.combinations(enumerate(players), 2):
-        pair = PairResult(a=a.name, b=b.name)
-        for g in range(games):
-            a_first = g % 2 == 0
-            outcome = play_game(env_id, a if a_first else b, b if a_first else a, seed + 1000 * (i * len(players) + j) + g)
-            outcome = outcome if a_first else -outcome
-            pair.wins += outcome > 0
-            pair.draws += outcome == 0
-            pair.losses += outcome < 0
-        results.append(pair)
-    return results
+    return [
+        play_pair(env_id, a, b, games, seed + 1000 * (i * len(players) + j))
+        for (i, a), (j, b) in itertools.combinations(enumerate(players), 2)
+    ]
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from agents.networks import PolicyValueNet
+from training.league import LeagueOpponents
 from training.ppo.executors import RolloutExecutor
 
 
@@ -15,10 +16,11 @@ def make_executor(
     backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space, policy: PolicyValueNet,
     num_envs: int, num_workers: int, num_steps: int, seed: int, worker_timeout: float = 300.0,
     ray_address: str | None = None, asynchronous: bool = False, env_kwargs: Mapping[str, Any] | None = None,
+    opponents: LeagueOpponents | None = None,
 ) -> RolloutExecutor:  # fmt: skip
     """The executor of a backend ('inprocess', 'multiprocess', 'ray'); env_kwargs go to every env's
-    constructor (see envs.factory.make_env)."""
+    constructor (see envs.factory.make_env); opponents: a two-player game's league (training.league)."""
     if backend not in ("inprocess", "multiprocess", "ray"):
         raise ValueError(f"unknown backend {backend!r}")
     return RolloutExecutor(backend, env_id, observation_space, action_space, policy, num_envs, num_workers, num_steps,
-                           seed, env_kwargs, worker_timeout, ray_address, asynchronous)  # fmt: skip
+                           seed, env_kwargs, worker_timeout, ray_address, asynchronous, opponents)  # fmt: skip

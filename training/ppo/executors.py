@@ -16,6 +16,7 @@ and the replacements are counted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from agents.networks import PolicyValueNet
+from training.league import LeagueOpponents
 from training.ppo.rollout import PER_ENV_FIELDS, Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
@@ -47,16 +49,17 @@ class BufferedRolloutWorker:
     asynchronous collection: the workers fill one while the learner reads the other)."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet,
-                 buffers: list[dict[str, torch.Tensor]], env_kwargs: Mapping[str, Any] | None = None):  # fmt: skip
+                 buffers: list[dict[str, torch.Tensor]], env_kwargs: Mapping[str, Any] | None = None,
+                 opponents: LeagueOpponents | None = None):  # fmt: skip
         self.views = [{k: v.numpy() for k, v in arrays.items()} for arrays in buffers]
-        self.worker = RolloutWorker(env_id, num_envs, seed, policy, buffers[0], env_kwargs)
+        self.worker = RolloutWorker(env_id, num_envs, seed, policy, buffers[0], env_kwargs, opponents)
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.worker.set_weights(state_dict)
 
-    def collect(self, buffer: int) -> WorkerStats:
+    def collect(self, buffer: int, opponents: LeagueOpponents | None = None) -> WorkerStats:
         self.worker.retarget(self.views[buffer])
-        return self.worker.collect()
+        return self.worker.collect(opponents)
 
     def close(self) -> None:
         self.worker.close()
@@ -67,16 +70,17 @@ class ArrayRolloutWorker:
     which share no memory with the learner)."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet, observation_space: gym.Space,
-                 action_space: gym.Space, num_steps: int, env_kwargs: Mapping[str, Any] | None = None):  # fmt: skip
+                 action_space: gym.Space, num_steps: int, env_kwargs: Mapping[str, Any] | None = None,
+                 opponents: LeagueOpponents | None = None):  # fmt: skip
         self.arrays = allocate_rollout_arrays(observation_space, action_space, num_steps, num_envs,
                                               memory_size=policy.memory_size)  # fmt: skip
-        self.worker = RolloutWorker(env_id, num_envs, seed, policy, self.arrays, env_kwargs)
+        self.worker = RolloutWorker(env_id, num_envs, seed, policy, self.arrays, env_kwargs, opponents)
 
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.worker.set_weights(state_dict)
 
-    def collect(self, buffer: int) -> tuple[dict[str, np.ndarray], WorkerStats]:
-        stats = self.worker.collect()
+    def collect(self, buffer: int, opponents: LeagueOpponents | None = None) -> tuple[dict[str, np.ndarray], WorkerStats]:
+        stats = self.worker.collect(opponents)
         return {k: v.numpy() for k, v in self.arrays.items()}, stats
 
     def close(self) -> None:
@@ -85,14 +89,19 @@ class ArrayRolloutWorker:
 
 class RolloutExecutor:
     """num_envs envs in num_workers rollout workers of the pool backend `backend` ('inprocess',
-    'multiprocess', 'ray'); worker i steps envs slices[i], seeded from seed + its first env index."""
+    'multiprocess', 'ray'); worker i steps envs slices[i], seeded from seed + its first env index.
+    With `opponents` (a two-player game's league, training.league) the workers' envs answer each move
+    with a league opponent's; `set_opponents` brings the league's changes to the workers with their next
+    call (only the snapshots a worker lacks travel), and a worker that starts gets the whole league."""
 
     def __init__(
         self, backend: str, env_id: str, observation_space: gym.Space, action_space: gym.Space,
         policy: PolicyValueNet, num_envs: int, num_workers: int, num_steps: int, seed: int,
         env_kwargs: Mapping[str, Any] | None = None, worker_timeout: float = 300.0, ray_address: str | None = None,
-        asynchronous: bool = False,
+        asynchronous: bool = False, opponents: LeagueOpponents | None = None,
     ):  # fmt: skip
+        self.opponents = opponents
+        self.opponents_update: LeagueOpponents | None = None  # what the workers have not been sent yet
         self.num_envs, self.num_steps = num_envs, num_steps
         self.backend_name, self.env_id, self.env_kwargs = backend, env_id, env_kwargs
         self.observation_space, self.action_space = observation_space, action_space
@@ -123,9 +132,10 @@ class RolloutExecutor:
         seed, policy = self.worker_seed(i, restarts), copy.deepcopy(self.policy)
         if self.backend_name == "ray":
             return functools.partial(ArrayRolloutWorker, self.env_id, hi - lo, seed, policy, self.observation_space,
-                                     self.action_space, self.num_steps, self.env_kwargs)  # fmt: skip
+                                     self.action_space, self.num_steps, self.env_kwargs, self.opponents)  # fmt: skip
         buffers = [slice_arrays(arrays, lo, hi) for arrays in self.buffers]
-        return functools.partial(BufferedRolloutWorker, self.env_id, hi - lo, seed, policy, buffers, self.env_kwargs)
+        return functools.partial(BufferedRolloutWorker, self.env_id, hi - lo, seed, policy, buffers, self.env_kwargs,
+                                 self.opponents)  # fmt: skip
 
     @property
     def worker_restarts(self) -> int:
@@ -140,6 +150,14 @@ class RolloutExecutor:
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.pool.set_weights(state_dict, version)
         self.version = version
+
+    def set_opponents(self, opponents: LeagueOpponents) -> None:
+        """The league as it is now; the workers get what changed with their next call."""
+        assert self.opponents is not None, "set_opponents on an executor without a league"
+        pending = {} if self.opponents_update is None else self.opponents_update.weights
+        new = {i: w for i, w in opponents.weights.items() if i in pending or i not in self.opponents.weights}
+        self.opponents_update = dataclasses.replace(opponents, weights=new)
+        self.opponents = opponents
 
     def collect(self) -> Rollout:
         """T steps of all envs. The arrays are reused by the next collect(): consume them first."""
@@ -162,7 +180,8 @@ class RolloutExecutor:
 
     def _request(self, buffer: int) -> None:
         self.in_flight, self.buffer_versions[buffer] = buffer, self.version
-        self.pool.request_all("collect", lambda i: (buffer,), weights_slot=buffer)
+        update, self.opponents_update = self.opponents_update, None
+        self.pool.request_all("collect", lambda i: (buffer, update), weights_slot=buffer)
 
     def _receive(self, buffer: int) -> Rollout:
         results = self.pool.receive_all()

@@ -8,6 +8,7 @@ small statistics; the executor wraps the arrays as a `Rollout` for the learner.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from agents.networks import PolicyValueNet, obs_spaces
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
+from training.league import LeagueOpponents, OpponentVectorEnv
 from training.seeds import Reseed, reseeded
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
@@ -69,6 +71,8 @@ class WorkerStats:
     """times an env raised and this worker's envs were rebuilt, during this rollout"""
     dropped_episodes: int = 0
     """episodes cut short by those rebuilds (their statistics are not reported)"""
+    episode_opponents: np.ndarray | None = None
+    """league self-play: the opponent id of each episode (training.league)"""
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Rollout:
     memory: np.ndarray | None = None  # [N, S]  each env's memory before step 0, prior to any reset (memory only)
     episode_returns: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     episode_lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    episode_opponents: np.ndarray | None = None  # league self-play: each episode's opponent id
     env_restarts: int = 0
     dropped_episodes: int = 0
 
@@ -111,6 +116,8 @@ class Rollout:
             memory=np_arrays.get("memory"),
             episode_returns=np.concatenate([s.episode_returns for s in stats]),
             episode_lengths=np.concatenate([s.episode_lengths for s in stats]),
+            episode_opponents=(None if stats[0].episode_opponents is None
+                               else np.concatenate([s.episode_opponents for s in stats])),  # fmt: skip
             env_restarts=sum(s.env_restarts for s in stats),
             dropped_episodes=sum(s.dropped_episodes for s in stats),
             **{name: np_arrays[name] for name in STEP_FIELDS},
@@ -134,6 +141,9 @@ class RolloutWorker:
     worker pool's backends, training.ppo.executors). An env that raises in `step` gets all
     of this worker's envs rebuilt; the episodes in progress are dropped (see collect).
 
+    For a two-player game, `opponents` (the league's, training.league) answer the policy's moves: the envs
+    are an OpponentVectorEnv, and `collect(opponents=...)` brings the league's changes.
+
     A policy with memory carries each env's state from step to step and rollout to rollout; a step that
     begins an episode (the first after a reset, whether the last one terminated or was truncated) starts
     from a zeroed state, which the policy does itself from the episode_starts it is given.
@@ -141,12 +151,13 @@ class RolloutWorker:
 
     def __init__(
         self, env_id: str, num_envs: int, seed: int, policy: PolicyValueNet, arrays: dict[str, torch.Tensor],
-        env_kwargs: Mapping[str, Any] | None = None,
+        env_kwargs: Mapping[str, Any] | None = None, opponents: LeagueOpponents | None = None,
     ):  # fmt: skip
         self.env_id, self.num_envs, self.seed, self.env_kwargs = env_id, num_envs, seed, env_kwargs
         self.env_restarts = 0
-        self._start_envs(seed)
         self.policy = policy
+        self.opponents = opponents
+        self._start_envs(seed)
         self.memory = policy.initial_memory(num_envs)
         # Sampling noise depends on this worker's seed alone, so any executor reproduces the same data.
         self.generator = torch.Generator().manual_seed(seed)
@@ -156,7 +167,10 @@ class RolloutWorker:
         self.clip_actions = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None
 
     def _start_envs(self, seed: int) -> None:
-        self.envs = make_vector_env(self.env_id, self.num_envs, seed, self.env_kwargs)
+        if self.opponents is not None:
+            self.envs = OpponentVectorEnv(self.env_id, self.num_envs, seed, self.policy, self.opponents)
+        else:
+            self.envs = make_vector_env(self.env_id, self.num_envs, seed, self.env_kwargs)
         obs, _ = self.envs.reset(seed=[seed + i for i in range(self.num_envs)])
         self.obs = _as_dict(obs)
         # Every env begins an episode at its next step.
@@ -171,14 +185,24 @@ class RolloutWorker:
     def set_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.policy.load_state_dict(state_dict)
 
+    def set_opponents(self, update: LeagueOpponents) -> None:
+        """The league's changes: new probabilities, the weights of new snapshots."""
+        assert self.opponents is not None, "opponents for a worker that plays no two-player game"
+        weights = {**self.opponents.weights, **update.weights}
+        kept = {i: w for i, w in weights.items() if i in update.probabilities}
+        self.opponents = dataclasses.replace(update, weights=kept)
+        self.envs.update_opponents(update)
+
     def retarget(self, arrays: dict[str, np.ndarray]) -> None:
         """Write the next rollouts into other arrays (the double buffers of asynchronous collection)."""
         self.arrays = arrays
 
-    def collect(self) -> WorkerStats:
+    def collect(self, opponents: LeagueOpponents | None = None) -> WorkerStats:
         start = time.perf_counter()
+        if opponents is not None:
+            self.set_opponents(opponents)
         a, policy = self.arrays, self.policy
-        returns, lengths = [], []
+        returns, lengths, episode_opponents = [], [], []
         restarts = failures_in_a_row = 0
         if self.memory is not None:
             a["memory"][:] = self.memory.numpy()
@@ -223,6 +247,8 @@ class RolloutWorker:
                 ep_returns, ep_lengths = episode_stats_from_info(info)
                 returns.append(ep_returns)
                 lengths.append(ep_lengths)
+                if "opponent" in info["final_info"]:
+                    episode_opponents.append(info["final_info"]["opponent"][info["final_info"]["_opponent"]])
                 cut = np.flatnonzero(truncated & ~terminated)
                 if cut.size:
                     final = _stack_obs(list(info["final_obs"][cut]))
@@ -245,6 +271,7 @@ class RolloutWorker:
             seconds=time.perf_counter() - start,
             env_restarts=restarts,
             dropped_episodes=restarts * self.num_envs,
+            episode_opponents=None if self.opponents is None else np.concatenate([np.empty(0, np.int64), *episode_opponents]),
         )
 
     def close(self) -> None:

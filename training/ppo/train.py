@@ -23,10 +23,11 @@ from agents.ppo import (
     explained_variance,
     ppo_update,
 )
-from envs.factory import probe_spaces
+from envs.factory import is_two_player, probe_spaces
 from envs.sc2 import is_sc2
 from training.checkpoint import reading_contents
 from training.distributed import SINGLE, DataParallel, run_data_parallel
+from training.league import League
 from training.ppo.backends import make_executor
 from training.ppo.config import (
     PPOConfig,
@@ -200,6 +201,11 @@ PPO_DASHBOARD_LAYOUT = {
     "5. Faults": {
         "skipped updates, worker and env restarts, dropped episodes": ["Multiline", ["faults/.*"]],
     },
+    "6. League (two-player games)": {
+        "Elo: the newest snapshot and the reference players": ["Multiline", ["league/elo.*"]],
+        "score against the frozen members (win 1, draw 0.5)": ["Multiline", ["league/score_vs_pool"]],
+        "snapshots in the league": ["Multiline", ["league/snapshots"]],
+    },
 }  # fmt: skip
 
 
@@ -240,6 +246,15 @@ class PPOAlgorithm(Algorithm):
                 self.iteration = payload["iteration"]
                 torch.set_rng_state(payload["rng"]["torch"])
                 random.setstate(payload["rng"]["python"])
+        # A two-player game: the learner plays a league of its current and past selves (training.league).
+        self.league = None
+        if is_two_player(cfg.env_id):
+            self.league = League(cfg.league, cfg.env_id, self._frozen_policy, cfg.seed)
+            if payload is not None and "league" in payload:
+                with reading_contents(cfg.resume):
+                    self.league.load_state_dict(payload["league"])
+            if not self.league.snapshots:
+                self.league.add_snapshot(self.agent.state_dict(), self.iteration)
         self.env_kwargs = env_kwargs(cfg, context.run_dir)
         # Envs restart from fresh episodes after a resume, on seeds of their own (training.seeds). Each
         # data-parallel learner steps its own envs, seeded after those of the learners before it.
@@ -248,9 +263,16 @@ class PPOAlgorithm(Algorithm):
         self.executor = make_executor(
             self.backend, cfg.env_id, observation_space, action_space, self.agent, local_envs, self.num_workers,
             cfg.num_steps, worker_seed, cfg.worker_timeout, cfg.ray_address, cfg.async_rollouts, self.env_kwargs,
+            self.league.opponents() if self.league else None,
         )  # fmt: skip
         self.executor.set_weights(self.agent.state_dict(), self.iteration)
         self.acting_total = self.learning_total = 0.0  # this invocation's, for time/rollout_fraction
+
+    def _frozen_policy(self, weights: dict) -> PolicyValueNet:
+        """A CPU copy of the agent with these weights (a league snapshot, for its rating games)."""
+        policy = copy.deepcopy(self.agent).cpu()
+        policy.load_state_dict(weights)
+        return policy.eval()
 
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
@@ -272,6 +294,7 @@ class PPOAlgorithm(Algorithm):
         self.executor.set_weights(self.agent.state_dict(), self.iteration)
         self.consistent = True
         t2 = time.perf_counter()
+        league_scalars = self._league_step(rollout) if self.league else {}
         self.faults_before["env_restarts"] += rollout.env_restarts
         self.faults_before["dropped_episodes"] += rollout.dropped_episodes
 
@@ -285,6 +308,7 @@ class PPOAlgorithm(Algorithm):
         self.acting_total += t1 - t0
         self.learning_total += t2 - t1
         scalars["time/rollout_fraction"] = self.acting_total / (self.acting_total + self.learning_total)
+        scalars.update(league_scalars)
         return StepReport(
             steps=rollout.num_steps * self.parallel.world_size,
             episode_returns=np.concatenate([r for r, _ in episodes]),
@@ -293,12 +317,26 @@ class PPOAlgorithm(Algorithm):
             learning_seconds=t2 - t1,
         )  # fmt: skip
 
+    def _league_step(self, rollout: Rollout) -> dict[str, float]:
+        """Record the games that ended, take a snapshot when it is time, and send the workers what changed."""
+        league = self.league
+        version = league.version
+        league.record(rollout.episode_opponents, rollout.episode_returns)
+        if league.wants_snapshot(self.iteration):
+            league.add_snapshot(self.agent.state_dict(), self.iteration)
+        if league.version != version:
+            self.executor.set_opponents(league.opponents())
+        return league.scalars()
+
     def state_dict(self) -> dict:
-        return {
+        state = {
             "iteration": self.iteration,
             "learner": self.learner.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
+        if self.league is not None:
+            state["league"] = self.league.state_dict()
+        return state
 
     def faults(self) -> dict[str, int]:
         return {
