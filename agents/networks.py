@@ -128,6 +128,29 @@ class GridCNN(nn.Sequential):
         return super().forward(x.float())
 
 
+class BoardCNN(nn.Module):
+    """For board games whose flat observation is a grid from the mover's view (+1 own, -1 the opponent's,
+    0 empty): the board as two planes (own, opponent's) [2, H, W], `layers` 3x3 convolutions of `channels`
+    that keep the size (zero padding: the board's edge is visible), then `out_features` units. Lines of
+    four are local patterns, which convolutions share across the board and an MLP must learn per place."""
+
+    def __init__(self, grid_shape: tuple[int, int], channels: int = 32, layers: int = 3, out_features: int = 256):
+        super().__init__()
+        self.grid_shape = tuple(grid_shape)
+        convs: list[nn.Module] = []
+        for k in range(layers):
+            convs += [layer_init(nn.Conv2d(2 if k == 0 else channels, channels, 3, padding=1)), nn.ReLU()]
+        height, width = self.grid_shape
+        self.net = nn.Sequential(
+            *convs, nn.Flatten(), layer_init(nn.Linear(channels * height * width, out_features)), nn.ReLU()
+        )
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        board = x.float().reshape(-1, *self.grid_shape)
+        return self.net(torch.stack([(board > 0).float(), (board < 0).float()], dim=1))
+
+
 # The Nature CNN's 8/4, 4/2 and 3/1 convolutions need at least 36 pixels a side; smaller grids get GridCNN.
 NATURE_CNN_MIN_SIZE = 36
 
@@ -205,7 +228,9 @@ class ActorCritic(PolicyValueNet):
         activation: str = "tanh",
         normalize_obs: bool = False,
         lstm_size: int = 0,
+        board_grid: tuple[int, int] | None = None,
     ):
+        """board_grid: the (rows, columns) of a board game's flat observation, to read it with BoardCNN."""
         super().__init__()
         spaces = obs_spaces(observation_space)
         if MASK_KEY in spaces and not isinstance(action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
@@ -218,9 +243,16 @@ class ActorCritic(PolicyValueNet):
         self.obs_key = feature_keys[0]
         space = spaces[self.obs_key]
         self.is_image = len(space.shape) == 3
-        self.obs_normalizer = ObsNormalizer(space.shape) if normalize_obs and not self.is_image else None
+        # One shared convolutional trunk (frames, grids, boards) or MLP bodies of their own (vectors).
+        self.conv_trunk = self.is_image or board_grid is not None
+        self.obs_normalizer = ObsNormalizer(space.shape) if normalize_obs and not self.conv_trunk else None
         features = int(math.prod(space.shape))
-        if self.is_image:
+        if board_grid is not None:
+            if lstm_size:
+                raise ValueError("a board CNN with memory is not built")
+            self.trunk = BoardCNN(board_grid)
+            features = self.trunk.out_features
+        elif self.is_image:
             channels, height, width = space.shape
             if min(height, width) >= NATURE_CNN_MIN_SIZE:
                 self.trunk, features = NatureCNN(channels), 512
@@ -234,7 +266,7 @@ class ActorCritic(PolicyValueNet):
         if lstm_size:
             features = lstm_size
             self.memory_size = self.actor_core.state_size * (1 if self.is_image else 2)
-        if self.is_image:
+        if self.conv_trunk:
             self.actor_body = self.critic_body = nn.Identity()
             body_out = features
         else:
@@ -246,7 +278,7 @@ class ActorCritic(PolicyValueNet):
 
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = obs[self.obs_key]
-        if self.is_image:
+        if self.conv_trunk:
             return self.trunk(x)
         x = x.float()
         if self.obs_normalizer is not None:

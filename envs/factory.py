@@ -87,16 +87,26 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def _env_class(env_id: str) -> Any:
+    """What a registered id's entry point names (an env class, usually), without building an env; None
+    for an unregistered id."""
+    if env_id not in gym.registry:
+        return None
+    entry_point = gym.spec(env_id).entry_point
+    return gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+
+
 def is_two_player(env_id: str) -> bool:
     """Whether env_id is a registered env that declares two players (metadata["players"] == 2, as
     envs.board_games' games do): one env playing both sides, observations from the mover's view, the
     reward to the mover."""
-    if env_id not in gym.registry:
-        return False
-    entry_point = gym.spec(env_id).entry_point
-    if isinstance(entry_point, str):
-        entry_point = gym.envs.registration.load_env_creator(entry_point)
-    return getattr(entry_point, "metadata", {}).get("players") == 2
+    return getattr(_env_class(env_id), "metadata", {}).get("players") == 2
+
+
+def board_grid(env_id: str) -> tuple[int, int] | None:
+    """The (rows, columns) grid a two-player board game's flat observation holds, or None."""
+    grid = getattr(_env_class(env_id), "grid_shape", None) if is_two_player(env_id) else None
+    return tuple(grid) if grid is not None else None
 
 
 def check_env_id(env_id: str) -> None:

@@ -103,6 +103,7 @@ def test_validate_collects_every_problem():
          "each learner's 6 envs must split into --num-minibatches 4; choose one of [1, 2, 3, 6]"),
         (["--env-id", "rlgames/TicTacToe-v0", "--solved-by", "training"], "use --solved-by evaluation"),
         (["--env-id", "rlgames/TicTacToe-v0", "--league.max-snapshots", "0"], "--league.max-snapshots must be >= 1 (got 0)"),
+        (["--board-net", "cnn"], "--board-net cnn is for board games"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

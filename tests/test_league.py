@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from envs.factory import is_two_player
+from agents.networks import ActorCritic, BoardCNN
+from envs.factory import board_grid, is_two_player
 from training.errors import ConfigError
-from training.league import CURRENT, League, LeagueOpponents, LeagueOptions, OpponentVectorEnv
+from training.league import (
+    CURRENT,
+    League,
+    LeagueOpponents,
+    LeagueOptions,
+    OpponentVectorEnv,
+    league_problems,
+    reference_ids,
+)
 from training.ppo.config import PPOConfig, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +94,27 @@ def test_opponents_follow_the_probabilities_and_new_snapshots_arrive():
     assert set(env.nets) == {1}
 
 
+def test_reference_players_join_the_league_and_play_their_rule():
+    """With the perfect player in the pool and drawn for every game, the learner (lowest free cell) never
+    wins, and each game is recorded against the perfect player's id."""
+    league = League(LeagueOptions(references=("perfect",), current_fraction=0.0, rating_games=0), TTT,
+                    lambda w: FirstFreeCell(), seed=0)  # fmt: skip
+    assert league.probabilities() == {CURRENT: 0.0, reference_ids(TTT)["perfect"]: 1.0}
+    env = OpponentVectorEnv(TTT, 4, 0, FirstFreeCell(), league.opponents())
+    obs, _ = env.reset(seed=[0, 1, 2, 3])
+    results = []
+    while len(results) < 12:
+        action = FirstFreeCell().act({k: torch.as_tensor(v) for k, v in obs.items()})[0].numpy()
+        obs, reward, terminated, _, info = env.step(action)
+        results += [(info["final_info"]["opponent"][i], reward[i]) for i in np.flatnonzero(terminated)]
+    assert {o for o, _ in results} == {reference_ids(TTT)["perfect"]} and max(r for _, r in results) <= 0
+    league.record(np.array([o for o, _ in results]), np.array([r for _, r in results]))
+    assert league.scalars()["league/score_vs_perfect"] <= 0.5
+    assert "--league.references lookahead: rlgames/TicTacToe-v0 has random, perfect" in " ".join(
+        league_problems(LeagueOptions(references=("lookahead",)), TTT)
+    )
+
+
 def make_league(**options) -> League:
     return League(LeagueOptions(rating_games=0, **options), TTT, lambda w: FirstFreeCell(), seed=0)
 
@@ -134,7 +164,7 @@ def test_league_state_round_trips_and_ratings_fill_the_elo_table():
     assert all(r.wins == 0 for r in league.rating_results if r.b == "perfect (minimax)")
     scalars = league.scalars()
     assert scalars["league/snapshots"] == 2 and scalars["league/elo_perfect"] > scalars["league/elo"]
-    assert {"league/elo_random", "league/score_vs_pool"} <= set(scalars)
+    assert scalars["league/elo_random"] == 0.0 and "league/score_vs_pool" in scalars  # Elo anchored at random
     restored = League(LeagueOptions(rating_games=4), TTT, lambda w: FirstFreeCell(), seed=0)
     restored.load_state_dict(league.state_dict())
     assert restored.probabilities() == league.probabilities() and restored.scalars() == scalars
@@ -219,3 +249,25 @@ def test_train_ppo_self_play_on_tictactoe_resumes_the_league_and_plays_in_the_ar
     play = subprocess.run([sys.executable, "launch/play.py", str(run_dir), "--no-window"], cwd=ROOT, input="q\n",
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert play.returncode == 0, play.stderr[-3000:]
+
+
+def test_board_cnn_reads_own_and_opponent_stones_as_two_planes_and_respects_the_mask():
+    assert board_grid("rlgames/ConnectFour-v0") == (6, 7) and board_grid(TTT) == (3, 3)
+    assert board_grid("CartPole-v1") is None
+    env = gym.make("rlgames/ConnectFour-v0")
+    torch.manual_seed(0)
+    net = ActorCritic(env.observation_space, env.action_space, board_grid=(6, 7))
+    assert isinstance(net.trunk, BoardCNN) and net.obs_normalizer is None
+    seen = []
+    net.trunk.net[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    board = torch.zeros(1, 42)
+    board[0, 41], board[0, 40] = 1.0, -1.0  # own disc bottom right, the opponent's beside it
+    mask = torch.tensor([[1, 1, 1, 0, 1, 1, 1]], dtype=torch.int8)
+    dist, value, _ = net({"obs": board, "action_mask": mask})
+    planes = seen[0]
+    assert planes.shape == (1, 2, 6, 7) and planes[0, 0, 5, 6] == 1 and planes[0, 1, 5, 5] == 1 and planes.sum() == 2
+    assert value.shape == (1,) and dist.logits[0, 3].exp() == 0
+    # The opponent's disc elsewhere is another position to it.
+    moved = board.clone()
+    moved[0, 40], moved[0, 39] = 0.0, -1.0
+    assert not torch.allclose(net.get_value({"obs": moved, "action_mask": mask}), value)

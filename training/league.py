@@ -213,11 +213,19 @@ class League:
             opponents.append(agent_player(self.snapshot_name(previous), self.make_policy(self.snapshots[previous])))
         for k, opponent in enumerate(opponents):
             self.rating_results.append(play_pair(self.env_id, new, opponent, games, seed + 1000 * k))
-        self.elo = {r.name: r.elo for r in fit_elo(self.rating_results)}
+        self.elo = self._fit_elo()
+
+    def _fit_elo(self) -> dict[str, float]:
+        """Every player's Elo with the random player at 0: fit_elo's mean-1000 scale would drift as the
+        league grows, this anchor does not."""
+        elo = {r.name: r.elo for r in fit_elo(self.rating_results)}
+        anchor = elo.get(reference_players(self.env_id)["random"].name, 0.0)
+        return {name: value - anchor for name, value in elo.items()}
 
     def scalars(self) -> dict[str, float]:
-        """league/* for TensorBoard: the newest snapshot's Elo (the learner's as it was then), the reference
-        players', the league's size and the recent score against its frozen members."""
+        """league/* for TensorBoard: the newest snapshot's Elo (the learner's as it was then; the random
+        player at 0), the other reference players', the league's size and the recent score against its
+        frozen members."""
         out: dict[str, float] = {"league/snapshots": float(len(self.snapshots))}
         score = self.score_vs_pool()
         if score is not None:
@@ -252,7 +260,7 @@ class League:
             self.recent[int(i)].extend(results)
         self.recent_vs_pool = deque(state["recent_vs_pool"], maxlen=RECENT_GAMES)
         self.rating_results = [PairResult(**r) for r in state["rating_results"]]
-        self.elo = {r.name: r.elo for r in fit_elo(self.rating_results)} if self.rating_results else {}
+        self.elo = self._fit_elo() if self.rating_results else {}
         self.next_id, self.version = state["next_id"], state["version"]
 
 

@@ -23,7 +23,7 @@ from agents.ppo import (
     explained_variance,
     ppo_update,
 )
-from envs.factory import is_two_player, probe_spaces
+from envs.factory import board_grid, is_two_player, probe_spaces
 from envs.sc2 import is_sc2
 from training.checkpoint import reading_contents
 from training.distributed import SINGLE, DataParallel, run_data_parallel
@@ -57,8 +57,9 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
             observation_space["player"].shape[0], interface.argument_sizes, SPATIAL_ARGUMENTS, ARGUMENT_TYPES,
             interface.uses, lstm_size=cfg.memory_lstm_size,
         )  # fmt: skip
+    grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
     return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
-                       cfg.memory_lstm_size)  # fmt: skip
+                       cfg.memory_lstm_size, grid)  # fmt: skip
 
 
 def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
