@@ -225,11 +225,14 @@ class League:
     def scalars(self) -> dict[str, float]:
         """league/* for TensorBoard: the newest snapshot's Elo (the learner's as it was then; the random
         player at 0), the other reference players', the league's size and the recent score against its
-        frozen members."""
+        frozen members (and against each reference player in the pool)."""
         out: dict[str, float] = {"league/snapshots": float(len(self.snapshots))}
         score = self.score_vs_pool()
         if score is not None:
             out["league/score_vs_pool"] = score
+        for i, name in self.references.items():  # reference players in the pool: the training games' score
+            if self.recent[i]:
+                out[f"league/score_vs_{name}"] = float(np.mean(self.recent[i]))
         if self.elo and self.snapshots:
             newest = self.snapshot_name(max(self.snapshots))
             if newest in self.elo:
