@@ -193,7 +193,7 @@ PRESETS: dict[str, dict] = {
     # evaluation (a match against it) measures an opponent the learner trains against (README).
     "rlgames/ConnectFour-v0": dict(
         board_net="cnn", num_envs=16, num_steps=64, learning_rate=5e-4, num_minibatches=4, update_epochs=4,
-        ent_coef=0.01, total_timesteps=6_000_000,
+        ent_coef=0.01, total_timesteps=10_000_000,
         league=LeagueOptions(random_opening_plies=4, opponent_epsilon=0.05, references=("lookahead",)),
         solved_by="evaluation", stop_when_solved=False, eval_every=100_000, eval_episodes=100,
     ),
