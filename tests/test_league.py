@@ -246,9 +246,13 @@ def test_train_ppo_self_play_on_tictactoe_resumes_the_league_and_plays_in_the_ar
     arena = run("launch/arena.py", str(run_dir), "--games", "4")
     assert arena.returncode == 0, arena.stderr[-3000:]
     assert "ppo" in arena.stdout and "perfect (minimax)" in arena.stdout
-    play = subprocess.run([sys.executable, "launch/play.py", str(run_dir), "--no-window"], cwd=ROOT, input="q\n",
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    # A person moving first tries every cell in turn (taken ones get another try) until the game ends.
+    moves = "".join(f"{cell}\n" for cell in range(1, 10))
+    play = subprocess.run([sys.executable, "launch/play.py", str(run_dir), "--no-window", "--games", "1"], cwd=ROOT,
+                          input=moves, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert play.returncode == 0, play.stderr[-3000:]
+    assert "its value estimate for itself" in play.stdout and "Game over" in play.stdout
+    assert "1 game(s): you won" in play.stdout
 
 
 def test_board_cnn_reads_own_and_opponent_stones_as_two_planes_and_respects_the_mask():
