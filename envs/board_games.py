@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
-import numba
 import numpy as np
 
 LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
@@ -236,47 +235,15 @@ def _drop(mine: int, occupied: int, column: int) -> tuple[int, int]:
     return mine ^ occupied, after  # the next mover's discs are the ones that were not the mover's
 
 
-@numba.njit(cache=True)
-def _has_four(discs: int) -> bool:
-    for shift in (1, _HEIGHT, _HEIGHT - 1, _HEIGHT + 1):  # vertical, horizontal, the two diagonals
-        pairs = discs & (discs >> shift)
-        if pairs & (pairs >> 2 * shift):
-            return True
-    return False
-
-
-@numba.njit(cache=True)
-def _lookahead_value(mine: int, occupied: int, plies: int) -> int:
-    """The mover's result when both sides look `plies` moves ahead: +1 a win they can force, -1 a loss
-    the opponent can force, 0 neither (or a full board). Compiled: a 4-ply look visits ~17k positions."""
-    if plies == 0:
-        return 0
-    legal = 0
-    for column in range(COLUMNS):
-        if not occupied & (1 << (column * _HEIGHT + ROWS - 1)):  # the column's top cell is free
-            legal += 1
-            after = occupied | (occupied + (1 << column * _HEIGHT))
-            if _has_four((mine ^ occupied) ^ after):  # the mover's discs after the move
-                return 1
-    if legal == 0:
-        return 0
-    best = -1
-    for column in range(COLUMNS):
-        if not occupied & (1 << (column * _HEIGHT + ROWS - 1)):
-            after = occupied | (occupied + (1 << column * _HEIGHT))
-            best = max(best, -_lookahead_value(mine ^ occupied, after, plies - 1))
-            if best == 1:
-                break
-    return best
-
-
 def _children(mine: int, occupied: int) -> dict[int, tuple[int, int, bool]]:
     """{column: (the next mover's discs, all discs, whether the move made four)} for every legal move."""
+    from envs.connect_four_lookahead import has_four
+
     children = {}
     for column in range(COLUMNS):
         if not occupied & (1 << (column * _HEIGHT + ROWS - 1)):  # the column's top cell is free
             theirs, after = _drop(mine, occupied, column)
-            children[column] = (theirs, after, _has_four(theirs ^ after))  # theirs ^ after: the mover's discs
+            children[column] = (theirs, after, has_four(theirs ^ after))  # theirs ^ after: the mover's discs
     return children
 
 
@@ -284,8 +251,11 @@ def lookahead_moves(board: np.ndarray, plies: int = 4) -> list[int]:
     """The Connect Four moves (columns) that keep the best result the mover can see `plies` moves ahead
     (its own and the opponent's): it takes a win it can force in that horizon, blocks a loss the opponent
     could force, and otherwise leaves every move open. board: [ROWS, COLUMNS] from the mover's view."""
+    # Imported here: numba costs ~0.4 s to import, which every env-making process would pay otherwise.
+    from envs.connect_four_lookahead import lookahead_value
+
     children = _children(*_bitboards(np.asarray(board).reshape(ROWS, COLUMNS)))
-    values = {c: 1 if won else -_lookahead_value(theirs, after, plies - 1) for c, (theirs, after, won) in children.items()}
+    values = {c: 1 if won else -lookahead_value(theirs, after, plies - 1) for c, (theirs, after, won) in children.items()}
     best = max(values.values())
     return [c for c, v in values.items() if v == best]
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
 from agents.networks import PolicyValueNet
-from training.league import LeagueOpponents
 from training.ppo.executors import RolloutExecutor
+
+if TYPE_CHECKING:
+    from training.league import LeagueOpponents
 
 
 def make_executor(

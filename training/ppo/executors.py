@@ -19,18 +19,20 @@ import copy
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from agents.networks import PolicyValueNet
-from training.league import LeagueOpponents
 from training.ppo.rollout import PER_ENV_FIELDS, Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
 from training.workers.pool import WorkerFactory, WorkerPool
+
+if TYPE_CHECKING:
+    from training.league import LeagueOpponents
 
 
 def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,8 +21,10 @@ import torch
 from agents.networks import PolicyValueNet, obs_spaces
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
-from training.league import LeagueOpponents, OpponentVectorEnv
 from training.seeds import Reseed, reseeded
+
+if TYPE_CHECKING:
+    from training.league import LeagueOpponents
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
@@ -168,6 +170,10 @@ class RolloutWorker:
 
     def _start_envs(self, seed: int) -> None:
         if self.opponents is not None:
+            from training.league import (
+                OpponentVectorEnv,  # here: the league's imports cost every worker ~0.15 s
+            )
+
             self.envs = OpponentVectorEnv(self.env_id, self.num_envs, seed, self.policy, self.opponents)
         else:
             self.envs = make_vector_env(self.env_id, self.num_envs, seed, self.env_kwargs)
