@@ -6,6 +6,8 @@
     python launch/benchmark.py --envs LunarLander-v3 --budget 163840 --sweep-backends inprocess multiprocess ray
     python launch/benchmark.py --sc2-table --seeds 3               # StarCraft II mini-games (needs the game)
     python launch/benchmark.py --muzero --seeds 3                  # MuZero: search throughput, CartPole to solve
+    python launch/benchmark.py --envs CartPole-v1 --seeds 10 --peer-python .peers/bin/python   # beside SB3 + rl-zoo
+    python launch/benchmark.py --peer-python PY --cleanrl-script cleanrl/ppo.py --seeds 3   # beside CleanRL, SPS
 
 Each run is a fresh process (so peak memory is the run's own). Prints one line per run (or one JSON
 object per run with --json), then writes a Markdown table and PNG plots (return vs env steps and vs wall
@@ -18,8 +20,13 @@ import dataclasses
 import functools
 import json
 import multiprocessing as mp
+import os
+import re
 import resource
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +80,10 @@ class BenchmarkArgs:
     """MuZero config overrides for the solve runs, KEY=VALUE with MuZeroConfig field names (e.g. gumbel=true num_simulations=4)"""
     sc2_eval_episodes: int = 100
     """episodes of the final greedy evaluation behind each --sc2-table score (the SC2LE paper and Reaver report means over 100)"""
+    peer_python: str = ""
+    """a Python interpreter with stable-baselines3 and rl_zoo3 (`make peers` builds .peers/bin/python; they are not our dependencies): run SB3's PPO with rl-zoo's tuned settings beside each of our runs, seed by seed, interleaved, and print both with the ratios"""
+    cleanrl_script: str = ""
+    """with --peer-python: the path of CleanRL's ppo.py (from a CleanRL checkout; that interpreter needs its packages): the peer is CleanRL with its defaults instead, ours runs --preset cleanrl, both for the whole --budget (default 100000)"""
 
 
 @dataclass
@@ -133,31 +144,41 @@ def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
     ))  # fmt: skip
 
 
+def _run_ours(env_id: str, seed: int, args: BenchmarkArgs, overrides: dict) -> RunResult | None:
+    """One of our runs in a fresh process (so its peak memory is its own); None if it failed."""
+    cfg = apply_preset(PPOConfig(env_id=env_id, preset=args.preset))
+    cfg = dataclasses.replace(cfg, seed=seed, progress=False, exp_name="benchmark", runs_dir=args.runs_dir,
+                              stop_when_solved=args.stop, **overrides)  # fmt: skip
+    if args.budget:
+        cfg = dataclasses.replace(cfg, total_timesteps=args.budget)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run_one, args=(cfg, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        print(f"{env_id} seed {seed}: run failed (exit code {proc.exitcode})", file=sys.stderr)
+        return None
+    return queue.get()
+
+
+def _solve_text(solved: bool, steps: int | None, seconds: float | None, mean_return: float | None) -> str:
+    return f"solved at {steps} steps, {seconds:.1f}s" if solved else f"not solved (last-100 mean {mean_return})"
+
+
 def run_benchmark(args: BenchmarkArgs) -> list[RunResult]:
     overrides = _parse_overrides(args.set)
-    ctx = mp.get_context("spawn")
     results = []
     for env_id in args.envs:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            cfg = apply_preset(PPOConfig(env_id=env_id, preset=args.preset))
-            cfg = dataclasses.replace(cfg, seed=seed, progress=False, exp_name="benchmark", runs_dir=args.runs_dir,
-                                      stop_when_solved=args.stop, **overrides)  # fmt: skip
-            if args.budget:
-                cfg = dataclasses.replace(cfg, total_timesteps=args.budget)
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_run_one, args=(cfg, queue))
-            proc.start()
-            proc.join()
-            if proc.exitcode != 0:
-                print(f"{env_id} seed {seed}: run failed (exit code {proc.exitcode})", file=sys.stderr)
+            r = _run_ours(env_id, seed, args, overrides)
+            if r is None:
                 continue
-            r = queue.get()
             results.append(r)
             if args.json:
                 print(json.dumps({k: v for k, v in dataclasses.asdict(r).items() if k != "history"}), flush=True)
             else:
-                solve = (f"solved at {r.steps_to_solve} steps, {r.seconds_to_solve:.1f}s" if r.solved
-                         else f"not solved (last-100 mean {r.final_mean_return})")  # fmt: skip
+                solve = _solve_text(r.solved, r.steps_to_solve, r.seconds_to_solve, r.final_mean_return)
                 print(f"{env_id:16s} seed {seed}: {solve}; {r.sps:.0f} SPS (rollout {r.rollout_seconds:.1f}s, "
                       f"update {r.update_seconds:.1f}s), peak RSS {r.peak_rss_mib:.0f} MiB", flush=True)  # fmt: skip
     return results
@@ -305,6 +326,115 @@ def muzero_report(args: BenchmarkArgs) -> list[str]:
     return rows
 
 
+@dataclass
+class PeerResult:
+    """One peer run, in our RunResult's terms (the peer's own scripts print these)."""
+
+    peer: str
+    env_id: str
+    seed: int
+    solved: bool
+    steps_to_solve: int | None
+    seconds_to_solve: float | None
+    total_steps: int
+    total_seconds: float
+    sps: float
+    final_mean_return: float | None
+    torch_threads: int = 1
+    versions: dict = field(default_factory=dict)
+
+
+def run_sb3_peer(args: BenchmarkArgs, env_id: str, seed: int) -> PeerResult | None:
+    """SB3 + rl-zoo's tuned settings for env_id under --peer-python (launch/peer_sb3.py); None if it failed."""
+    cmd = [args.peer_python, str(Path(__file__).with_name("peer_sb3.py")), "--env-id", env_id, "--seed", str(seed)]
+    if solved_return(env_id) is not None:
+        cmd += ["--threshold", str(solved_return(env_id))]
+    cmd += [*(["--budget", str(args.budget)] if args.budget else []), *([] if args.stop else ["--no-stop"])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"{env_id} seed {seed}: the SB3 peer failed (exit code {proc.returncode}): {why}", file=sys.stderr)
+        return None
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return PeerResult(**{f.name: data[f.name] for f in dataclasses.fields(PeerResult) if f.name in data})
+
+
+# What CleanRL's ppo.py prints: a line per finished episode and the SPS once per iteration.
+_CLEANRL_EPISODE = re.compile(r"global_step=(\d+), episodic_return=\[?\s*([-+\d.eE]+)")
+_CLEANRL_SPS = re.compile(r"^SPS:\s*([\d.]+)")
+
+
+def run_cleanrl_peer(args: BenchmarkArgs, env_id: str, seed: int) -> PeerResult | None:
+    """CleanRL's ppo.py with its defaults for --budget steps, on one torch thread (OMP_NUM_THREADS=1), in
+    a scratch working directory (it writes runs/ there). Solved (the last-100 mean of its printed episode
+    returns) is timed by when its line arrived, from the start of the process."""
+    budget = args.budget or 100_000
+    threshold = solved_return(env_id)
+    cmd = [args.peer_python, str(Path(args.cleanrl_script).resolve()), "--env-id", env_id, "--seed", str(seed),
+           "--total-timesteps", str(budget), "--no-cuda"]  # fmt: skip
+    recent: list[float] = []
+    solved_at, sps, last = None, None, ""
+    with tempfile.TemporaryDirectory() as cwd:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            last = line.strip() or last
+            if m := _CLEANRL_EPISODE.search(line):
+                recent = [*recent[-99:], float(m.group(2))]
+                if solved_at is None and threshold is not None and len(recent) == 100 and sum(recent) / 100 >= threshold:
+                    solved_at = (int(m.group(1)), time.perf_counter() - start)
+            elif m := _CLEANRL_SPS.search(line):
+                sps = float(m.group(1))
+        seconds = time.perf_counter() - start
+    if proc.wait() != 0 or sps is None:
+        print(f"{env_id} seed {seed}: CleanRL's ppo.py failed (exit code {proc.returncode}): {last}", file=sys.stderr)
+        return None
+    return PeerResult(
+        peer="cleanrl", env_id=env_id, seed=seed, solved=solved_at is not None,
+        steps_to_solve=solved_at[0] if solved_at else None, seconds_to_solve=solved_at[1] if solved_at else None,
+        total_steps=budget, total_seconds=seconds, sps=sps, final_mean_return=sum(recent) / len(recent) if recent else None,
+    )  # fmt: skip
+
+
+def peer_report(args: BenchmarkArgs) -> list[str]:
+    """Ours and a peer, seed by seed, interleaved (odd seeds ours first, even seeds the peer first, so a
+    drift of the machine's speed falls on both), then a table of both and the ratios."""
+    cleanrl = bool(args.cleanrl_script)
+    if cleanrl:
+        args = dataclasses.replace(args, preset="cleanrl", stop=False, budget=args.budget or 100_000)
+    run_peer = run_cleanrl_peer if cleanrl else run_sb3_peer
+    overrides = _parse_overrides(args.set)
+    pairs: list[tuple[RunResult, PeerResult]] = []
+    for env_id in args.envs:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            if seed % 2:
+                ours, peer = _run_ours(env_id, seed, args, overrides), run_peer(args, env_id, seed)
+            else:
+                peer = run_peer(args, env_id, seed)
+                ours = _run_ours(env_id, seed, args, overrides)
+            if ours is None or peer is None:
+                continue
+            pairs.append((ours, peer))
+            solve = [_solve_text(r.solved, r.steps_to_solve, r.seconds_to_solve, r.final_mean_return) for r in (ours, peer)]
+            print(f"{env_id} seed {seed}: ours {solve[0]}, {ours.sps:.0f} SPS | {peer.peer} {solve[1]}, "
+                  f"{peer.sps:.0f} SPS | SPS ratio {ours.sps / peer.sps:.2f}x", flush=True)  # fmt: skip
+    rows = ["| env | library | solved | env steps to solve | wall s to solve | SPS |", "|---|---|---|---|---|---|"]
+    for env_id in dict.fromkeys(o.env_id for o, _ in pairs):
+        both = [(o, p) for o, p in pairs if o.env_id == env_id]
+        for name, side in (("ours", [o for o, _ in both]), (both[0][1].peer, [p for _, p in both])):
+            ok = [r for r in side if r.solved]
+            rows.append(f"| {env_id} | {name} | {len(ok)}/{len(side)} | {_fmt([r.steps_to_solve for r in ok])} | "
+                        f"{_fmt([r.seconds_to_solve for r in ok], 1)} | {_fmt([r.sps for r in side])} |")  # fmt: skip
+        wall = [p.seconds_to_solve / o.seconds_to_solve for o, p in both if o.solved and p.solved]
+        rows.append(f"| {env_id} | ratio (peer / ours per seed) | | | {_fmt(wall, 2)}x | "
+                    f"{_fmt([o.sps / p.sps for o, p in both], 2)}x |")  # fmt: skip
+    versions = ", ".join(f"{k} {v}" for k, v in pairs[0][1].versions.items()) if pairs else ""
+    peer_line = f"Peer: {pairs[0][1].peer} ({versions or 'CleanRL ppo.py ' + args.cleanrl_script}), {pairs[0][1].torch_threads} torch thread(s)." if pairs else ""
+    return [*rows, "", provenance_line(o.torch_threads for o, _ in pairs), "", peer_line] if pairs else rows
+
+
 def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
     print("\n".join(rows))
     if out_dir:
@@ -323,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.sc2_table:
         _print_and_write(sc2_table(args), args.out_dir, args.label or "sc2")
         return 0
+    if args.peer_python:
+        rows = peer_report(args)
+        _print_and_write(rows, args.out_dir, args.label or ("peers-cleanrl" if args.cleanrl_script else "peers-sb3"))
+        return 0 if len(rows) > 2 else 1
+    if args.cleanrl_script:
+        raise ConfigError("--cleanrl-script needs --peer-python (the interpreter that runs CleanRL's ppo.py)")
     if args.sweep_backends:
         rows = sweep_backends(args)
         _print_and_write(rows, args.out_dir, args.label or "backends")

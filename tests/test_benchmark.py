@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 
-from benchmark import _parse_overrides  # noqa: E402
+from benchmark import BenchmarkArgs, _parse_overrides, run_cleanrl_peer, run_sb3_peer  # noqa: E402
 
 from training.errors import ConfigError  # noqa: E402
 
@@ -19,3 +19,30 @@ def test_set_overrides_take_each_fields_type():
                    "policy_memory": "none", "learning_rate": 1e-3}  # fmt: skip
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _parse_overrides(("no_such_field=1",))
+
+
+def test_cleanrl_peer_reads_its_episode_and_sps_lines(tmp_path):
+    # A stand-in printing what CleanRL's ppo.py prints: one episode line per finished episode, "SPS: N"
+    # per iteration. One episode of 12, then 480s: the first full window (12 and 99 of 480) already
+    # averages 475.32 >= 475, so solved at the 100th episode, global_step 118.
+    script = tmp_path / "ppo.py"
+    script.write_text(
+        "import sys\n"
+        "assert sys.argv[sys.argv.index('--total-timesteps') + 1] == '5000'\n"
+        "print('global_step=10, episodic_return=[12.]')\n"
+        "for i in range(100): print(f'global_step={20 + i}, episodic_return=[480.0]')\n"
+        "print('SPS: 1234')\nprint('SPS: 4321')\n"
+    )
+    args = BenchmarkArgs(peer_python=sys.executable, cleanrl_script=str(script), budget=5000)
+    r = run_cleanrl_peer(args, "CartPole-v1", 1)
+    assert r is not None and r.peer == "cleanrl"
+    assert (r.solved, r.steps_to_solve, r.sps, r.total_steps) == (True, 118, 4321.0, 5000)
+    assert r.final_mean_return == 480.0
+
+
+def test_a_failing_peer_is_reported_not_raised(tmp_path, capsys):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'No module named stable_baselines3' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    assert run_sb3_peer(BenchmarkArgs(peer_python=str(broken)), "CartPole-v1", 1) is None
+    assert "No module named stable_baselines3" in capsys.readouterr().err
