@@ -87,7 +87,9 @@ class BenchmarkArgs:
 
 
 @dataclass
-class RunResult:
+class SolveResult:
+    """What every benchmarked run reports, ours or a peer's."""
+
     env_id: str
     seed: int
     solved: bool
@@ -96,6 +98,10 @@ class RunResult:
     total_steps: int
     total_seconds: float
     sps: float
+
+
+@dataclass
+class RunResult(SolveResult):
     rollout_seconds: float
     update_seconds: float
     peak_rss_mib: float
@@ -327,18 +333,10 @@ def muzero_report(args: BenchmarkArgs) -> list[str]:
 
 
 @dataclass
-class PeerResult:
-    """One peer run, in our RunResult's terms (the peer's own scripts print these)."""
+class PeerResult(SolveResult):
+    """One peer run, in our terms (the peer's own scripts print these)."""
 
     peer: str
-    env_id: str
-    seed: int
-    solved: bool
-    steps_to_solve: int | None
-    seconds_to_solve: float | None
-    total_steps: int
-    total_seconds: float
-    sps: float
     final_mean_return: float | None
     torch_threads: int = 1
     versions: dict = field(default_factory=dict)
@@ -428,8 +426,9 @@ def peer_report(args: BenchmarkArgs) -> list[str]:
             rows.append(f"| {env_id} | {name} | {len(ok)}/{len(side)} | {_fmt([r.steps_to_solve for r in ok])} | "
                         f"{_fmt([r.seconds_to_solve for r in ok], 1)} | {_fmt([r.sps for r in side])} |")  # fmt: skip
         wall = [p.seconds_to_solve / o.seconds_to_solve for o, p in both if o.solved and p.solved]
-        rows.append(f"| {env_id} | ratio (peer / ours per seed) | | | {_fmt(wall, 2)}x | "
-                    f"{_fmt([o.sps / p.sps for o, p in both], 2)}x |")  # fmt: skip
+        # Both ratios say how many times ours is ahead: the peer's wall time over ours, our SPS over the peer's.
+        ratios = [f"{_fmt(r, 2)}x" if r else "-" for r in (wall, [o.sps / p.sps for o, p in both])]
+        rows.append(f"| {env_id} | ours ahead by (per seed) | | | {ratios[0]} | {ratios[1]} |")
     versions = ", ".join(f"{k} {v}" for k, v in pairs[0][1].versions.items()) if pairs else ""
     peer_line = f"Peer: {pairs[0][1].peer} ({versions or 'CleanRL ppo.py ' + args.cleanrl_script}), {pairs[0][1].torch_threads} torch thread(s)." if pairs else ""
     return [*rows, "", provenance_line(o.torch_threads for o, _ in pairs), "", peer_line] if pairs else rows
