@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,8 +346,8 @@ class PeerResult(SolveResult):
 def run_sb3_peer(args: BenchmarkArgs, env_id: str, seed: int) -> PeerResult | None:
     """SB3 + rl-zoo's tuned settings for env_id under --peer-python (launch/peer_sb3.py); None if it failed."""
     cmd = [args.peer_python, str(Path(__file__).with_name("peer_sb3.py")), "--env-id", env_id, "--seed", str(seed)]
-    if solved_return(env_id) is not None:
-        cmd += ["--threshold", str(solved_return(env_id))]
+    if (threshold := solved_return(env_id)) is not None:
+        cmd += ["--threshold", str(threshold)]
     cmd += [*(["--budget", str(args.budget)] if args.budget else []), *([] if args.stop else ["--no-stop"])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -370,7 +371,7 @@ def run_cleanrl_peer(args: BenchmarkArgs, env_id: str, seed: int) -> PeerResult 
     threshold = solved_return(env_id)
     cmd = [args.peer_python, str(Path(args.cleanrl_script).resolve()), "--env-id", env_id, "--seed", str(seed),
            "--total-timesteps", str(budget), "--no-cuda"]  # fmt: skip
-    recent: list[float] = []
+    recent: deque[float] = deque(maxlen=100)
     solved_at, sps, last = None, None, ""
     with tempfile.TemporaryDirectory() as cwd:
         start = time.perf_counter()
@@ -380,8 +381,9 @@ def run_cleanrl_peer(args: BenchmarkArgs, env_id: str, seed: int) -> PeerResult 
         for line in proc.stdout:
             last = line.strip() or last
             if m := _CLEANRL_EPISODE.search(line):
-                recent = [*recent[-99:], float(m.group(2))]
-                if solved_at is None and threshold is not None and len(recent) == 100 and sum(recent) / 100 >= threshold:
+                recent.append(float(m.group(2)))
+                full = len(recent) == recent.maxlen
+                if solved_at is None and threshold is not None and full and sum(recent) / len(recent) >= threshold:
                     solved_at = (int(m.group(1)), time.perf_counter() - start)
             elif m := _CLEANRL_SPS.search(line):
                 sps = float(m.group(1))
@@ -429,9 +431,12 @@ def peer_report(args: BenchmarkArgs) -> list[str]:
         # Both ratios say how many times ours is ahead: the peer's wall time over ours, our SPS over the peer's.
         ratios = [f"{_fmt(r, 2)}x" if r else "-" for r in (wall, [o.sps / p.sps for o, p in both])]
         rows.append(f"| {env_id} | ours ahead by (per seed) | | | {ratios[0]} | {ratios[1]} |")
-    versions = ", ".join(f"{k} {v}" for k, v in pairs[0][1].versions.items()) if pairs else ""
-    peer_line = f"Peer: {pairs[0][1].peer} ({versions or 'CleanRL ppo.py ' + args.cleanrl_script}), {pairs[0][1].torch_threads} torch thread(s)." if pairs else ""
-    return [*rows, "", provenance_line(o.torch_threads for o, _ in pairs), "", peer_line] if pairs else rows
+    if not pairs:
+        return rows
+    peer = pairs[0][1]
+    versions = ", ".join(f"{k} {v}" for k, v in peer.versions.items()) or f"CleanRL ppo.py {args.cleanrl_script}"
+    peer_line = f"Peer: {peer.peer} ({versions}), {peer.torch_threads} torch thread(s)."
+    return [*rows, "", provenance_line(o.torch_threads for o, _ in pairs), "", peer_line]
 
 
 def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
