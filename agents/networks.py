@@ -241,6 +241,7 @@ class ActorCritic(PolicyValueNet):
                 f"PPO's networks take one Box observation (plus an optional '{MASK_KEY}'); got {observation_space}"
             )
         self.obs_key = feature_keys[0]
+        self.masked = MASK_KEY in spaces
         space = spaces[self.obs_key]
         self.is_image = len(space.shape) == 3
         # One shared convolutional trunk (frames, grids, boards) or MLP bodies of their own (vectors).
@@ -278,6 +279,27 @@ class ActorCritic(PolicyValueNet):
             body_out = self.actor_body.out_features
         self.policy_head = ActionHead(body_out, action_space)
         self.value_head = layer_init(nn.Linear(body_out, 1), gain=1.0)
+
+    kernels: bool = False
+    """act through agents.ppo_kernel's compiled kernel (and let the PPO learner update through it); only
+    for a kernel_compatible net (training.ppo.train.build_agent sets it from --mlp-kernel)"""
+
+    @property
+    def kernel_compatible(self) -> bool:
+        """Whether agents.ppo_kernel can act and learn for this net: separate MLP bodies over a vector
+        observation, a Categorical policy over Discrete actions without an action mask, no memory."""
+        head = self.policy_head
+        return not (self.conv_trunk or self.memory_size or self.masked or head.nvec is not None or head.is_continuous)
+
+    def act(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = False,
+        memory: torch.Tensor | None = None, episode_starts: torch.Tensor | None = None,
+    ) -> Acted:  # fmt: skip
+        if self.kernels and self.value_head.weight.device.type == "cpu":
+            from agents.ppo_kernel import kernel_act  # numba's import, only where the kernel runs
+
+            return Acted(*kernel_act(self, obs, generator, deterministic), None)
+        return super().act(obs, generator, deterministic, memory, episode_starts)
 
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = obs[self.obs_key]

@@ -13,7 +13,7 @@ def _in(*prefixes: str) -> set[str]:
 
 
 # Each algorithm's modules: its packages, and the PPO math with the networks only PPO acts with.
-PPO_PARTS = ("training.ppo", "agents.ppo", "agents.distributions", "agents.networks", "agents.sc2_networks")
+PPO_PARTS = ("training.ppo", "agents.ppo", "agents.ppo_kernel", "agents.distributions", "agents.networks", "agents.sc2_networks")
 MUZERO_PARTS = ("training.muzero", "agents.muzero")
 # The one module that knows every algorithm: it loads any run's agent for the commands in launch/.
 EVERY_ALGORITHM = {"training.trained_agent"}

@@ -58,8 +58,10 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
             interface.uses, lstm_size=cfg.memory_lstm_size,
         )  # fmt: skip
     grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
-    return ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
-                       cfg.memory_lstm_size, grid)  # fmt: skip
+    agent = ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
+                        cfg.memory_lstm_size, grid)  # fmt: skip
+    agent.kernels = cfg.mlp_kernel == "auto" and agent.kernel_compatible
+    return agent
 
 
 def hyperparams(cfg: PPOConfig) -> PPOHyperparams:
@@ -79,6 +81,8 @@ class PPOLearner:
         # What the update runs through: the agent itself, or its DDP wrapper with several learners.
         self.model = parallel.wrap(agent, device)
         self.hp = hyperparams(cfg)
+        # Small MLPs on the CPU with one learner: the compiled kernel (agents.ppo_kernel), else torch.
+        self.kernel = getattr(agent, "kernels", False) and device.type == "cpu" and not parallel.enabled
         # Fused Adam: one kernel for all parameters instead of several small ops per tensor.
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
         local_envs = cfg.num_envs // parallel.world_size
@@ -146,7 +150,12 @@ class PPOLearner:
             "returns": flat(returns),
             **memory_inputs,
         }
-        stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
+        if self.kernel:
+            from agents.ppo_kernel import ppo_kernel_update  # numba's import, only where the kernel runs
+
+            stats = ppo_kernel_update(self.agent, self.optimizer, batch, self.hp, self.generator)
+        else:
+            stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
         if self.agent.obs_normalizer is not None:
             # After the update, so the update sees the same normalisation the rollout was acted with.
