@@ -8,6 +8,7 @@
     python launch/benchmark.py --muzero --seeds 3                  # MuZero: search throughput, CartPole to solve
     python launch/benchmark.py --envs CartPole-v1 --seeds 10 --peer-python .peers/bin/python   # beside SB3 + rl-zoo
     python launch/benchmark.py --peer-python PY --cleanrl-script cleanrl/ppo.py --seeds 3   # beside CleanRL, SPS
+    python launch/benchmark.py --op-costs --envs CartPole-v1 LunarLander-v3   # per-operation costs, torch vs kernel
 
 Each run is a fresh process (so peak memory is the run's own). Prints one line per run (or one JSON
 object per run with --json), then writes a Markdown table and PNG plots (return vs env steps and vs wall
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -83,6 +84,8 @@ class BenchmarkArgs:
     """episodes of the final greedy evaluation behind each --sc2-table score (the SC2LE paper and Reaver report means over 100)"""
     peer_python: str = ""
     """a Python interpreter with stable-baselines3 and rl_zoo3 (`make peers` builds .peers/bin/python; they are not our dependencies): run SB3's PPO with rl-zoo's tuned settings beside each of our runs, seed by seed, interleaved, and print both with the ratios"""
+    op_costs: bool = False
+    """instead of training: the cost of PPO's operations for each --envs preset (one step of its vector env in this process, acting for its envs, one minibatch step of the update), through torch and through the compiled kernel (--mlp-kernel), median of repeated timings"""
     cleanrl_script: str = ""
     """with --peer-python: the path of CleanRL's ppo.py (from a CleanRL checkout; that interpreter needs its packages): the peer is CleanRL with its defaults instead, ours runs --preset cleanrl, both for the whole --budget (default 100000)"""
 
@@ -439,6 +442,62 @@ def peer_report(args: BenchmarkArgs) -> list[str]:
     return [*rows, "", provenance_line(o.torch_threads for o, _ in pairs), "", peer_line]
 
 
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The median wall time of one call, over `repeats` timed calls after one untimed (compiles, caches)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def op_costs(args: BenchmarkArgs) -> list[str]:
+    """One row per env preset: its vector env's step, acting for its envs and one minibatch step of the
+    update (its minibatch size), through torch and through agents.ppo_kernel, on one torch thread."""
+    import numpy as np
+
+    from agents.ppo import ppo_update
+    from agents.ppo_kernel import ppo_kernel_update
+    from envs.factory import make_vector_env, probe_spaces
+    from training.ppo.train import build_agent, hyperparams
+
+    torch.set_num_threads(1)
+    rows = ["| env (preset) | envs | env step us | act us: torch / kernel | minibatch | minibatch step ms: torch / kernel |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for env_id in args.envs:
+        cfg = apply_preset(PPOConfig(env_id=env_id, preset=args.preset))
+        envs = make_vector_env(env_id, cfg.num_envs, 0)
+        obs, _ = envs.reset(seed=0)
+        actions = np.stack([envs.single_action_space.sample() for _ in range(cfg.num_envs)])
+        env_us = 1e6 * _median_seconds(lambda: envs.step(actions), 300)  # noqa: B023
+        envs.close()
+        observation_space, action_space = probe_spaces(env_id)
+        agent = build_agent(cfg, observation_space, action_space)
+        if not agent.kernel_compatible:
+            rows.append(f"| {env_id} ({cfg.preset}) | {cfg.num_envs} | {env_us:.0f} | not a kernel net | | |")
+            continue
+        obs_t = {"obs": torch.as_tensor(obs)}
+        generator = torch.Generator().manual_seed(0)
+        n = cfg.batch_size
+        batch = {"obs": {"obs": torch.randn(n, *observation_space.shape)}, "actions": torch.randint(0, int(action_space.n), (n,)),
+                 "log_probs": torch.full((n,), -0.7), "values": torch.zeros(n), "advantages": torch.randn(n), "returns": torch.randn(n)}  # fmt: skip
+        hp = dataclasses.replace(hyperparams(cfg), update_epochs=1)
+        act_us, step_ms = [], []
+        for kernel in (False, True):
+            agent.kernels = kernel
+            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+            update = ppo_kernel_update if kernel else ppo_update
+            act_us.append(1e6 * _median_seconds(lambda: agent.act(obs_t, generator), 500))  # noqa: B023
+            epoch = _median_seconds(lambda: update(agent, optimizer, batch, hp, generator), 20)  # noqa: B023
+            step_ms.append(1e3 * epoch / cfg.num_minibatches)
+        rows.append(f"| {env_id} ({cfg.preset}) | {cfg.num_envs} | {env_us:.0f} | {act_us[0]:.0f} / {act_us[1]:.0f} | "
+                    f"{cfg.minibatch_size} | {step_ms[0]:.2f} / {step_ms[1]:.2f} |")  # fmt: skip
+        print(rows[-1], flush=True)
+    return [*rows, "", provenance_line([1])]
+
+
 def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
     print("\n".join(rows))
     if out_dir:
@@ -456,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.sc2_table:
         _print_and_write(sc2_table(args), args.out_dir, args.label or "sc2")
+        return 0
+    if args.op_costs:
+        _print_and_write(op_costs(args), args.out_dir, args.label or "op-costs")
         return 0
     if args.peer_python:
         rows = peer_report(args)

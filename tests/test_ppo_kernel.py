@@ -16,10 +16,12 @@ OBS = gym.spaces.Box(-5.0, 5.0, (6,), np.float32)
 
 
 def _pair(activation: str = "tanh", hidden: tuple[int, ...] = (32, 16), actions: int = 3, lr: float = 3e-3,
-          eps: float = 1e-5):  # fmt: skip
+          eps: float = 1e-5, normalize_obs: bool = False):  # fmt: skip
     """Two identical agents and their optimizers: one for torch, one for the kernel."""
     torch.manual_seed(0)
-    agent = ActorCritic(OBS, gym.spaces.Discrete(actions), hidden, activation)
+    agent = ActorCritic(OBS, gym.spaces.Discrete(actions), hidden, activation, normalize_obs)
+    if normalize_obs:  # statistics of their own, with a clipped feature
+        agent.obs_normalizer.update(torch.randn(500, 6) * torch.tensor([1.0, 2, 3, 0.1, 5, 1]) + 0.5)
     twin = copy.deepcopy(agent)
     twin.kernels = True
     optimizers = [torch.optim.Adam(a.parameters(), lr=lr, eps=eps, fused=True) for a in (agent, twin)]
@@ -106,9 +108,11 @@ def test_non_finite_update_raises_before_stepping():
         assert torch.equal(value, before[name]), name
 
 
-def test_acting_matches_the_torch_policy_with_the_same_noise():
-    agent, twin, *_ = _pair(actions=4)
+@pytest.mark.parametrize("normalize_obs", [False, True])
+def test_acting_matches_the_torch_policy_with_the_same_noise(normalize_obs):
+    agent, twin, *_ = _pair(actions=4, normalize_obs=normalize_obs)
     obs = {"obs": torch.randn(256, 6, generator=torch.Generator().manual_seed(3)) * 2}
+    obs["obs"][0, 3] = 50.0  # beyond the normaliser's clip
     expected = agent.act(obs, torch.Generator().manual_seed(11))
     got = twin.act(obs, torch.Generator().manual_seed(11))
     assert torch.equal(got.action, expected.action)
