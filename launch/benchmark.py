@@ -87,7 +87,7 @@ class BenchmarkArgs:
     op_costs: bool = False
     """instead of training: the cost of PPO's operations for each --envs preset (one step of its vector env in this process, acting for its envs, one minibatch step of the update), through torch and through the compiled kernel (--mlp-kernel), median of repeated timings"""
     cleanrl_script: str = ""
-    """with --peer-python: the path of CleanRL's ppo.py (from a CleanRL checkout; that interpreter needs its packages): the peer is CleanRL with its defaults instead, ours runs --preset cleanrl, both for the whole --budget (default 100000)"""
+    """with --peer-python: the path of CleanRL's ppo.py (from a CleanRL checkout; that interpreter needs its packages): the peer is CleanRL with its defaults instead, ours runs --preset cleanrl without evaluation episodes (CleanRL's script plays none), both for the whole --budget (default 100000)"""
 
 
 @dataclass
@@ -406,7 +406,9 @@ def peer_report(args: BenchmarkArgs) -> list[str]:
     drift of the machine's speed falls on both), then a table of both and the ratios."""
     cleanrl = bool(args.cleanrl_script)
     if cleanrl:
-        args = dataclasses.replace(args, preset="cleanrl", stop=False, budget=args.budget or 100_000)
+        # The same work on both sides: CleanRL's script plays no evaluation episodes, so ours plays none either.
+        args = dataclasses.replace(args, preset="cleanrl", stop=False, budget=args.budget or 100_000,
+                                   set=(*args.set, "eval_episodes=0"))  # fmt: skip
     run_peer = run_cleanrl_peer if cleanrl else run_sb3_peer
     overrides = _parse_overrides(args.set)
     pairs: list[tuple[RunResult, PeerResult]] = []

