@@ -289,6 +289,10 @@ class PPOAlgorithm(Algorithm):
             self.league.opponents() if self.league else None,
         )  # fmt: skip
         self.executor.set_weights(self.agent.state_dict(), self.iteration)
+        if parallel.enabled:
+            # The workers' copies (made above) act through the kernel; the learner's own net, wrapped by
+            # DistributedDataParallel, keeps its parameters where DDP registered them: torch acts for it.
+            self.agent.kernels = False
         self.acting_total = self.learning_total = 0.0  # this invocation's, for time/rollout_fraction
 
     def _frozen_policy(self, weights: dict) -> PolicyValueNet:
