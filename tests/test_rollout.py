@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from agents.networks import ActorCritic
@@ -9,10 +10,11 @@ from envs import probe_spaces
 from training.ppo.executors import InProcessExecutor, MultiprocessExecutor
 
 
-def _executor(cls, env_id, num_envs=4, num_workers=2, num_steps=64, seed=3):
+def _executor(cls, env_id, num_envs=4, num_workers=2, num_steps=64, seed=3, kernels=False):
     obs_space, act_space = probe_spaces(env_id)
     torch.manual_seed(0)
     agent = ActorCritic(obs_space, act_space)
+    agent.kernels = kernels  # act through agents.ppo_kernel (--mlp-kernel auto) or through torch
     return agent, cls(env_id, obs_space, act_space, agent, num_envs, num_workers, num_steps, seed)
 
 
@@ -27,9 +29,10 @@ def test_rollout_layout_and_episode_stats():
     assert (r.episode_returns == r.episode_lengths).all()  # CartPole pays 1 per step
 
 
-def test_multiprocess_workers_give_the_same_data_as_in_process():
-    agent_a, a = _executor(InProcessExecutor, "CartPole-v1")
-    agent_b, b = _executor(MultiprocessExecutor, "CartPole-v1")
+@pytest.mark.parametrize("kernels", [False, True])
+def test_multiprocess_workers_give_the_same_data_as_in_process(kernels):
+    agent_a, a = _executor(InProcessExecutor, "CartPole-v1", kernels=kernels)
+    agent_b, b = _executor(MultiprocessExecutor, "CartPole-v1", kernels=kernels)
     with a, b:
         for version in range(2):
             ra, rb = a.collect(), b.collect()
@@ -37,7 +40,10 @@ def test_multiprocess_workers_give_the_same_data_as_in_process():
                 np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name), err_msg=name)
             np.testing.assert_array_equal(ra.obs["obs"], rb.obs["obs"])
             np.testing.assert_array_equal(ra.episode_returns, rb.episode_returns)
-            # New weights reach both kinds of worker.
+            with torch.no_grad():  # the workers acted with the weights they were sent last (torch's V(s) here)
+                expected = agent_a.get_value({"obs": torch.from_numpy(ra.obs["obs"].reshape(-1, 4))})
+            np.testing.assert_allclose(ra.values.reshape(-1), expected.numpy(), rtol=1e-5, atol=1e-5)
+            # New weights reach both kinds of worker (the kernel's flat buffer included).
             with torch.no_grad():
                 for p in agent_a.parameters():
                     p.add_(0.1)
