@@ -271,6 +271,11 @@ def _kernel_layers(agent: torch.nn.Module) -> list[torch.nn.Linear]:
     return [*agent.actor_body.layers, agent.policy_head.linear, *agent.critic_body.layers, agent.value_head]
 
 
+def _kernel_parameters(agent: torch.nn.Module) -> list[torch.Tensor]:
+    """W and b of each of _kernel_layers, in that order: the order of the flat buffer."""
+    return [p for layer in _kernel_layers(agent) for p in (layer.weight, layer.bias)]
+
+
 def _as_views_of_one_buffer(tensors: list[torch.Tensor]) -> np.ndarray:
     """A flat float32 buffer (as numpy) that `tensors` become views of, in order (their values copied in,
     each tensor's .data pointed at its part)."""
@@ -312,7 +317,7 @@ def flat_parameters(agent: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, int
     if kept is not None and (found := _remembered_buffer(agent, "_kernel_parameters", kept[0])) is not None:
         return found
     layers = _kernel_layers(agent)
-    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    params = _kernel_parameters(agent)
     layout, offset = np.empty((len(layers), 3), np.int64), 0
     for index, layer in enumerate(layers):
         layout[index] = offset, layer.out_features, layer.in_features
@@ -363,7 +368,7 @@ def ppo_kernel_update(
         raise ValueError("ppo_kernel_update implements plain Adam over one parameter group")
     beta1, beta2 = group["betas"]
     flat, layout, actor_layers = flat_parameters(agent)
-    params = [p for layer in _kernel_layers(agent) for p in (layer.weight, layer.bias)]
+    params = _kernel_parameters(agent)
     for p in params:
         if not optimizer.state[p]:  # torch makes Adam's state at its first step: the same here
             optimizer.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
