@@ -78,6 +78,8 @@ class BenchmarkArgs:
     """StarCraft II: train each mini-game's preset (--envs default: all seven sc2/<map>) and write our greedy score (--sc2-eval-episodes episodes at the end) beside the SC2LE paper's and Reaver's published scores"""
     muzero: bool = False
     """MuZero instead of PPO: search simulations per second (16, 64 and 256 roots x 50 simulations, the real CartPole model and a constant stand-in), then env steps and wall time to solve CartPole-v1 per seed (--muzero-set overrides its config)"""
+    parallel: int = 1
+    """MuZero solve runs at a time (each in its own process on one torch thread; 2 uses both of a 2-core machine's cores)"""
     muzero_set: tuple[str, ...] = ()
     """MuZero config overrides for the solve runs, KEY=VALUE with MuZeroConfig field names (e.g. gumbel=true num_simulations=4)"""
     sc2_eval_episodes: int = 100
@@ -322,18 +324,32 @@ def muzero_report(args: BenchmarkArgs) -> list[str]:
                         f"{r.simulations_per_second:,.0f} |")  # fmt: skip
             print(rows[-1], flush=True)
     rows += ["", provenance_line([torch.get_num_threads()])]  # search_throughput ran here, on one thread
-    solve_cfg = dataclasses.replace(cfg, exp_name="benchmark", runs_dir=args.runs_dir)
+    # --no-stop runs each seed through the whole budget: what happens after the first solve (collapse?).
+    solve_cfg = dataclasses.replace(cfg, exp_name="benchmark", runs_dir=args.runs_dir, stop_when_solved=args.stop)
     if args.budget:
         solve_cfg = dataclasses.replace(solve_cfg, total_timesteps=args.budget)
-    results = time_to_solve(solve_cfg, args.seeds, args.first_seed)
+    results = time_to_solve(solve_cfg, args.seeds, args.first_seed, args.parallel)
+    rows += ["", "| seed | greedy evaluations (env steps: return) | solved at | wall s to solve | env steps/s |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for r in results:
-        solve = f"solved at {r.env_steps} env steps, {r.seconds:.0f}s" if r.solved else f"not solved in {r.total_steps} env steps"
-        print(f"MuZero {r.env_id} seed {r.seed}: {solve}; final greedy evaluation {r.final_eval_return}", flush=True)
+        curve = ", ".join(f"{s // 1000}k: {v:.0f}" if s % 1000 == 0 else f"{s}: {v:.0f}" for s, v in r.evaluations)
+        rows.append(f"| {r.seed} | {curve} | {r.env_steps if r.solved else '-'} | "
+                    f"{f'{r.seconds:.0f}' if r.solved else '-'} | {r.steps_per_second:.0f} |")  # fmt: skip
+        print(rows[-1], flush=True)
     ok = [r for r in results if r.solved]
-    rows += ["", "| env | solved | env steps to solve | wall s to solve |", "|---|---|---|---|",
+    floor = round(HELD_FRACTION * (solved_return(cfg.env_id, cfg.stop_return) or 0.0), -1)
+    held = sum(bool(r.held(floor)) for r in ok)
+    rows += ["", f"| env | solved | env steps to solve | wall s to solve | stayed >= {floor:.0f} after solving | "
+             "env steps/s |", "|---|---|---|---|---|---|",
              f"| {cfg.env_id} | {len(ok)}/{len(results)} | {_fmt([r.env_steps for r in ok])} | "
-             f"{_fmt([r.seconds for r in ok])} |", "", provenance_line(r.torch_threads for r in results)]  # fmt: skip
+             f"{_fmt([r.seconds for r in ok])} | {held}/{len(ok)}{'' if not args.stop else ' (runs stopped at solving)'} | "
+             f"{_fmt([r.steps_per_second for r in results])} |", "",
+             provenance_line(r.torch_threads for r in results)]  # fmt: skip
     return rows
+
+
+# "No collapse": once solved, later evaluations stay at >= 95% of the solved return, in tens (CartPole: 450).
+HELD_FRACTION = 0.95
 
 
 @dataclass

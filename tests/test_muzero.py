@@ -88,6 +88,7 @@ def test_the_unrolled_loss_trains_the_model():
 
 
 def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
+    from agents.muzero.loss import unroll_windows
     from agents.muzero.networks import MuZeroMLP, root_inference
     from training.muzero.config import MuZeroConfig
     from training.muzero.learner import reanalysed_values
@@ -102,22 +103,30 @@ def test_reanalyse_recomputes_the_bootstrap_values_with_the_latest_model():
     game = Game(observations=rng.normal(size=(T + 1, 3)).astype(np.float32), actions=np.zeros(T, np.int64),
                 rewards=np.ones(T), policies=np.full((T, 2), 0.5), root_values=np.full(T + 1, 7.0), terminated=True)  # fmt: skip
     game.root_values[-1] = 0.0
+    cut = Game(game.observations, game.actions, game.rewards, game.policies, np.full(T + 1, 7.0), terminated=False)
     cfg = MuZeroConfig(unroll_steps=2, td_steps=3, reanalyse_fraction=1.0)
     fresh = root_inference(model, game.observations)[2]
-    (early, late) = reanalysed_values(model, [(game, 1), (game, 9)], cfg, rng)
-    np.testing.assert_allclose(early[1:7], fresh[1:7])  # positions 1 .. 1 + K + n
-    assert (early[:1] == 7.0).all() and (early[7:-1] == 7.0).all()
-    np.testing.assert_allclose(late[9:12], fresh[9:12])
-    assert late[12] == 0.0  # after the real end the value stays 0
-    assert (game.root_values[:-1] == 7.0).all()  # the stored game is not changed
-    untouched = reanalysed_values(model, [(game, 1)], MuZeroConfig(reanalyse_fraction=0.0), rng)[0]
-    assert untouched is game.root_values
+    samples = [(game, 1), (game, 8), (cut, 8)]
+    windows = unroll_windows([g for g, _ in samples], [t for _, t in samples], 2, 3)
+    values = reanalysed_values(model, samples, windows, cfg, rng)
+    # Start 1: steps k = 0, 1, 2 bootstrap from positions 4, 5, 6 (window offsets 3, 4, 5); nothing else changes.
+    np.testing.assert_allclose(values[0, 3:6], fresh[4:7])
+    assert (values[0, :3] == 7.0).all()
+    # Start 8 of 12 moves: k = 0 bootstraps from position 11, k = 1 and 2 from the end (offset 4): after a
+    # real end that stays 0; after a cut (a time limit) the model values the last state.
+    np.testing.assert_allclose(values[1, 3], fresh[11])
+    assert values[1, 4] == 0.0 and (values[1, :3] == 7.0).all()
+    np.testing.assert_allclose(values[2, 3:5], fresh[11:13])
+    assert (game.root_values[:-1] == 7.0).all() and (windows.root_values[0] == 7.0).all()  # inputs unchanged
+    untouched = reanalysed_values(model, samples, windows, MuZeroConfig(reanalyse_fraction=0.0), rng)
+    np.testing.assert_array_equal(untouched, windows.root_values)
 
 
 def test_reanalyse_searches_the_unrolls_positions_again_with_the_latest_model():
     """The policy half of Reanalyse on TicTacToe self-play games: the unroll's positions get new search
-    policies over their legal moves (the only legal move, alone, when one is left), the positions outside
-    the unroll and the stored games keep theirs."""
+    policies over their legal moves (the only legal move, alone, when one is left), steps past the end
+    and the stored games keep theirs."""
+    from agents.muzero.loss import unroll_windows
     from training.muzero.config import MuZeroConfig, build_model
     from training.muzero.learner import reanalysed_policies
     from training.muzero.self_play import SelfPlayWorker
@@ -131,14 +140,43 @@ def test_reanalyse_searches_the_unrolls_positions_again_with_the_latest_model():
     for p in model.parameters():  # the latest model differs from the one that played
         torch.nn.init.normal_(p, std=0.3)
     stored = game.policies.copy()
-    (early, late) = reanalysed_policies(model, [(game, 0), (game, 7)], cfg, np.random.default_rng(0))
-    assert not np.allclose(early[:3], stored[:3]) and (early[3:] == stored[3:]).all()  # positions 0 .. K only
-    np.testing.assert_allclose(early[:3].sum(-1), 1.0)
-    assert (early[:3][~game.legal_actions[:3]] == 0).all()  # no visits to illegal moves
-    assert (late[:7] == stored[:7]).all() and late[8].tolist() == game.legal_actions[8].astype(float).tolist()
+    samples = [(game, 0), (game, 7)]
+    windows = unroll_windows([game, game], [0, 7], 2, cfg.td_steps)
+    early, late = reanalysed_policies(model, samples, windows, cfg, np.random.default_rng(0))
+    assert not np.allclose(early, stored[:3])  # positions 0 .. K searched again
+    np.testing.assert_allclose(early.sum(-1), 1.0)
+    assert (early[~game.legal_actions[:3]] == 0).all()  # no visits to illegal moves
+    assert late[1].tolist() == game.legal_actions[8].astype(float).tolist()
+    assert (late[2] == windows.policies[1, 2]).all()  # past the end: untouched (masked out of the loss)
     assert (game.policies == stored).all()  # the stored game is not changed
-    untouched = reanalysed_policies(model, [(game, 0)], MuZeroConfig(), np.random.default_rng(0))[0]
-    assert untouched is game.policies
+    untouched = reanalysed_policies(model, samples, windows, MuZeroConfig(), np.random.default_rng(0))
+    np.testing.assert_array_equal(untouched, windows.policies)
+
+
+def test_batched_targets_equal_the_targets_of_each_unroll():
+    """make_batch_targets over unrolls that start in the middle, near a real end and near a time limit
+    equals make_targets, the one-unroll view, row by row (random actions past the end aside)."""
+    from agents.muzero.loss import make_batch_targets, unroll_windows
+    from training.muzero.replay import Game
+
+    rng = np.random.default_rng(3)
+    games = []
+    for T, terminated in ((9, True), (4, False), (15, True), (2, False)):
+        values = rng.normal(size=T + 1) * 5
+        values[-1] = 0.0 if terminated else values[-1]
+        games.append(Game(np.zeros((T + 1, 1)), rng.integers(3, size=T), rng.normal(size=T),
+                          rng.dirichlet(np.ones(3), size=T), values, terminated))  # fmt: skip
+    starts = [0, 3, 7, 8, 1, 3, 14, 0, 1]
+    picked = [games[0], games[1], games[0], games[0], games[2], games[2], games[2], games[3], games[3]]
+    for two_player in (False, True):
+        batch = make_batch_targets(unroll_windows(picked, starts, 3, 4), 4, 0.9, rng, two_player)
+        for b, (g, t) in enumerate(zip(picked, starts, strict=True)):
+            one = make_targets(g.rewards, g.root_values, g.policies, g.actions, g.terminated, t, 3, 4, 0.9, rng,
+                               two_player)  # fmt: skip
+            for name in ("value", "reward", "policy", "value_mask", "reward_mask", "policy_mask"):
+                np.testing.assert_allclose(getattr(batch, name)[b], getattr(one, name), err_msg=f"{name} of row {b}")
+            inside = min(3, len(g) - t)
+            np.testing.assert_array_equal(batch.actions[b, :inside], g.actions[t : t + inside])
 
 
 def test_the_consistency_loss_compares_the_dynamics_with_the_reached_observations():

@@ -14,7 +14,7 @@ player to move, so rewards and the bootstrap alternate in sign along the n steps
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -25,15 +25,84 @@ from agents.muzero.value_transform import scalar_to_support, support_to_scalar
 
 @dataclass
 class UnrollTargets:
-    """Targets of one unroll; arrays over k = 0..K (actions over k = 0..K-1)."""
+    """Targets of B unrolls (or of one, without the leading B); arrays over k = 0..K (actions over k < K)."""
 
-    actions: np.ndarray  # [K]
-    value: np.ndarray  # [K+1]
-    reward: np.ndarray  # [K+1]  (k = 0 unused)
-    policy: np.ndarray  # [K+1, A]
-    value_mask: np.ndarray  # [K+1]
-    reward_mask: np.ndarray  # [K+1]
-    policy_mask: np.ndarray  # [K+1]
+    actions: np.ndarray  # [B, K]
+    value: np.ndarray  # [B, K+1]
+    reward: np.ndarray  # [B, K+1]  (k = 0 unused)
+    policy: np.ndarray  # [B, K+1, A]
+    value_mask: np.ndarray  # [B, K+1]
+    reward_mask: np.ndarray  # [B, K+1]
+    policy_mask: np.ndarray  # [B, K+1]
+
+
+@dataclass
+class UnrollWindows:
+    """What the targets of B unrolls read from their games: for start position t of a game of T moves,
+    the moves t .. t + K + n - 1 (zero past the game's end)."""
+
+    rewards: np.ndarray  # [B, K+n]    r_{t+j}
+    root_values: np.ndarray  # [B, K+n+1]  v_{t+j}; v_T is 0 after a real end, the bootstrap estimate otherwise
+    policies: np.ndarray  # [B, K+1, A] pi_{t+k}
+    actions: np.ndarray  # [B, K]      a_{t+k}
+    remaining: np.ndarray  # [B]         T - t, moves from the start to the game's end (or the segment's)
+    terminated: np.ndarray  # [B] bool   whether the game really ended at T
+
+    def bootstrap_offsets(self, td_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """([B, K+1] offsets j of the value v_{t+j} that step k's n-step return bootstraps from, [B, K+1]
+        whether step k is inside the game): j = k + min(n, T - t - k)."""
+        k = np.arange(self.policies.shape[1])
+        inside = k[None] <= self.remaining[:, None]
+        return np.where(inside, k + np.minimum(td_steps, self.remaining[:, None] - k), 0), inside
+
+
+def unroll_windows(games: list, starts: list[int], unroll_steps: int, td_steps: int) -> UnrollWindows:
+    """The windows of unrolls from starts[i] of games[i] (anything with the arrays rewards [T], root_values
+    [T + 1], policies [T, A], actions [T] and the flag terminated, as the replay's games have)."""
+    B, K, n, A = len(games), unroll_steps, td_steps, games[0].policies.shape[1]
+    w = UnrollWindows(np.zeros((B, K + n)), np.zeros((B, K + n + 1)), np.full((B, K + 1, A), 1.0 / A),
+                      np.zeros((B, K), np.int64), np.zeros(B, np.int64), np.zeros(B, bool))  # fmt: skip
+    for i, (game, t) in enumerate(zip(games, starts, strict=True)):
+        T = len(game.rewards)
+        rewards = game.rewards[t : t + K + n]
+        w.rewards[i, : len(rewards)] = rewards
+        values = game.root_values[t : t + K + n + 1]
+        w.root_values[i, : len(values)] = values
+        policies = game.policies[t : t + K + 1]
+        w.policies[i, : len(policies)] = policies
+        actions = game.actions[t : t + K]
+        w.actions[i, : len(actions)] = actions
+        w.remaining[i], w.terminated[i] = T - t, game.terminated
+    return w
+
+
+def make_batch_targets(w: UnrollWindows, td_steps: int, discount: float, rng: np.random.Generator,
+                       two_player: bool = False) -> UnrollTargets:  # fmt: skip
+    """Targets for B unrolls of K steps from their windows, all at once (the loop runs over k only)."""
+    B, K1, A = w.policies.shape
+    K, n = K1 - 1, td_steps
+    gamma = discount * (-1.0 if two_player else 1.0)
+    k = np.arange(K + 1)[None]  # [1, K+1]
+    T = w.remaining[:, None]  # [B, 1]
+    inside = k <= T  # position t + k exists (the last one, k = T, is the state after the final move)
+    # n-step returns, cut at the end of the game, where v_T bootstraps: z_k = sum_{i<steps} g^i r_{k+i} + g^steps v_{k+steps}
+    offsets, _ = w.bootstrap_offsets(n)
+    steps = offsets - k  # [B, K+1]
+    i = np.arange(n)
+    rewards = np.stack([w.rewards[:, kk : kk + n] for kk in range(K + 1)], 1)  # [B, K+1, n]
+    summed = (np.where(i < steps[..., None], gamma**i * rewards, 0.0)).sum(-1)
+    value = np.where(inside, summed + gamma**steps * np.take_along_axis(w.root_values, offsets, 1), 0.0)
+    # After a real end the model learns an absorbing state worth 0; after a time limit nothing is known.
+    value_mask = (inside | w.terminated[:, None]).astype(np.float64)
+    reward = np.zeros((B, K + 1))
+    reward[:, 1:] = np.where(k[:, 1:] - 1 < T, w.rewards[:, :K], 0.0)
+    reward_mask = ((k - 1 < T) | w.terminated[:, None]).astype(np.float64)
+    reward_mask[:, 0] = 0.0
+    policy_mask = (k < T).astype(np.float64)
+    policy = np.where(policy_mask[..., None] > 0, w.policies, 1.0 / A)
+    # Past the end the unroll follows random actions (their steps' policy targets are masked out).
+    played = np.where(k[:, :K] < T, w.actions, rng.integers(A, size=(B, K)))
+    return UnrollTargets(played, value, reward, policy, value_mask, reward_mask, policy_mask)
 
 
 def make_targets(
@@ -49,36 +118,24 @@ def make_targets(
     rng: np.random.Generator,
     two_player: bool = False,
 ) -> UnrollTargets:
-    """Targets for unrolling from position `start` of a game of T moves.
+    """Targets for unrolling from position `start` of a game of T moves (make_batch_targets for one).
 
     rewards, actions [T]; policies [T, A]; root_values [T + 1], the last being the value after the final
     move (0 after a real end, the bootstrap estimate after a time limit).
     """
-    T, K, n = len(rewards), unroll_steps, td_steps
-    sign = -1.0 if two_player else 1.0
-    num_actions = policies.shape[1]
-    value, reward = np.zeros(K + 1), np.zeros(K + 1)
-    policy = np.full((K + 1, num_actions), 1.0 / num_actions)
-    value_mask, reward_mask, policy_mask = np.zeros(K + 1), np.zeros(K + 1), np.zeros(K + 1)
-    for k in range(K + 1):
-        t = start + k
-        if t <= T:
-            # n-step return, cut at the end of the game, where the final root value bootstraps.
-            steps = min(n, T - t)
-            z = sum((discount * sign) ** i * rewards[t + i] for i in range(steps))
-            value[k] = z + (discount * sign) ** steps * root_values[t + steps]
-            value_mask[k] = 1.0
-        elif terminated:
-            value_mask[k] = 1.0  # the absorbing state after a real end is worth 0
-        if k > 0:
-            if t - 1 < T:
-                reward[k], reward_mask[k] = rewards[t - 1], 1.0
-            elif terminated:
-                reward_mask[k] = 1.0  # no reward after the end
-        if t < T:
-            policy[k], policy_mask[k] = policies[t], 1.0
-    played = [actions[start + k] if start + k < T else rng.integers(num_actions) for k in range(K)]
-    return UnrollTargets(np.array(played, np.int64), value, reward, policy, value_mask, reward_mask, policy_mask)
+    game = _GameArrays(rewards, root_values, policies, actions, terminated)
+    batch = make_batch_targets(unroll_windows([game], [start], unroll_steps, td_steps), td_steps, discount, rng,
+                               two_player)  # fmt: skip
+    return UnrollTargets(*(getattr(batch, f.name)[0] for f in fields(UnrollTargets)))
+
+
+@dataclass
+class _GameArrays:
+    rewards: np.ndarray
+    root_values: np.ndarray
+    policies: np.ndarray
+    actions: np.ndarray
+    terminated: bool
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -111,30 +168,34 @@ def muzero_loss(
     Returns (loss, statistics, new priorities |V(s_t) - z_t| for the replay).
     """
     K = targets["actions"].shape[1]
-    state, policy_logits, value_logits = model.initial_inference(obs)
-    value_loss = reward_loss = policy_loss = consistency_loss = torch.zeros(obs.shape[0], device=obs.device)
+    # The unroll: s_0 = h(o_t), s_k = g(s_{k-1}, a_{t+k-1}), the gradient into each dynamics step halved.
+    states = [model.represent(obs)]
+    for k in range(K):
+        states.append(model.dynamics(scale_gradient(states[-1], 0.5), targets["actions"][:, k]))
+    # The heads see every step's state at once ([B * (K + 1), ...]: one call each instead of K + 1).
+    unrolled = torch.stack(states, 1)  # [B, K+1, ...]
+    policy_logits, value_logits = (x.view(*unrolled.shape[:2], -1) for x in model.prediction(unrolled.flatten(0, 1)))
+    reward_logits = model.dynamics_reward(unrolled[:, 1:].flatten(0, 1)).view(obs.shape[0], K, -1)
+
+    def cross_entropy(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return -(target * F.log_softmax(logits, -1)).sum(-1)
+
+    # Each unrolled step's loss counts 1/K (the first one fully), masked where its target does not exist.
+    step_scale = torch.full((K + 1,), 1.0 / K, device=obs.device)
+    step_scale[0] = 1.0
+    value_ce = cross_entropy(scalar_to_support(targets["value"], model.support_size), value_logits)  # [B, K+1]
+    policy_ce = cross_entropy(targets["policy"], policy_logits)
+    reward_ce = cross_entropy(scalar_to_support(targets["reward"][:, 1:], model.reward_support_size), reward_logits)
+    value_loss = (step_scale * targets["value_mask"] * value_ce).sum(1)
+    policy_loss = (step_scale * targets["policy_mask"] * policy_ce).sum(1)
+    reward_loss = (step_scale[1:] * targets["reward_mask"][:, 1:] * reward_ce).sum(1)
+    consistency_loss = torch.zeros_like(value_loss)
     if consistency_coef > 0:
         with torch.no_grad():
-            reached = model.initial_inference(next_obs.flatten(0, 1))[0].view(*next_obs.shape[:2], -1)
-    priorities = (support_to_scalar(value_logits.detach(), model.support_size) - targets["value"][:, 0]).abs()
-    for k in range(K + 1):
-        if k > 0:
-            state, reward_logits, policy_logits, value_logits = model.recurrent_inference(
-                scale_gradient(state, 0.5), targets["actions"][:, k - 1]
-            )
-        step_scale = 1.0 if k == 0 else 1.0 / K
-        value_target = scalar_to_support(targets["value"][:, k], model.support_size)
-        value_ce = -(value_target * F.log_softmax(value_logits, -1)).sum(-1)
-        policy_ce = -(targets["policy"][:, k] * F.log_softmax(policy_logits, -1)).sum(-1)
-        value_loss = value_loss + step_scale * targets["value_mask"][:, k] * value_ce
-        policy_loss = policy_loss + step_scale * targets["policy_mask"][:, k] * policy_ce
-        if k > 0:
-            reward_target = scalar_to_support(targets["reward"][:, k], model.reward_support_size)
-            reward_ce = -(reward_target * F.log_softmax(reward_logits, -1)).sum(-1)
-            reward_loss = reward_loss + step_scale * targets["reward_mask"][:, k] * reward_ce
-            if consistency_coef > 0:
-                similarity = F.cosine_similarity(state.flatten(1), reached[:, k - 1], dim=-1)
-                consistency_loss = consistency_loss - step_scale * next_obs_mask[:, k - 1] * similarity
+            reached = model.represent(next_obs.flatten(0, 1)).view(*next_obs.shape[:2], -1)
+        similarity = F.cosine_similarity(unrolled[:, 1:].flatten(2), reached, dim=-1)  # [B, K]
+        consistency_loss = -(step_scale[1:] * next_obs_mask * similarity).sum(1)
+    priorities = (support_to_scalar(value_logits[:, 0].detach(), model.support_size) - targets["value"][:, 0]).abs()
     per_sample = value_coef * value_loss + reward_loss + policy_loss + consistency_coef * consistency_loss
     loss = (weights * per_sample).mean()
     stats = {

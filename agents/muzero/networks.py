@@ -55,17 +55,30 @@ class MuZeroMLP(nn.Module):
     def prediction(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prediction_policy(state), self.prediction_value(state)
 
+    def value_logits(self, state: torch.Tensor) -> torch.Tensor:
+        """f's value half alone (reanalysing bootstrap values needs no policy)."""
+        return self.prediction_value(state)
+
+    def represent(self, obs: torch.Tensor) -> torch.Tensor:
+        """h: the hidden states of a batch of observations."""
+        return scale_hidden_state(self.representation(obs.flatten(1).float()))
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """g's state half: the hidden states after taking `action` in `state` (the reward is read from
+        them by dynamics_reward, so a training unroll can run every head once over all its steps)."""
+        x = torch.cat([state, F.one_hot(action.long(), self.num_actions).to(state.dtype)], dim=-1)
+        return scale_hidden_state(self.dynamics_state(x))
+
     def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden state, policy logits, value logits) of a batch of observations."""
-        state = scale_hidden_state(self.representation(obs.flatten(1).float()))
+        state = self.represent(obs)
         return (state, *self.prediction(state))
 
     def recurrent_inference(
         self, state: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(next hidden state, reward logits, policy logits, value logits) after taking action in state."""
-        x = torch.cat([state, F.one_hot(action.long(), self.num_actions).to(state.dtype)], dim=-1)
-        next_state = scale_hidden_state(self.dynamics_state(x))
+        next_state = self.dynamics(state, action)
         return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
@@ -127,18 +140,27 @@ class MuZeroResNet(nn.Module):
         x = self.prediction_trunk(state)
         return self.prediction_policy(x), self.prediction_value(x)
 
-    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def value_logits(self, state: torch.Tensor) -> torch.Tensor:
+        return self.prediction_value(self.prediction_trunk(state))
+
+    def represent(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.reshape(-1, *self.obs_shape).float()
         if self.pixels:
             x = x / 255.0
-        state = scale_hidden_state(self.representation(x))
+        return scale_hidden_state(self.representation(x))
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
+        return scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))
+
+    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state = self.represent(obs)
         return (state, *self.prediction(state))
 
     def recurrent_inference(
         self, state: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
-        next_state = scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))
+        next_state = self.dynamics(state, action)
         return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
@@ -247,3 +269,10 @@ def root_inference(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> RootFnOu
         state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs))
         value = support_to_scalar(value_logits, model.support_size)
     return RootFnOutput(state, policy_logits.double().numpy(), value.double().numpy())
+
+
+def state_values(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> np.ndarray:
+    """[B] the model's values v = f(h(o)) of a batch of observations, without the policy (float64)."""
+    with torch.inference_mode():
+        logits = model.value_logits(model.represent(torch.as_tensor(obs)))
+        return support_to_scalar(logits, model.support_size).double().numpy()

@@ -3,10 +3,12 @@ solve an env, each run in a fresh process. launch/benchmark.py --muzero prints a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
+from queue import Empty
 
 import numpy as np
 import torch
@@ -73,25 +75,50 @@ class SolveResult:
     total_steps: int
     torch_threads: int
     """the run's own intra-op thread count, for the table's provenance line"""
+    evaluations: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    """(env steps, greedy evaluation return) of every evaluation of the run"""
+    steps_per_second: float = 0.0
+    """env steps of self-play (with its learning, evaluations included) per wall-clock second"""
+
+    def held(self, floor: float) -> bool | None:
+        """Whether every evaluation after the first solve stayed >= floor (None if never solved; True if
+        the run stopped at its first solve, so nothing came after)."""
+        if self.env_steps is None:
+            return None
+        return all(r >= floor for s, r in self.evaluations if s > self.env_steps)
 
 
 def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
+    start = time.perf_counter()
     result = train_muzero(cfg)
+    wall = time.perf_counter() - start
     threshold = solved_return(cfg.env_id, cfg.stop_return)
     first = next(((s, t) for s, t, r in result.eval_history if threshold is not None and r >= threshold), (None, None))
     queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
-                          result.global_step, torch.get_num_threads()))  # fmt: skip
+                          result.global_step, torch.get_num_threads(), [(s, r) for s, _, r in result.eval_history],
+                          result.global_step / wall))  # fmt: skip
 
 
-def time_to_solve(cfg: MuZeroConfig, seeds: int, first_seed: int = 1) -> list[SolveResult]:
-    """train_muzero once per seed (first_seed .. first_seed + seeds - 1), each in a fresh process."""
+def time_to_solve(cfg: MuZeroConfig, seeds: int, first_seed: int = 1, parallel: int = 1) -> list[SolveResult]:
+    """train_muzero once per seed (first_seed .. first_seed + seeds - 1), each in a fresh process,
+    `parallel` at a time (one torch thread each); results in seed order."""
     ctx = mp.get_context("spawn")
+    pending = list(range(first_seed, first_seed + seeds))
+    running: list[tuple[mp.Process, mp.Queue]] = []
     results = []
-    for seed in range(first_seed, first_seed + seeds):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_solve_one, args=(dataclasses.replace(cfg, seed=seed, progress=False), queue))
-        proc.start()
-        proc.join()
-        if proc.exitcode == 0:
-            results.append(queue.get())
-    return results
+    while pending or running:
+        while pending and len(running) < parallel:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_solve_one, args=(dataclasses.replace(cfg, seed=pending.pop(0), progress=False), queue))
+            proc.start()
+            running.append((proc, queue))
+        for proc, queue in list(running):
+            # Take the result before join: a child does not exit while its queued result is unread.
+            if queue.empty() and proc.is_alive():
+                continue
+            with contextlib.suppress(Empty):  # empty: the run failed (its error went to stderr)
+                results.append(queue.get(timeout=2.0))
+            proc.join()
+            running.remove((proc, queue))
+        time.sleep(0.2)
+    return sorted(results, key=lambda r: r.seed)

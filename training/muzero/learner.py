@@ -9,62 +9,60 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.muzero.loss import make_targets, muzero_loss
-from agents.muzero.networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero.loss import UnrollWindows, make_batch_targets, muzero_loss, unroll_windows
+from agents.muzero.networks import MuZeroMLP, root_inference, search_callback, state_values
 from agents.muzero.policies import run_policy
 from training.muzero.config import MuZeroConfig, search_config
 from training.muzero.replay import Game, PrioritizedReplay
 
 
-def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], cfg: MuZeroConfig,
-                      rng: np.random.Generator) -> list[np.ndarray]:
-    """Each sample's root values, with those its value targets bootstrap from (positions pos .. pos + K + n)
-    recomputed by `model` for a cfg.reanalyse_fraction share of the samples: the value half of MuZero
-    Reanalyse (appendix H), without a new search for the policy targets. Values stored at play time
-    come from an older model, so as the model improves they understate (or overstate) what a state is
-    worth; fresh ones keep the n-step targets current. The value after a real end stays 0."""
-    values = [g.root_values for g, _ in samples]
-    chosen = [i for i in range(len(samples)) if rng.random() < cfg.reanalyse_fraction]
-    if not chosen:
+def reanalysed_values(model: torch.nn.Module, samples: list[tuple[Game, int]], windows: UnrollWindows,
+                      cfg: MuZeroConfig, rng: np.random.Generator) -> np.ndarray:
+    """The windows' root values [B, K + n + 1] with those the n-step targets bootstrap from recomputed by
+    `model` for a cfg.reanalyse_fraction share of the samples: the value half of MuZero Reanalyse
+    (appendix H), without a new search for the policy targets. Values stored at play time come from an
+    older model, so as the model improves they understate (or overstate) what a state is worth; fresh
+    ones keep the n-step targets current. Only the K + 1 bootstrap positions of each unroll are
+    evaluated (the others enter no target); the value after a real end stays 0."""
+    chosen = rng.random(len(samples)) < cfg.reanalyse_fraction
+    offsets, inside = windows.bootstrap_offsets(cfg.td_steps)
+    # The state after a game's real end is worth 0: nothing to recompute there.
+    redo = chosen[:, None] & inside & ((offsets < windows.remaining[:, None]) | ~windows.terminated[:, None])
+    values = windows.root_values.copy()
+    if not redo.any():
         return values
-    spans = []
-    for i in chosen:
-        game, pos = samples[i]
-        end = min(pos + cfg.unroll_steps + cfg.td_steps, len(game) - 1 if game.terminated else len(game))
-        spans.append((i, pos, end))
-    obs = np.concatenate([samples[i][0].observations[pos : end + 1] for i, pos, end in spans])
-    fresh = root_inference(model, obs.reshape(len(obs), -1)).value
-    offset = 0
-    for i, pos, end in spans:
-        values[i] = values[i].copy()
-        values[i][pos : end + 1] = fresh[offset : offset + end + 1 - pos]
-        offset += end + 1 - pos
+    rows, ks = np.nonzero(redo)
+    # Each unroll's bootstrap positions, without repeats (near the end several steps share one).
+    pairs = np.unique(np.stack([rows, offsets[rows, ks]], 1), axis=0)
+    rows, cols = pairs[:, 0], pairs[:, 1]
+    bounds = np.searchsorted(rows, np.arange(len(samples) + 1))  # pairs are sorted by sample: one gather each
+    obs = np.concatenate([game.observations[start + cols[bounds[i] : bounds[i + 1]]]
+                          for i, (game, start) in enumerate(samples) if bounds[i + 1] > bounds[i]])  # fmt: skip
+    values[rows, cols] = state_values(model, obs.reshape(len(obs), -1))
     return values
 
 
-def reanalysed_policies(model: torch.nn.Module, samples: list[tuple[Game, int]], cfg: MuZeroConfig,
-                        rng: np.random.Generator) -> list[np.ndarray]:
-    """Each sample's policy targets, with those of its unroll (positions pos .. pos + K inside the game)
-    replaced by a new search of `model` for a cfg.reanalyse_policy_fraction share of the samples: the
-    policy half of MuZero Reanalyse (appendix H). The searches made at play time used an older model;
-    as it improves, their visit counts teach yesterday's policy. All positions are searched as one batch,
-    with the self-play search's settings (root noise included) and the legal moves stored with the game."""
-    policies = [g.policies for g, _ in samples]
-    chosen = [i for i in range(len(samples)) if rng.random() < cfg.reanalyse_policy_fraction]
-    if not chosen:
+def reanalysed_policies(model: torch.nn.Module, samples: list[tuple[Game, int]], windows: UnrollWindows,
+                        cfg: MuZeroConfig, rng: np.random.Generator) -> np.ndarray:
+    """The windows' policy targets [B, K + 1, A], with those of positions inside the game replaced by a
+    new search of `model` for a cfg.reanalyse_policy_fraction share of the samples: the policy half of
+    MuZero Reanalyse (appendix H). The searches made at play time used an older model; as it improves,
+    their visit counts teach yesterday's policy. All positions are searched as one batch, with the
+    self-play search's settings (root noise included) and the legal moves stored with the game."""
+    policies = windows.policies.copy()
+    chosen = rng.random(len(samples)) < cfg.reanalyse_policy_fraction
+    redo = chosen[:, None] & (np.arange(cfg.unroll_steps + 1)[None] < windows.remaining[:, None])
+    if not redo.any():
         return policies
-    spans = [(i, samples[i][1], min(samples[i][1] + cfg.unroll_steps + 1, len(samples[i][0]))) for i in chosen]
-    obs = np.concatenate([samples[i][0].observations[pos:end] for i, pos, end in spans])
-    masked = samples[chosen[0]][0].legal_actions is not None
-    masks = np.concatenate([samples[i][0].legal_actions[pos:end] for i, pos, end in spans]) if masked else None
+    rows, ks = np.nonzero(redo)
+    positions = [(samples[i][0], samples[i][1] + k) for i, k in zip(rows, ks, strict=True)]
+    obs = np.stack([game.observations[t] for game, t in positions])
+    masked = positions[0][0].legal_actions is not None
+    masks = np.stack([game.legal_actions[t] for game, t in positions]) if masked else None
     # greedy: the action is not played, so no random numbers are drawn for it.
     fresh = run_policy(root_inference(model, obs.reshape(len(obs), -1)), search_callback(model), search_config(cfg),
-                       rng, masks, greedy=True).action_weights
-    offset = 0
-    for i, pos, end in spans:
-        policies[i] = policies[i].copy()
-        policies[i][pos:end] = fresh[offset : offset + end - pos]
-        offset += end - pos
+                       rng, masks, greedy=True).action_weights  # fmt: skip
+    policies[rows, ks] = fresh
     return policies
 
 
@@ -98,13 +96,14 @@ def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioritiz
     reanalysed by target_model (a copy refreshed every --target-update-every updates), or by actor_model,
     the latest weights, without one."""
     samples, weights, keys = replay.sample(cfg.batch_size)
+    windows = unroll_windows([g for g, _ in samples], [pos for _, pos in samples], cfg.unroll_steps, cfg.td_steps)
     value_model = target_model if target_model is not None else actor_model
-    root_values = reanalysed_values(value_model, samples, cfg, rng) if cfg.reanalyse_fraction > 0 else [g.root_values for g, _ in samples]
-    policies = reanalysed_policies(actor_model, samples, cfg, rng) if cfg.reanalyse_policy_fraction > 0 else [g.policies for g, _ in samples]
-    targets = [make_targets(g.rewards, values, pi, g.actions, g.terminated, pos, cfg.unroll_steps, cfg.td_steps,
-                            cfg.discount, rng, two_player)
-               for (g, pos), values, pi in zip(samples, root_values, policies, strict=True)]  # fmt: skip
-    arrays = {name: np.stack([getattr(t, name) for t in targets])
+    if cfg.reanalyse_fraction > 0:
+        windows.root_values = reanalysed_values(value_model, samples, windows, cfg, rng)
+    if cfg.reanalyse_policy_fraction > 0:
+        windows.policies = reanalysed_policies(actor_model, samples, windows, cfg, rng)
+    targets = make_batch_targets(windows, cfg.td_steps, cfg.discount, rng, two_player)
+    arrays = {name: getattr(targets, name)
               for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
     obs = np.stack([g.observations[pos] for g, pos in samples])
     # Targets built from a model gone NaN (reanalysed values) cannot be put on the value support.
@@ -137,6 +136,8 @@ def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioritiz
         optimizer.zero_grad(set_to_none=True)
         return None
     optimizer.step()
-    replay.update_priorities(keys, priorities.cpu().numpy())
+    priorities = priorities.cpu().numpy()
+    replay.update_priorities(keys, priorities)
+    stats["value_error"] = float(priorities.mean())  # |V(s_t) - z_t| at the unrolls' starts
     stats["loss"] = loss.item()
     return stats

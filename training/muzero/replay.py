@@ -77,6 +77,12 @@ class PrioritizedReplay:
         keys = [(int(gi), int(f - offsets[gi])) for gi, f in zip(game_index, flat, strict=True)]
         return [(self.games[gi], pos) for gi, pos in keys], weights, keys
 
+    def priority_spread(self) -> dict[str, float]:
+        """The stored priorities' median, 90th percentile and maximum: how skewed sampling is."""
+        p = np.concatenate([g.priorities for g in self.games])
+        median, p90, top = np.percentile(p, [50, 90, 100])
+        return {"median": float(median), "p90": float(p90), "max": float(top)}
+
     def update_priorities(self, keys: list[tuple[int, int]], priorities: np.ndarray, eps: float = 1e-6) -> None:
         """New priorities (e.g. |V(s) - z|) for sampled positions; valid until the next add()."""
         for (gi, pos), p in zip(keys, priorities, strict=True):

@@ -79,6 +79,18 @@ def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
     return obs.reshape(len(obs), -1), None
 
 
+def _mean_entropy(p: np.ndarray) -> float:
+    """The mean entropy (nats) of the distributions in the rows of p [B, A]."""
+    return float(-(p * np.log(np.maximum(p, 1e-12))).sum(-1).mean())
+
+
+def _masked_softmax(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    if mask is not None:
+        z = np.where(mask, z, 0.0)
+    return z / z.sum(-1, keepdims=True)
+
+
 @dataclass
 class SelfPlayRound:
     """What workers send back from one round: the games that ended and a few statistics."""
@@ -90,6 +102,8 @@ class SelfPlayRound:
     """env steps played"""
     root_values: list[float] = field(default_factory=list)
     root_visit_entropies: list[float] = field(default_factory=list)
+    prior_entropies: list[float] = field(default_factory=list)
+    """the entropy of the model's prior at the roots (before root noise), beside the search's visits"""
     seconds: float = 0.0
     env_restarts: int = 0
     """times the worker's envs were rebuilt because one raised or gave a non-finite observation or reward"""
@@ -109,6 +123,7 @@ class SelfPlayRound:
             steps=sum(r.steps for r in rounds),
             root_values=[v for r in rounds for v in r.root_values],
             root_visit_entropies=[v for r in rounds for v in r.root_visit_entropies],
+            prior_entropies=[v for r in rounds for v in r.prior_entropies],
             seconds=max(r.seconds for r in rounds),
             env_restarts=sum(r.env_restarts for r in rounds),
             dropped_episodes=sum(r.dropped_episodes for r in rounds),
@@ -159,14 +174,14 @@ class SelfPlayWorker:
         """`moves` moves in every game: the first sampling_moves of each game sampled from the root visits ^
         (1 / temperature), later ones the most visited (Gumbel: the search's own choice)."""
         start = time.perf_counter()
-        games, returns, lengths, root_values, entropies = [], [], [], [], []
+        games, returns, lengths, root_values, entropies, prior_entropies = [], [], [], [], [], []
         restarts = dropped = nonfinite = 0
         for _ in range(moves):
             features, mask = _features(self.obs)
             # The first sampling_moves of each game sample from the visits, later ones take the most visited.
             greedy = self.move_number >= self.sampling_moves if self.sampling_moves else False
-            result = run_policy(root_inference(self.model, features), search_callback(self.model), self.search,
-                                self.rng, mask, temperature, greedy)  # fmt: skip
+            root = root_inference(self.model, features)
+            result = run_policy(root, search_callback(self.model), self.search, self.rng, mask, temperature, greedy)
             actions = result.action
             try:
                 next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
@@ -208,12 +223,13 @@ class SelfPlayWorker:
                 lengths.append(ep_lengths)
             root_values.append(float(result.root_value.mean()))
             weights = result.action_weights
-            entropies.append(float(-(weights * np.log(np.maximum(weights, 1e-12))).sum(-1).mean()))
+            entropies.append(_mean_entropy(weights))
+            prior_entropies.append(_mean_entropy(_masked_softmax(root.prior_logits, mask)))
             self.obs = next_obs
         return SelfPlayRound(
             games, np.concatenate(returns) if returns else np.empty(0, np.float32),
             np.concatenate(lengths) if lengths else np.empty(0, np.int64), moves * len(self.records),
-            root_values, entropies, time.perf_counter() - start, restarts, dropped, nonfinite,
+            root_values, entropies, prior_entropies, time.perf_counter() - start, restarts, dropped, nonfinite,
         )  # fmt: skip
 
     def close(self) -> None:

@@ -46,10 +46,13 @@ MUZERO_DASHBOARD_LAYOUT = {
     "2. Losses": {
         "value, reward and policy loss (and consistency, when on)": ["Multiline", ["losses/.*_loss"]],
         "total loss and gradient norm": ["Multiline", ["losses/loss", "losses/grad_norm"]],
+        "value error |V(s) - z| against the n-step targets, and the replay's priority spread": [
+            "Multiline", ["losses/value_error", "replay/priority_.*"]],
     },
     "3. Search": {
         "root value": ["Multiline", ["search/root_value"]],
-        "root visit entropy and self-play temperature": ["Multiline", ["search/root_visit_entropy", "charts/visit_temperature"]],
+        "entropy of the search's visits and of the model's prior, self-play temperature": [
+            "Multiline", ["search/root_visit_entropy", "search/prior_entropy", "charts/visit_temperature"]],
     },
     "4. System": {
         "env steps per second": ["Multiline", ["charts/SPS"]],
@@ -158,9 +161,11 @@ class MuZeroAlgorithm(Algorithm):
         scalars.update({
             "charts/updates": self.updates,
             "charts/replay_positions": self.replay.num_positions,
+            **({f"replay/priority_{k}": v for k, v in self.replay.priority_spread().items()} if self.replay.games else {}),
             "charts/visit_temperature": temperature,
             **({"search/root_value": float(np.mean(played.root_values)),
-                "search/root_visit_entropy": float(np.mean(played.root_visit_entropies))}
+                "search/root_visit_entropy": float(np.mean(played.root_visit_entropies)),
+                "search/prior_entropy": float(np.mean(played.prior_entropies))}
                if played.root_values else {}),  # a round cut short by a rebuilt env may search nothing
             "time/self_play_seconds": played.seconds,
             "time/update_seconds": learned - acted,
