@@ -46,3 +46,24 @@ def test_a_failing_peer_is_reported_not_raised(tmp_path, capsys):
     broken.chmod(0o755)
     assert run_sb3_peer(BenchmarkArgs(peer_python=str(broken)), "CartPole-v1", 1) is None
     assert "No module named stable_baselines3" in capsys.readouterr().err
+
+
+def test_the_muzero_report_tabulates_each_seeds_evaluations_and_whether_it_held(tmp_path, monkeypatch):
+    """benchmark.py --muzero end to end on a tiny budget, two seeds side by side, whole budgets: a row per
+    seed with its evaluations and the summary row (a threshold of 1 that every policy reaches)."""
+    from benchmark import muzero_report
+
+    import training.muzero.benchmark as muzero_benchmark
+
+    # The throughput table is search_throughput's own test; here a cheap stand-in keeps the report quick.
+    monkeypatch.setattr(muzero_benchmark, "search_throughput",
+                        lambda cfg, roots, sims, model: muzero_benchmark.ThroughputResult(roots, sims, model, 1.0))  # fmt: skip
+    args = BenchmarkArgs(muzero=True, seeds=2, parallel=2, budget=320, stop=False, runs_dir=str(tmp_path),
+                         muzero_set=("warmup_steps=160", "batch_size=32", "num_simulations=4", "eval_every=160",
+                                     "eval_episodes=2", "stop_return=1"))  # fmt: skip
+    rows = muzero_report(args)
+    seed_rows = [r for r in rows if r.startswith("| 1 |") or r.startswith("| 2 |")]
+    assert len(seed_rows) == 2 and all("160: " in r and "320: " in r for r in seed_rows)
+    summary = next(r for r in rows if r.startswith("| CartPole-v1 |"))
+    fields = [f.strip() for f in summary.split("|")[1:-1]]
+    assert fields[1:3] == ["2/2", "160 (160-160)"] and fields[4] == "2/2"  # solved, at 160; both held after

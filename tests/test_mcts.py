@@ -35,6 +35,31 @@ def test_three_simulations_by_hand():
     assert tree.children[0, 0].tolist() == [2, 1] and tree.children[0, 2].tolist() == [3, -1]
 
 
+def test_an_unvisited_child_counts_the_parents_mean_q_with_parent_mean_q():
+    """A root (3 visits) whose action 0 child has Q 1 (the tree's maximum; its own child Q 0, the minimum)
+    and whose action 1 was never tried, priors 0.5 each. pUCT's constant c = 1.25 sqrt(3) (c2's log term
+    is ~0). The paper's rule: the unvisited child's Q counts 0, the tree's minimum, so action 0 wins
+    1 + c 0.5 / 3 = 1.36 against 0 + c 0.5 = 1.08 and the search descends it again. EfficientZero's rule:
+    the unvisited child counts the root's mean Q over its visited children, 1 (normalised 1), and wins
+    1 + 1.08 = 2.08: its first visit is the leaf."""
+    from agents.muzero.policies import _puct_select_leaves
+    from agents.muzero.search import Tree
+
+    tree = Tree.allocate(1, 4, 2, torch.zeros(1, 1))
+    tree.prior[0, :] = 0.5
+    tree.visits[0, :3] = [3, 2, 1]
+    tree.value_sum[0, :3] = [1.0, 2.0, 0.0]  # V(root) 1/3, V(child 1) = 1, V(grandchild 2) = 0
+    tree.children[0, 0, 0], tree.children[0, 1, 0] = 1, 2
+    tree.parent[0, 1:3] = [0, 1]
+    tree.min_q[0], tree.max_q[0] = 0.0, 1.0
+    for parent_mean_q, leaf in ((False, (1, 1)), (True, (0, 1))):
+        leaf_parent, leaf_action = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        _puct_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.min_q, tree.max_q,
+                            1.0, 1.25, 19652.0, parent_mean_q, np.ones((1, 2), bool), np.zeros((1, 2)), leaf_parent,
+                            leaf_action)  # fmt: skip
+        assert (leaf_parent[0], leaf_action[0]) == leaf, parent_mean_q
+
+
 def _jackpot_fn(embeddings, actions):
     """Single-player game: action 2 pays 1 and ends the game (absorbing state 1); others pay 0."""
     ended = embeddings[:, 0] > 0

@@ -13,6 +13,7 @@ import gymnasium as gym
 import imageio
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from training.errors import ConfigError
@@ -80,6 +81,20 @@ def test_the_command_prints_where_everything_is(short_run):
     assert (run_dir / "checkpoints" / "best.pt").is_file()
 
 
+def test_the_run_logs_what_tells_a_stuck_run_from_a_learning_one(short_run):
+    """The value error against the n-step targets, the replay's priority spread and the prior's entropy
+    beside the search's: logged at every step that learned, with values that can be true."""
+    _, run_dir = short_run
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    value_error = [e.value for e in acc.Scalars("losses/value_error")]
+    assert value_error and all(v >= 0 for v in value_error)
+    spread = {k: [e.value for e in acc.Scalars(f"replay/priority_{k}")] for k in ("median", "p90", "max")}
+    assert all(m <= p <= top for m, p, top in zip(*spread.values(), strict=True))
+    prior = [e.value for e in acc.Scalars("search/prior_entropy")]
+    assert prior and all(0 <= v <= np.log(2) + 1e-6 for v in prior)  # CartPole: two actions
+
+
 def test_watch_and_evaluate_play_a_muzero_run(short_run):
     _, run_dir = short_run
     proc = _launch("watch.py", str(run_dir), "--episodes", "1")
@@ -89,6 +104,38 @@ def test_watch_and_evaluate_play_a_muzero_run(short_run):
     assert imageio.get_reader(path).count_frames() == int(length) + 1
     proc = _launch("evaluate.py", str(run_dir), "--episodes", "3")
     assert proc.returncode == 0 and "over 3 episodes" in proc.stdout
+
+
+def test_evaluate_compares_the_search_with_the_prior_it_learned(short_run):
+    """--num-simulations replaces the run's search (0: the prior alone), the way to see whether the search
+    improves on the policy the model learned; a negative count or a PPO run gets one line and exit 2."""
+    _, run_dir = short_run
+    for n, says in (("0", "no search: the prior alone"), ("3", "3 simulations a move")):
+        proc = _launch("evaluate.py", str(run_dir), "--episodes", "2", "--num-simulations", n)
+        assert proc.returncode == 0 and says in proc.stdout and "over 2 episodes" in proc.stdout
+    proc = _launch("evaluate.py", str(run_dir), "--episodes", "2", "--num-simulations", "-1")
+    assert proc.returncode == 2 and "--num-simulations must be >= 0" in proc.stderr
+
+
+def test_the_prior_alone_acts_on_the_most_likely_legal_move():
+    from agents.muzero.networks import root_inference
+    from training.muzero.actor import MuZeroActor
+    from training.muzero.config import build_model, search_config
+
+    cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    actor = MuZeroActor(model, dataclasses.replace(search_config(cfg), num_simulations=0))
+    obs = torch.zeros(2, 9)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    logits = root_inference(model, obs.numpy()).prior_logits
+    mask[1, logits[1].argmax()] = False  # the favourite is taken on the second board
+    action, _, value = actor.act({"obs": obs, "action_mask": mask})
+    assert action[0] == logits[0].argmax() and action[1] == np.where(mask[1].numpy(), logits[1], -np.inf).argmax()
+    sampled = {int(actor.act({"obs": obs, "action_mask": mask}, deterministic=False)[0][1]) for _ in range(200)}
+    assert len(sampled) > 1 and int(logits[1].argmax()) not in sampled
 
 
 def test_resume_continues_the_run(short_run, tmp_path):

@@ -20,6 +20,7 @@ from training.checkpoint import (
     reading_contents,
     run_dir_of,
 )
+from training.errors import ConfigError
 from training.muzero.actor import load_muzero_actor
 from training.ppo.config import config_from_dict, env_kwargs
 from training.ppo.train import build_agent
@@ -48,7 +49,11 @@ class TrainedAgent:
         return env_kwargs(self.config) if self.algo == "ppo" else {}
 
     def describe(self) -> str:
-        return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps ({self.checkpoint})"
+        search = ""
+        if self.algo == "muzero":
+            n = self.policy.search.num_simulations
+            search = ", no search: the prior alone" if n == 0 else f", {n} simulations a move"
+        return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps{search} ({self.checkpoint})"
 
 
 @dataclass
@@ -63,19 +68,26 @@ class PolicyArgs:
     """sample actions from the policy instead of taking the most likely one"""
     seed: int | None = None
     """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
+    num_simulations: int | None = None
+    """MuZero runs: search with this many simulations a move instead of the run's own; 0 = no search, the model's prior alone (whether the search improves on the policy the model learned)"""
 
     def load(self) -> tuple[TrainedAgent, int]:
         """The trained agent and the seed of the first episode."""
-        trained = load_trained_agent(self.run, best=self.best)
+        if self.num_simulations is not None and self.num_simulations < 0:
+            raise ConfigError(f"--num-simulations must be >= 0 (0 = the prior alone; got {self.num_simulations})")
+        trained = load_trained_agent(self.run, best=self.best, num_simulations=self.num_simulations)
         return trained, self.seed if self.seed is not None else evaluation_seed(trained.config.seed)
 
 
-def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
+def load_trained_agent(path: str | Path, best: bool = False, num_simulations: int | None = None) -> TrainedAgent:
     """The policy of a run folder's newest checkpoint (its best with best=True) or of a checkpoint file,
-    rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights."""
+    rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights.
+    num_simulations replaces a MuZero run's search simulations (refused for other agents)."""
     checkpoint = find_checkpoint(path, best=best)
     payload = load_checkpoint(checkpoint)
     algo = payload.get("algo")
+    if num_simulations is not None and algo != "muzero":
+        raise ConfigError(f"--num-simulations is for MuZero runs; {checkpoint} holds a '{algo}' agent")
     if algo == "ppo":
         with reading_contents(checkpoint):
             cfg = config_from_dict(json.loads(payload["config"]))
@@ -84,7 +96,7 @@ def load_trained_agent(path: str | Path, best: bool = False) -> TrainedAgent:
             policy.load_state_dict(payload["learner"]["model"])
     elif algo == "muzero":
         with reading_contents(checkpoint):
-            cfg, policy = load_muzero_actor(payload)
+            cfg, policy = load_muzero_actor(payload, num_simulations)
     else:
         raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
     policy.eval()

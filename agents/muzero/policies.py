@@ -83,8 +83,8 @@ def muzero_policy(
 
     def select_leaves(tree: Tree, sim: int, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:
         _puct_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.min_q,
-                            tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, root_mask, tie_noise[sim - 1],
-                            leaf_parent, leaf_action)  # fmt: skip
+                            tree.max_q, discount, cfg.pb_c_init, cfg.pb_c_base, cfg.parent_mean_q, root_mask,
+                            tie_noise[sim - 1], leaf_parent, leaf_action)  # fmt: skip
 
     search(tree, recurrent_fn, select_leaves, cfg)
     all_b, root_nodes = np.arange(batch), np.zeros(batch, np.int64)
@@ -191,15 +191,18 @@ def considered_visit_sequence(num_considered: int, num_simulations: int) -> np.n
 
 @numba.njit(cache=True)
 def _puct_select_leaves(
-    visits, value_sum, reward, prior, children, min_q, max_q, discount, pb_c_init, pb_c_base, root_mask, tie_noise,
-    leaf_parent, leaf_action,
+    visits, value_sum, reward, prior, children, min_q, max_q, discount, pb_c_init, pb_c_base, parent_mean_q,
+    root_mask, tie_noise, leaf_parent, leaf_action,
 ):  # fmt: skip
     """1. Selection for every tree b: from the root, take argmax_a of the pUCT score
         Q_norm(s, a) + P(s, a) * sqrt(N(s)) / (1 + N(s, a)) * (c1 + log((N(s) + c2 + 1) / c2))
     until the chosen action's child is not expanded yet; that node and action are the leaf to expand.
     Q(s, a) = r(s, a) + discount * V(child) is min-max normalised by the extremes seen in the tree so far
     (MuZero's MinMaxStats, so c1 and c2 work for any reward scale; used as it is until two distinct values
-    exist); unvisited children score 0 for Q, so the prior term alone decides whether to try them.
+    exist); unvisited children score 0 for Q (the tree's minimum), so the prior term alone decides whether
+    to try them, or, with parent_mean_q, the parent's mean Q (EfficientZero, LightZero): with two actions
+    and a visited child at the tree's top, a 0 would leave its sibling unvisited for the whole search
+    however close their values (no information yet is not a reason to rank it last).
     root_mask[b, a] False removes action a at the root."""
     batch, _, num_actions = prior.shape
     for b in range(batch):
@@ -208,16 +211,30 @@ def _puct_select_leaves(
         while True:
             parent_visits = visits[b, node]
             pb_c = (pb_c_init + np.log((parent_visits + pb_c_base + 1.0) / pb_c_base)) * np.sqrt(parent_visits)
+            unvisited_q = 0.0
+            if parent_mean_q and spread > 0:
+                # The mean of the node's own value and its visited children's Q (at the root, of those
+                # children alone once there are some), normalised like them (EfficientZero's rule).
+                total, count = 0.0, 0
+                for a in range(num_actions):
+                    child = children[b, node, a]
+                    if child >= 0 and visits[b, child] > 0:
+                        total += reward[b, child] + discount * value_sum[b, child] / visits[b, child]
+                        count += 1
+                if node > 0 or count == 0:
+                    total += value_sum[b, node] / parent_visits
+                    count += 1
+                unvisited_q = min(max((total / count - min_q[b]) / spread, 0.0), 1.0)
             best_score, best_action = -np.inf, 0
             for a in range(num_actions):
                 if node == 0 and not root_mask[b, a]:
                     continue
                 child = children[b, node, a]
-                child_visits, q_norm = 0, 0.0
+                child_visits, q_norm = 0, unvisited_q
                 if child >= 0 and visits[b, child] > 0:
                     child_visits = visits[b, child]
                     q = reward[b, child] + discount * value_sum[b, child] / child_visits
-                    q_norm = (q - min_q[b]) / spread if spread > 0 else q
+                    q_norm = (q - min_q[b]) / spread if spread > 0 else (0.0 if parent_mean_q else q)
                 score = q_norm + pb_c / (1.0 + child_visits) * prior[b, node, a] + tie_noise[b, a]
                 if score > best_score:
                     best_score, best_action = score, a

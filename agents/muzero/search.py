@@ -58,6 +58,8 @@ class SearchConfig:
     """c1 of the pUCT rule"""
     pb_c_base: float = 19652.0
     """c2 of the pUCT rule"""
+    parent_mean_q: bool = False
+    """pUCT: unvisited children count the parent's mean Q (EfficientZero) instead of the tree's minimum"""
     dirichlet_alpha: float = 0.25
     root_exploration_fraction: float = 0.25
     """share of Dirichlet noise in the root's prior (0 for evaluation; unused by the Gumbel search)"""

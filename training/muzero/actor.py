@@ -32,6 +32,8 @@ class MuZeroActor(nn.Module):
     def act(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, deterministic: bool = True):
         mask = obs.get("action_mask")
         features = obs["obs"].cpu().numpy()
+        if self.search.num_simulations == 0:
+            return self._act_on_prior(features, None if mask is None else mask.cpu().numpy().astype(bool), deterministic)
         search = dataclasses.replace(self.search, root_exploration_fraction=0.0,
                                      gumbel_scale=0.0 if deterministic else self.search.gumbel_scale)  # fmt: skip
         result = run_policy(root_inference(self.model, features), search_callback(self.model), search, self.rng,
@@ -40,6 +42,20 @@ class MuZeroActor(nn.Module):
         action = result.action
         n = len(action)
         return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(result.root_value, dtype=torch.float32)
+
+    def _act_on_prior(self, features: np.ndarray, mask: np.ndarray | None, deterministic: bool):
+        """No search: the model's prior alone (its most likely legal action, or a sample from it). Set
+        with num_simulations 0, to see what the search adds to the policy the model has learned."""
+        root = root_inference(self.model, features)
+        logits = root.prior_logits if mask is None else np.where(mask, root.prior_logits, -np.inf)
+        if deterministic:
+            action = logits.argmax(-1)
+        else:
+            gumbel = self.rng.gumbel(size=logits.shape)  # Gumbel-max: a sample from softmax(logits)
+            action = (logits + gumbel).argmax(-1)
+        self.last_result = None
+        n = len(action)
+        return torch.as_tensor(action), torch.zeros(n), torch.as_tensor(root.value, dtype=torch.float32)
 
     def search_summary(self) -> list[str]:
         """The last search of the first root, as overlay lines: root visit counts and Q per action."""
@@ -51,10 +67,14 @@ class MuZeroActor(nn.Module):
         return [f"root value {r.root_value[0]:.2f}", f"visits {visits}", f"Q {q}"]
 
 
-def load_muzero_actor(payload: dict) -> tuple[MuZeroConfig, MuZeroActor]:
-    """A MuZero checkpoint's config and its search as a policy (for watch.py and evaluate.py)."""
+def load_muzero_actor(payload: dict, num_simulations: int | None = None) -> tuple[MuZeroConfig, MuZeroActor]:
+    """A MuZero checkpoint's config and its search as a policy (for watch.py and evaluate.py), with the
+    run's simulations per move or num_simulations (0: the model's prior alone, no search)."""
     cfg = config_from_dict(MuZeroConfig, json.loads(payload["config"]))
     check_env_id(cfg.env_id)
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
-    return cfg, MuZeroActor(model, search_config(cfg), seed=cfg.seed)
+    search = search_config(cfg)
+    if num_simulations is not None:
+        search = dataclasses.replace(search, num_simulations=num_simulations)
+    return cfg, MuZeroActor(model, search, seed=cfg.seed)

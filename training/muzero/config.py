@@ -52,6 +52,8 @@ class MuZeroConfig(RunConfig):
     """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
     num_simulations: int = 25
     """search simulations per move"""
+    parent_mean_q: bool = False
+    """pUCT: an unvisited child's Q is its parent's mean Q (EfficientZero, LightZero) instead of 0 after normalisation, the tree's minimum"""
     gumbel: bool = False
     """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise"""
     discount: float = 0.997
@@ -68,6 +70,8 @@ class MuZeroConfig(RunConfig):
     """L2 regularisation of the weights"""
     max_grad_norm: float = 5.0
     """global gradient-norm clip"""
+    value_loss_coef: float = 0.25
+    """weight of the value loss beside the reward and policy losses (0.25: the paper's Reanalyse setting)"""
     updates_per_step: float = 1.0
     """gradient steps per env step of self-play (the replay ratio)"""
     warmup_steps: int = 400
@@ -138,7 +142,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
     if cfg.replay_capacity < cfg.batch_size:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     problems += range_problems(
-        cfg, positive=("learning_rate", "max_grad_norm", "updates_per_step", "hidden_state", "support_size", "res_channels"),
+        cfg, positive=("learning_rate", "max_grad_norm", "value_loss_coef", "updates_per_step", "hidden_state", "support_size", "res_channels"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
                       "target_update_every"),
         unit=("priority_beta",),
@@ -226,4 +230,4 @@ def sampling_moves(cfg: MuZeroConfig) -> int:
 
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
     return SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount,
-                        two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel)  # fmt: skip
+                        two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel, parent_mean_q=cfg.parent_mean_q)  # fmt: skip

@@ -125,7 +125,7 @@ def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioritiz
     if next_obs is not None:
         next_obs = torch.as_tensor(next_obs).to(device).float()
     loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
-                                          next_obs=next_obs, next_obs_mask=next_obs_mask,
+                                          value_coef=cfg.value_loss_coef, next_obs=next_obs, next_obs_mask=next_obs_mask,
                                           consistency_coef=cfg.consistency_coef)  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
