@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class RunResult(SolveResult):
 
 def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> dict:
     fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -127,14 +129,17 @@ def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> 
         if not sep or key not in fields:
             raise ConfigError(f"{pair!r}: expected KEY=VALUE with KEY one of {config_class.__name__}'s fields")
         default = getattr(config_class(), key)
-        if isinstance(default, bool):
+        # A field whose default is None ("auto") takes its value's type from its annotation.
+        kinds = [k for k in (bool, int, float, tuple) if k.__name__ in str(hints[key])]
+        kind = type(default) if default is not None else (kinds[0] if kinds else float)
+        if kind is bool and raw.lower() != "none":
             out[key] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(default, tuple):
+        elif kind is tuple:
             out[key] = tuple(int(x) for x in raw.split(","))
-        elif raw.lower() == "none" and not isinstance(default, str):  # a string field may hold 'none'
+        elif raw.lower() == "none" and kind is not str:  # a string field may hold 'none'
             out[key] = None
         else:
-            out[key] = type(default)(raw) if default is not None else float(raw)
+            out[key] = kind(raw)
     return out
 
 

@@ -15,9 +15,9 @@ import torch
 
 from agents.muzero.networks import root_inference, search_callback
 from agents.muzero.policies import run_policy
-from agents.muzero.search import RecurrentFnOutput, SearchConfig
+from agents.muzero.search import RecurrentFnOutput
 from envs.factory import solved_return
-from training.muzero.config import MuZeroConfig, build_model, model_spaces
+from training.muzero.config import MuZeroConfig, build_model, model_spaces, search_config
 from training.muzero.train import train_muzero
 
 
@@ -54,7 +54,7 @@ def search_throughput(
     obs = rng.standard_normal((roots, int(np.prod(model_spaces(cfg.env_id).obs_shape)))).astype(np.float32)
     root = root_inference(net, obs)
     recurrent = search_callback(net) if model == "real" else constant_model(net.num_actions, root.embedding.shape[-1])
-    search = SearchConfig(num_simulations=simulations, discount=cfg.discount, gumbel=cfg.gumbel)
+    search = dataclasses.replace(search_config(cfg), num_simulations=simulations)
     best = float("inf")
     for _ in range(repeats + 1):
         start = time.perf_counter()

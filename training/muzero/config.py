@@ -50,12 +50,12 @@ class MuZeroConfig(RunConfig):
     """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
     self_play_moves: int = 1
     """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
-    num_simulations: int = 25
-    """search simulations per move"""
+    num_simulations: int | None = None
+    """search simulations per move; default: 16 with Gumbel's search, 25 with pUCT"""
     parent_mean_q: bool = False
     """pUCT: an unvisited child's Q is its parent's mean Q (EfficientZero, LightZero) instead of 0 after normalisation, the tree's minimum"""
-    gumbel: bool = False
-    """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise"""
+    gumbel: bool | None = None
+    """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise; default: on for single-player envs (CartPole, 10 seeds: 8 of 10 solved within 5,000 env steps in two runs, against pUCT-25's 6 and 3; docs/benchmark/muzero_issue22.md), off for board games (their results were measured with pUCT)"""
     discount: float = 0.997
     """discount factor"""
     unroll_steps: int = 5
@@ -121,7 +121,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
     """Raise ConfigError naming the offending settings and what would work."""
     problems = run_config_problems(cfg)
     for name in ("num_simulations", "unroll_steps", "td_steps", "batch_size", "replay_capacity", "self_play_moves"):
-        if getattr(cfg, name) <= 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             problems.append(f"--{name.replace('_', '-')} must be > 0 (got {getattr(cfg, name)})")
     for name in ("reanalyse_fraction", "reanalyse_policy_fraction"):
         if not 0 <= getattr(cfg, name) <= 1:
@@ -228,6 +228,18 @@ def sampling_moves(cfg: MuZeroConfig) -> int:
     return 2 if is_two_player(cfg.env_id) else 0
 
 
+def uses_gumbel(cfg: MuZeroConfig) -> bool:
+    """--gumbel, else Gumbel's search for single-player envs and pUCT for board games."""
+    return cfg.gumbel if cfg.gumbel is not None else not is_two_player(cfg.env_id)
+
+
+def num_simulations(cfg: MuZeroConfig) -> int:
+    """--num-simulations, else 16 with Gumbel's search and 25 with pUCT."""
+    if cfg.num_simulations is not None:
+        return cfg.num_simulations
+    return 16 if uses_gumbel(cfg) else 25
+
+
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
-    return SearchConfig(num_simulations=cfg.num_simulations, discount=cfg.discount,
-                        two_player=is_two_player(cfg.env_id), gumbel=cfg.gumbel, parent_mean_q=cfg.parent_mean_q)  # fmt: skip
+    return SearchConfig(num_simulations=num_simulations(cfg), discount=cfg.discount, two_player=is_two_player(cfg.env_id),
+                        gumbel=uses_gumbel(cfg), parent_mean_q=cfg.parent_mean_q)  # fmt: skip
