@@ -127,8 +127,13 @@ def gumbel_muzero_policy(
     schedules = {k: considered_visit_sequence(k, cfg.num_simulations) for k in np.unique(m)}
     root_score = gumbel + root_logits
 
+    discount = signed_discount(cfg)
+
     def select_leaves(tree: Tree, sim: int, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:
-        _gumbel_select_leaves(tree, cfg, sim, considered, schedules, m, root_score, leaf_parent, leaf_action)
+        target = np.array([schedules[k][sim - 1] for k in m])  # the root visit count halving asks for
+        _gumbel_select_leaves(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.raw_value,
+                              discount, cfg.c_visit, cfg.c_scale, considered, target, root_score, leaf_parent,
+                              leaf_action)  # fmt: skip
 
     search(tree, recurrent_fn, select_leaves, cfg)
     q_values, visit_counts = children_q(tree, all_b, root_nodes, cfg)
@@ -245,34 +250,63 @@ def _puct_select_leaves(
             node = child
 
 
-def _gumbel_select_leaves(tree: Tree, cfg: SearchConfig, sim: int, considered: np.ndarray, schedules: dict,
-                          m: np.ndarray, root_score: np.ndarray, leaf_parent: np.ndarray, leaf_action: np.ndarray) -> None:  # fmt: skip
-    """Gumbel's selection of one leaf per tree, all trees at once, one tree level per pass."""
-    node = np.zeros(len(leaf_parent), np.int64)
-    active = np.arange(len(leaf_parent))
-    while active.size:
-        actions = _gumbel_select(tree, active, node[active], cfg, sim, considered, schedules, m, root_score)
-        child = tree.children[active, node[active], actions]
-        done = child < 0
-        leaf_parent[active[done]] = node[active[done]]
-        leaf_action[active[done]] = actions[done]
-        node[active[~done]] = child[~done]
-        active = active[~done]
-
-
-def _gumbel_select(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig, sim: int, considered: np.ndarray,
-                   schedules: dict, m: np.ndarray, root_score: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Gumbel MuZero's selection: at the root, the considered action with the visit count that the
-    sequential-halving schedule asks for, best by g + logits + sigma(q); below it, the action whose
-    share of visits lags the improved policy softmax(logits + sigma(completed Q)) the most."""
-    sigma, visits = _sigma_completed_q(tree, b, nodes, cfg)
-    logits = _log_prior(tree, b, nodes)
-    improved = _softmax(np.where(np.isfinite(logits), logits + sigma, -np.inf))
-    actions = (improved - visits / (1 + visits.sum(-1, keepdims=True))).argmax(-1)
-    at_root = nodes == 0
-    if at_root.any():
-        rb = b[at_root]
-        target = np.array([schedules[k][sim - 1] for k in m[rb]])
-        wanted = considered[rb] & (visits[at_root] == target[:, None])
-        actions[at_root] = np.where(wanted, root_score[rb] + sigma[at_root], -np.inf).argmax(-1)
-    return actions
+@numba.njit(cache=True)
+def _gumbel_select_leaves(visits, value_sum, reward, prior, children, raw_value, discount, c_visit, c_scale,
+                          considered, target_visits, root_score, leaf_parent, leaf_action):  # fmt: skip
+    """Gumbel MuZero's selection of one leaf per tree b: at the root, the considered action with the visit
+    count that the sequential-halving schedule asks for (target_visits[b]), best by g + logits +
+    sigma(q); below it, the action whose share of visits lags the improved policy softmax(logits +
+    sigma(completed Q)) the most, until an action whose child is not expanded yet. sigma(completed Q)
+    is _sigma_completed_q's, node by node (compiled, as pUCT's selection: numpy's per-call overhead on
+    [B, A] arrays cost more than the arithmetic)."""
+    batch, _, num_actions = prior.shape
+    q = np.zeros(num_actions)
+    n = np.zeros(num_actions)
+    sigma = np.zeros(num_actions)
+    for b in range(batch):
+        node = 0
+        while True:
+            # Children's Q and visits, and the mixed value v_mix that completes the unvisited ones.
+            total, weight, weighted_q, most = 0.0, 0.0, 0.0, 0.0
+            for a in range(num_actions):
+                child = children[b, node, a]
+                n[a] = visits[b, child] if child >= 0 else 0
+                q[a] = reward[b, child] + discount * value_sum[b, child] / n[a] if n[a] > 0 else 0.0
+                total += n[a]
+                most = max(most, n[a])
+                if n[a] > 0:
+                    weight += prior[b, node, a]
+                    weighted_q += prior[b, node, a] * q[a]
+            mean_q = weighted_q / weight if weight > 0 else 0.0
+            v_mix = (raw_value[b, node] + total * mean_q) / (1 + total)
+            lo, hi = np.inf, -np.inf
+            for a in range(num_actions):
+                if n[a] == 0:
+                    q[a] = v_mix
+                lo, hi = min(lo, q[a]), max(hi, q[a])
+            for a in range(num_actions):
+                sigma[a] = (c_visit + most) * c_scale * (q[a] - lo) / max(hi - lo, 1e-8)
+            best, best_action = -np.inf, 0
+            if node == 0:
+                for a in range(num_actions):
+                    if considered[b, a] and n[a] == target_visits[b] and root_score[b, a] + sigma[a] > best:
+                        best, best_action = root_score[b, a] + sigma[a], a
+            else:
+                top = -np.inf
+                for a in range(num_actions):
+                    if prior[b, node, a] > 0:
+                        top = max(top, np.log(prior[b, node, a]) + sigma[a])
+                norm = 0.0
+                for a in range(num_actions):
+                    if prior[b, node, a] > 0:
+                        norm += np.exp(np.log(prior[b, node, a]) + sigma[a] - top)
+                for a in range(num_actions):
+                    improved = np.exp(np.log(prior[b, node, a]) + sigma[a] - top) / norm if prior[b, node, a] > 0 else 0.0
+                    score = improved - n[a] / (1 + total)
+                    if score > best:
+                        best, best_action = score, a
+            child = children[b, node, best_action]
+            if child < 0:
+                leaf_parent[b], leaf_action[b] = node, best_action
+                break
+            node = child
