@@ -51,7 +51,7 @@ def run_policy(
     return muzero_policy(root, recurrent_fn, cfg, rng, valid_actions, temperature, greedy)
 
 
-def _root_prior(root: RootFnOutput, valid_actions: np.ndarray | None) -> np.ndarray:
+def root_prior(root: RootFnOutput, valid_actions: np.ndarray | None) -> np.ndarray:
     """[B, A] the softmax of the root's logits, renormalised over valid_actions [B, A] (bool)."""
     prior = _softmax(np.asarray(root.prior_logits, np.float64))
     if valid_actions is not None:
@@ -67,7 +67,7 @@ def muzero_policy(
     """MuZero's search from B roots. valid_actions [B, A] (bool) removes actions at the root: they get
     no prior, no noise and no visits. The action of root b is the most visited where greedy (True, or
     greedy[b]); else sampled from visits^(1 / temperature). greedy=True draws no random numbers."""
-    prior = _root_prior(root, valid_actions)
+    prior = root_prior(root, valid_actions)
     batch, num_actions = prior.shape
     if cfg.root_exploration_fraction > 0:
         noise = rng.dirichlet(np.full(num_actions, cfg.dirichlet_alpha), size=batch)
@@ -112,7 +112,7 @@ def gumbel_muzero_policy(
 ) -> PolicyOutput:  # fmt: skip
     """Gumbel MuZero's search from B roots (valid_actions as in muzero_policy); cfg.gumbel_scale 0 makes
     it deterministic (for evaluation)."""
-    prior = _root_prior(root, valid_actions)
+    prior = root_prior(root, valid_actions)
     batch, num_actions = prior.shape
     tree = init_tree(root, prior, cfg.num_simulations)
     all_b, root_nodes = np.arange(batch), np.zeros(batch, np.int64)
@@ -137,7 +137,8 @@ def gumbel_muzero_policy(
 
     search(tree, recurrent_fn, select_leaves, cfg)
     q_values, visit_counts = children_q(tree, all_b, root_nodes, cfg)
-    sigma, _ = _sigma_completed_q(tree, all_b, root_nodes, cfg)
+    sigma = _root_sigma(tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.raw_value, discount,
+                        cfg.c_visit, cfg.c_scale)  # fmt: skip
     # The training target: the prior improved by the completed Q values (zero where masked).
     weights = _softmax(np.where(np.isfinite(root_logits), root_logits + sigma, -np.inf))
     # The action: among the considered actions that got the most visits, the best by g + logits + sigma(q).
@@ -154,26 +155,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _log_prior(tree: Tree, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     prior = tree.prior[b, nodes]
     return np.where(prior > 0, np.log(np.maximum(prior, 1e-300)), -np.inf)
-
-
-def _sigma_completed_q(tree: Tree, b: np.ndarray, nodes: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Gumbel MuZero's sigma(completed Q) at nodes, [k, A], and the children's visits.
-
-    Unvisited actions get the mixed value v_mix = (v + sum_b N(b) * sum_visited pi(b) q(b) / sum_visited pi(b))
-    / (1 + sum_b N(b)), an estimate of V that uses the visits made so far; then Q is scaled to [0, 1] by
-    the extremes among the node's children and multiplied by (c_visit + max_b N(b)) * c_scale.
-    """
-    q, visits = children_q(tree, b, nodes, cfg)
-    prior = tree.prior[b, nodes]
-    visited = visits > 0
-    total = visits.sum(-1)
-    weight = (prior * visited).sum(-1)
-    mean_q = (prior * q * visited).sum(-1) / np.where(weight > 0, weight, 1)
-    v_mix = (tree.raw_value[b, nodes] + total * np.where(weight > 0, mean_q, 0.0)) / (1 + total)
-    completed = np.where(visited, q, v_mix[:, None])
-    lo, hi = completed.min(-1, keepdims=True), completed.max(-1, keepdims=True)
-    normalized = (completed - lo) / np.maximum(hi - lo, 1e-8)
-    return (cfg.c_visit + visits.max(-1, keepdims=True)) * cfg.c_scale * normalized, visits
 
 
 def considered_visit_sequence(num_considered: int, num_simulations: int) -> np.ndarray:
@@ -251,57 +232,82 @@ def _puct_select_leaves(
 
 
 @numba.njit(cache=True)
+def _completed_q_sigma(visits, value_sum, reward, prior, children, raw_value, discount, c_visit, c_scale, b, node,
+                       n, sigma):  # fmt: skip
+    """Gumbel MuZero's sigma(completed Q) at node `node` of tree b, written into sigma [A], with the
+    children's visits into n [A]; returns their sum.
+
+    Unvisited actions get the mixed value v_mix = (v + sum_b N(b) * sum_visited pi(b) q(b) / sum_visited pi(b))
+    / (1 + sum_b N(b)), an estimate of V that uses the visits made so far; then Q is scaled to [0, 1] by
+    the extremes among the node's children and multiplied by (c_visit + max_b N(b)) * c_scale."""
+    num_actions = sigma.shape[0]
+    total, weight, weighted_q, most = 0.0, 0.0, 0.0, 0.0
+    for a in range(num_actions):
+        child = children[b, node, a]
+        n[a] = visits[b, child] if child >= 0 else 0
+        sigma[a] = reward[b, child] + discount * value_sum[b, child] / n[a] if n[a] > 0 else 0.0  # Q(s, a) so far
+        total += n[a]
+        most = max(most, n[a])
+        if n[a] > 0:
+            weight += prior[b, node, a]
+            weighted_q += prior[b, node, a] * sigma[a]
+    mean_q = weighted_q / weight if weight > 0 else 0.0
+    v_mix = (raw_value[b, node] + total * mean_q) / (1 + total)
+    lo, hi = np.inf, -np.inf
+    for a in range(num_actions):
+        if n[a] == 0:
+            sigma[a] = v_mix
+        lo, hi = min(lo, sigma[a]), max(hi, sigma[a])
+    for a in range(num_actions):
+        sigma[a] = (c_visit + most) * c_scale * (sigma[a] - lo) / max(hi - lo, 1e-8)
+    return total
+
+
+@numba.njit(cache=True)
+def _root_sigma(visits, value_sum, reward, prior, children, raw_value, discount, c_visit, c_scale):
+    """[B, A] sigma(completed Q) at every tree's root (_completed_q_sigma)."""
+    batch, _, num_actions = prior.shape
+    out = np.zeros((batch, num_actions))
+    n = np.zeros(num_actions)
+    for b in range(batch):
+        _completed_q_sigma(visits, value_sum, reward, prior, children, raw_value, discount, c_visit, c_scale, b, 0,
+                           n, out[b])  # fmt: skip
+    return out
+
+
+@numba.njit(cache=True)
 def _gumbel_select_leaves(visits, value_sum, reward, prior, children, raw_value, discount, c_visit, c_scale,
                           considered, target_visits, root_score, leaf_parent, leaf_action):  # fmt: skip
     """Gumbel MuZero's selection of one leaf per tree b: at the root, the considered action with the visit
     count that the sequential-halving schedule asks for (target_visits[b]), best by g + logits +
     sigma(q); below it, the action whose share of visits lags the improved policy softmax(logits +
-    sigma(completed Q)) the most, until an action whose child is not expanded yet. sigma(completed Q)
-    is _sigma_completed_q's, node by node (compiled, as pUCT's selection: numpy's per-call overhead on
-    [B, A] arrays cost more than the arithmetic)."""
+    sigma(completed Q)) the most, until an action whose child is not expanded yet. Compiled, as pUCT's
+    selection: numpy's per-call overhead on [B, A] arrays cost more than the arithmetic."""
     batch, _, num_actions = prior.shape
-    q = np.zeros(num_actions)
     n = np.zeros(num_actions)
     sigma = np.zeros(num_actions)
+    logits = np.zeros(num_actions)
     for b in range(batch):
         node = 0
         while True:
-            # Children's Q and visits, and the mixed value v_mix that completes the unvisited ones.
-            total, weight, weighted_q, most = 0.0, 0.0, 0.0, 0.0
-            for a in range(num_actions):
-                child = children[b, node, a]
-                n[a] = visits[b, child] if child >= 0 else 0
-                q[a] = reward[b, child] + discount * value_sum[b, child] / n[a] if n[a] > 0 else 0.0
-                total += n[a]
-                most = max(most, n[a])
-                if n[a] > 0:
-                    weight += prior[b, node, a]
-                    weighted_q += prior[b, node, a] * q[a]
-            mean_q = weighted_q / weight if weight > 0 else 0.0
-            v_mix = (raw_value[b, node] + total * mean_q) / (1 + total)
-            lo, hi = np.inf, -np.inf
-            for a in range(num_actions):
-                if n[a] == 0:
-                    q[a] = v_mix
-                lo, hi = min(lo, q[a]), max(hi, q[a])
-            for a in range(num_actions):
-                sigma[a] = (c_visit + most) * c_scale * (q[a] - lo) / max(hi - lo, 1e-8)
+            total = _completed_q_sigma(visits, value_sum, reward, prior, children, raw_value, discount, c_visit,
+                                       c_scale, b, node, n, sigma)  # fmt: skip
             best, best_action = -np.inf, 0
             if node == 0:
                 for a in range(num_actions):
                     if considered[b, a] and n[a] == target_visits[b] and root_score[b, a] + sigma[a] > best:
                         best, best_action = root_score[b, a] + sigma[a], a
             else:
+                # improved = softmax(log prior + sigma) over the actions with a prior
                 top = -np.inf
                 for a in range(num_actions):
-                    if prior[b, node, a] > 0:
-                        top = max(top, np.log(prior[b, node, a]) + sigma[a])
+                    logits[a] = np.log(prior[b, node, a]) + sigma[a] if prior[b, node, a] > 0 else -np.inf
+                    top = max(top, logits[a])
                 norm = 0.0
                 for a in range(num_actions):
-                    if prior[b, node, a] > 0:
-                        norm += np.exp(np.log(prior[b, node, a]) + sigma[a] - top)
+                    norm += np.exp(logits[a] - top) if prior[b, node, a] > 0 else 0.0
                 for a in range(num_actions):
-                    improved = np.exp(np.log(prior[b, node, a]) + sigma[a] - top) / norm if prior[b, node, a] > 0 else 0.0
+                    improved = np.exp(logits[a] - top) / norm if prior[b, node, a] > 0 else 0.0
                     score = improved - n[a] / (1 + total)
                     if score > best:
                         best, best_action = score, a
