@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agents.muzero.networks import root_inference, search_callback
-from agents.muzero.policies import run_policy
+from agents.muzero.policies import root_prior, run_policy
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
 from training.muzero.config import MuZeroConfig, build_model, resolve_self_play, sampling_moves, search_config
@@ -82,13 +82,6 @@ def _features(obs) -> tuple[np.ndarray, np.ndarray | None]:
 def _mean_entropy(p: np.ndarray) -> float:
     """The mean entropy (nats) of the distributions in the rows of p [B, A]."""
     return float(-(p * np.log(np.maximum(p, 1e-12))).sum(-1).mean())
-
-
-def _masked_softmax(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    if mask is not None:
-        z = np.where(mask, z, 0.0)
-    return z / z.sum(-1, keepdims=True)
 
 
 @dataclass
@@ -224,7 +217,7 @@ class SelfPlayWorker:
             root_values.append(float(result.root_value.mean()))
             weights = result.action_weights
             entropies.append(_mean_entropy(weights))
-            prior_entropies.append(_mean_entropy(_masked_softmax(root.prior_logits, mask)))
+            prior_entropies.append(_mean_entropy(root_prior(root, mask)))
             self.obs = next_obs
         return SelfPlayRound(
             games, np.concatenate(returns) if returns else np.empty(0, np.float32),
