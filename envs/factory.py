@@ -145,7 +145,7 @@ def _build_env(env_id: str, seed: int, render_mode: str | None, env_kwargs: Mapp
         if is_atari(env_id):
             from envs.atari import make_atari_env
 
-            env = make_atari_env(env_id, render_mode=render_mode)
+            env = make_atari_env(env_id, render_mode=render_mode, **(env_kwargs or {}))
         elif is_minatar(env_id):
             from envs.minatar import make_minatar_env
 
@@ -180,8 +180,16 @@ def make_vector_env(
     game at its first reset, so a second reset here would launch it twice).
 
     In-process vectorisation is the fastest choice for cheap simulators (a process round trip costs
-    more than a CartPole step); heavy envs get parallelism from several rollout workers instead.
+    more than a CartPole step); heavy envs get parallelism from several rollout workers instead. Atari
+    games step in ale-py's C++ vector env (its own threads) unless env_kwargs' AtariOptions ask for
+    gymnasium's wrappers.
     """
+    if is_atari(env_id):
+        from envs.atari import AtariOptions, make_atari_vector_env
+
+        options = (env_kwargs or {}).get("options") or AtariOptions()
+        if options.vector == "ale":
+            return make_atari_vector_env(env_id, num_envs, options)
     return gym.vector.SyncVectorEnv(
         [make_env(env_id, seed + i, env_kwargs=env_kwargs) for i in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,

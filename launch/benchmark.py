@@ -89,6 +89,10 @@ class BenchmarkArgs:
     """a Python interpreter with stable-baselines3 and rl_zoo3 (`make peers` builds .peers/bin/python; they are not our dependencies): run SB3's PPO with rl-zoo's tuned settings beside each of our runs, seed by seed, interleaved, and print both with the ratios"""
     op_costs: bool = False
     """instead of training: the cost of PPO's operations for each --envs preset (one step of its vector env in this process, acting for its envs, one minibatch step of the update), through torch and through the compiled kernel (--mlp-kernel), median of repeated timings"""
+    env_steps: bool = False
+    """instead of training: raw env steps/s of each --envs preset's vector env in this process (random actions, median of --env-steps-repeats interleaved timings); Atari ids on both paths, ale-py's C++ vector env and gymnasium's wrappers"""
+    env_steps_repeats: int = 5
+    """timings per env and path for --env-steps (each 2,000 vector steps)"""
     cleanrl_script: str = ""
     """with --peer-python: the path of CleanRL's ppo.py (from a CleanRL checkout; that interpreter needs its packages): the peer is CleanRL with its defaults instead, ours runs --preset cleanrl without evaluation episodes (CleanRL's script plays none), both for the whole --budget (default 100000)"""
 
@@ -120,12 +124,18 @@ class RunResult(SolveResult):
 
 
 def _parse_overrides(pairs: tuple[str, ...], config_class: type = PPOConfig) -> dict:
+    """KEY=VALUE pairs as config fields; KEY may name a field of a nested options dataclass (atari.vector)."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     hints = typing.get_type_hints(config_class)
-    out = {}
+    out: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
+        head, dot, rest = key.partition(".")
+        if sep and dot and head in fields and dataclasses.is_dataclass(hints[head]):
+            nested = out.get(head, getattr(config_class(), head))
+            out[head] = dataclasses.replace(nested, **_parse_overrides((f"{rest}={raw}",), hints[head]))
+            continue
         if not sep or key not in fields:
             raise ConfigError(f"{pair!r}: expected KEY=VALUE with KEY one of {config_class.__name__}'s fields")
         default = getattr(config_class(), key)
@@ -521,6 +531,43 @@ def op_costs(args: BenchmarkArgs) -> list[str]:
     return [*rows, "", provenance_line([1])]
 
 
+def env_steps(args: BenchmarkArgs) -> list[str]:
+    """Raw env steps/s of each --envs preset's vector env stepped in this process with random actions; for
+    Atari ids both paths (ale-py's C++ vector env on its threads, gymnasium's wrappers one env at a time),
+    timed in turn so that both see the same machine."""
+    import numpy as np
+
+    from envs.atari import AtariOptions
+    from envs.factory import is_atari, make_vector_env
+
+    rows = ["| env | envs | path | env steps/s (median of timings) | vs wrappers |", "|---|---|---|---|---|"]
+    vector_steps = 2000
+    for env_id in args.envs:
+        num_envs = apply_preset(PPOConfig(env_id=env_id, preset=args.preset)).num_envs
+        paths = {"ale": {"options": AtariOptions()}, "wrappers": {"options": AtariOptions(vector="wrappers")}} if is_atari(env_id) else {"-": None}
+        envs = {name: make_vector_env(env_id, num_envs, 0, kwargs) for name, kwargs in paths.items()}
+        rng = np.random.default_rng(0)
+        timings: dict[str, list[float]] = {name: [] for name in envs}
+        for env in envs.values():
+            env.reset(seed=list(range(num_envs)))
+        for _ in range(args.env_steps_repeats):
+            for name, env in envs.items():
+                n = int(env.single_action_space.n)
+                actions = rng.integers(0, n, (vector_steps, num_envs))
+                start = time.perf_counter()
+                for a in actions:
+                    env.step(a)
+                timings[name].append(vector_steps * num_envs / (time.perf_counter() - start))
+        for env in envs.values():
+            env.close()
+        base = median(timings["wrappers"]) if "wrappers" in timings else None
+        for name, values in timings.items():
+            ratio = f"{median(values) / base:.2f}x" if base else "-"
+            rows.append(f"| {env_id} | {num_envs} | {name} | {median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f}) | {ratio} |")
+            print(rows[-1], flush=True)
+    return [*rows, "", provenance_line([torch.get_num_threads()])]
+
+
 def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
     print("\n".join(rows))
     if out_dir:
@@ -541,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.op_costs:
         _print_and_write(op_costs(args), args.out_dir, args.label or "op-costs")
+        return 0
+    if args.env_steps:
+        _print_and_write(env_steps(args), args.out_dir, args.label or "env-steps")
         return 0
     if args.peer_python:
         rows = peer_report(args)

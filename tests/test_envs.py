@@ -103,14 +103,14 @@ class _MultiDiscreteMatch:
 
 def test_the_atari_env_rebuilds_from_its_spec_with_every_wrapper():
     """gymnasium's check_env and gym.make(spec) rebuild an env from its spec: each wrapper must record its
-    constructor's arguments (FireResetEnv did not)."""
+    constructor's arguments (the FIRE-at-reset wrapper once did not)."""
     pytest.importorskip("ale_py")
     import gymnasium as gym
 
     env = make_env("ALE/Breakout-v5", seed=0)()
     rebuilt = gym.make(env.spec)
     names = [w.name for w in env.spec.additional_wrappers]
-    assert "FireResetEnv" in names and [w.name for w in rebuilt.spec.additional_wrappers] == names
+    assert "NoopsThenFire" in names and [w.name for w in rebuilt.spec.additional_wrappers] == names
     obs, _ = rebuilt.reset(seed=0)
     assert obs.shape == env.observation_space.shape
     env.close()

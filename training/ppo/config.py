@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 import tyro
 
-from envs.factory import is_two_player
+from envs.atari import AtariOptions, atari_problems
+from envs.factory import is_atari, is_two_player
 from envs.sc2 import SC2Options, is_sc2
 from training.errors import ConfigError
 from training.league import LeagueOptions, league_problems
@@ -103,6 +104,9 @@ class PPOConfig(RunConfig):
     board_net: Literal["mlp", "cnn"] = "mlp"
     """board games: read the board with the MLPs (--hidden-sizes), or with a shared CNN (three 3x3 convolutions of 32 over the own and opponent planes, then 256 units)"""
 
+    # Atari (ALE/...)
+    atari: AtariOptions = field(default_factory=AtariOptions)
+
     # StarCraft II (sc2/<map>, sc2-mock/<map>)
     sc2: SC2Options = field(default_factory=SC2Options)
     save_replay_every: int = 0
@@ -174,11 +178,6 @@ PRESETS: dict[str, dict] = {
         update_epochs=10, ent_coef=0.00429, clip_coef=0.1, max_grad_norm=5.0, vf_coef=0.19,
         normalize_obs=True, normalize_reward=True, total_timesteps=50_000,
     ),
-    "ALE/Breakout-v5": dict(
-        num_envs=8, num_steps=128, learning_rate=2.5e-4, num_minibatches=4, update_epochs=4, clip_coef=0.1,
-        ent_coef=0.01, total_timesteps=10_000_000, checkpoint_every=500_000,
-        eval_every=250_000, video_every=200,
-    ),
     # League self-play (training.league): the learner plays its current self half the time and PFSP-drawn
     # snapshots (one every 10 updates) the other half; solved when a greedy 100-game match against the
     # perfect player loses none. Random openings (0-4 random plies) are what made it: without them the
@@ -202,6 +201,15 @@ PRESETS: dict[str, dict] = {
         solved_by="evaluation", stop_when_solved=False, eval_every=100_000, eval_episodes=100,
     ),
 }  # fmt: skip
+
+# Atari (ALE/*-v5: sticky actions, the minimal action set): CleanRL's ppo_atari settings (8 envs x 128
+# steps, 4 minibatches, 4 epochs, clip 0.1, Adam 2.5e-4 annealed over 10M steps), the Nature CNN.
+_ATARI_PPO = dict(
+    num_envs=8, num_steps=128, learning_rate=2.5e-4, num_minibatches=4, update_epochs=4, clip_coef=0.1,
+    ent_coef=0.01, total_timesteps=10_000_000, checkpoint_every=500_000, eval_every=250_000, video_every=200,
+)  # fmt: skip
+ATARI_GAMES = ("Breakout", "Pong", "BeamRider", "Enduro", "Qbert", "Seaquest", "SpaceInvaders", "MsPacman", "Asteroids")
+PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 
 # MinAtar (v0: the paper's sticky actions and full action set): CleanRL-style settings for 64 envs (GPU
 # examples run thousands): 64 x 128 steps, 8 minibatches of 1024, 4 epochs, Adam 5e-4 annealed, entropy
@@ -303,6 +311,7 @@ def validate(cfg: PPOConfig) -> None:
                 f"{cfg.env_id} is a two-player game, where training returns are results against the league: "
                 "use --solved-by evaluation (a match against the game's reference player) or --no-stop-when-solved"
             )
+    problems += atari_problems(cfg.atari)
     if cfg.save_replay_every < 0:
         problems.append(f"--save-replay-every must be >= 0 (0 saves none; got {cfg.save_replay_every})")
     if cfg.save_replay_every and not is_sc2(cfg.env_id):
@@ -349,8 +358,10 @@ def validate(cfg: PPOConfig) -> None:
 
 
 def env_kwargs(cfg: PPOConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """What the env factory passes to the env's constructor: StarCraft II's options, and where its replays
-    go when the run saves them; nothing for other envs."""
+    """What the env factory passes to the env's constructor: Atari's and StarCraft II's options, and where
+    StarCraft II's replays go when the run saves them; nothing for other envs."""
+    if is_atari(cfg.env_id):
+        return {"options": cfg.atari}
     if not is_sc2(cfg.env_id):
         return {}
     kwargs: dict[str, Any] = {"options": cfg.sc2}
