@@ -229,8 +229,11 @@ class ActorCritic(PolicyValueNet):
         normalize_obs: bool = False,
         lstm_size: int = 0,
         board_grid: tuple[int, int] | None = None,
+        conv_body_sizes: Sequence[int] = (),
     ):
-        """board_grid: the (rows, columns) of a board game's flat observation, to read it with BoardCNN."""
+        """board_grid: the (rows, columns) of a board game's flat observation, to read it with BoardCNN.
+        conv_body_sizes: after a shared CNN, separate actor and critic MLP bodies of these widths (with
+        `activation`; pgx's MinAtar PPO uses 64, 64 with tanh); empty: the heads read the CNN's features."""
         super().__init__()
         spaces = obs_spaces(observation_space)
         if MASK_KEY in spaces and not isinstance(action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
@@ -270,9 +273,13 @@ class ActorCritic(PolicyValueNet):
         if lstm_size:
             features = lstm_size
             self.memory_size = self.actor_core.state_size * (1 if self.is_image else 2)
-        if self.conv_trunk:
+        if self.conv_trunk and not conv_body_sizes:
             self.actor_body = self.critic_body = nn.Identity()
             body_out = features
+        elif self.conv_trunk:
+            self.actor_body = MLP(features, conv_body_sizes, activation)
+            self.critic_body = MLP(features, conv_body_sizes, activation)
+            body_out = self.actor_body.out_features
         else:
             self.actor_body = MLP(features, hidden_sizes, activation)
             self.critic_body = MLP(features, hidden_sizes, activation)

@@ -107,3 +107,18 @@ def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
     assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]
     evaluated = launch("evaluate.py", str(run_dir), "--episodes", "4", "--quiet")
     assert evaluated.returncode == 0 and "greedy: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+
+
+def test_conv_bodies_give_actor_and_critic_their_own_layers_after_the_shared_cnn():
+    """--conv-body-sizes 64 64: the value loss reaches the shared CNN and the critic's body, never the actor's."""
+    obs_space, act_space = probe_spaces("MinAtar/Breakout-v0")
+    agent = ActorCritic(obs_space, act_space, activation="tanh", conv_body_sizes=(64, 64))
+    assert [layer.out_features for layer in agent.actor_body.layers] == [64, 64]
+    assert agent.critic_body is not agent.actor_body and agent.value_head.in_features == 64
+    obs = {"obs": torch.randint(0, 2, (5, *obs_space.shape), dtype=torch.uint8)}
+    dist, value, _ = agent(obs)
+    assert dist.log_prob(torch.zeros(5, dtype=torch.long)).shape == (5,)
+    value.sum().backward()
+    assert all(p.grad is None for p in agent.actor_body.parameters())
+    assert all(p.grad is not None for p in agent.critic_body.parameters())
+    assert agent.trunk[0].weight.grad.abs().sum() > 0

@@ -92,6 +92,8 @@ class PPOConfig(RunConfig):
     """hidden layer widths of the actor and critic MLPs (vector observations)"""
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the MLPs"""
+    conv_body_sizes: tuple[int, ...] = ()
+    """frames, MinAtar grids and board CNNs: separate actor and critic MLP bodies of these widths after the shared CNN (with --activation); empty: linear heads on the CNN's features (CleanRL's Atari agent)"""
     policy_memory: Literal["none", "lstm"] = "none"
     """'lstm': an LSTM core in the policy (vectors: reading the observation, before the MLPs; frames and grids: after the CNN; StarCraft II: after FullyConv's fully connected layer), reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
     lstm_size: int = 128
@@ -296,6 +298,9 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--num-learners must be >= 0 (got {cfg.num_learners})")
     if cfg.lstm_size < 1:
         problems.append(f"--lstm-size must be >= 1 (got {cfg.lstm_size})")
+    for name in ("hidden_sizes", "conv_body_sizes"):
+        if any(width < 1 for width in getattr(cfg, name)):
+            problems.append(f"--{name.replace('_', '-')} widths must be >= 1 (got {' '.join(map(str, getattr(cfg, name)))})")
     if is_sc2(cfg.env_id) and min(cfg.sc2.screen_size, cfg.sc2.minimap_size) < 4:
         problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
