@@ -138,7 +138,8 @@ class AtariVectorEpisodes(gym.vector.VectorWrapper):
         if isinstance(seed, (list, tuple)):
             seed = np.asarray(seed, dtype=np.int64)
         obs, info = self.env.reset(seed=seed, options=options)
-        self.returns[:] = 0.0
+        # ale-py's partial reset (options["reset_mask"]) leaves the other envs' episodes running.
+        self.returns[(options or {}).get("reset_mask", slice(None))] = 0.0
         self.episode_first_frame[:] = info["frame_number"] - info["episode_frame_number"]
         return obs, info
 

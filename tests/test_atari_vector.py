@@ -138,6 +138,17 @@ def test_the_frame_limit_truncates_on_the_same_step_and_frame_count_as_the_wrapp
     single.close()
 
 
+def test_a_partial_reset_keeps_the_other_games_scores():
+    envs = make_vector_env("ALE/Pong-v5", 2, seed=0)
+    envs.reset(seed=[0, 1])
+    while not envs.returns[1]:  # Pong scores a point every few hundred frames
+        envs.step(np.zeros(2, np.int64))
+    kept = envs.returns[1]
+    envs.reset(seed=np.array([5]), options={"reset_mask": np.array([True, False])})
+    assert envs.returns[0] == 0.0 and envs.returns[1] == kept
+    envs.close()
+
+
 def test_seeds_decide_the_game():
     """The same seeds replay the same games (no-ops and sticky actions come from them); other seeds differ."""
 
