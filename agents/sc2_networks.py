@@ -115,12 +115,18 @@ class FullyConvStream(nn.Sequential):
         )  # fmt: skip
 
 
+POOLED_GRID = 8  # fc_mode "pooled": the state is average-pooled to 8 x 8 cells before the FC layer
+
+
 class FullyConv(PolicyValueNet):
     """FullyConv: screen and minimap towers keep the resolution; their outputs, concatenated (the
     minimap's resized to the screen's grid when the sizes differ), are the state. Point arguments come
     from 1x1 convolutions over the state, one logit per cell; the function id, the other arguments and
-    the value come from a 256-unit fully connected layer over the flattened state and the log-scaled
-    player features. With `lstm_size` > 0 an LSTM core follows that layer (memory [B, 2 * lstm_size]) and
+    the value come from a 256-unit fully connected layer over the state and the log-scaled player
+    features. `fc_mode` "paper" flattens the whole state into that layer, as the paper does (64 * S * S
+    inputs: 16.8M weights at S = 32, most of the learner's time); "pooled" first averages it over an
+    8 x 8 grid (4,096 inputs at any S), which keeps the coarse where-is-what the non-spatial heads need
+    while the spatial heads still read every cell. With `lstm_size` > 0 an LSTM core follows that layer (memory [B, 2 * lstm_size]) and
     feeds the function, non-spatial argument and value heads; the spatial heads read the convolutional
     state of the current step. (As we read the paper, its FullyConv LSTM recurs over the spatial state with a
     convolutional LSTM; that variant is not built here.)"""
@@ -143,15 +149,20 @@ class FullyConv(PolicyValueNet):
         uses: np.ndarray,
         hidden: int = 256,
         lstm_size: int = 0,
+        fc_mode: str = "pooled",
     ):
         super().__init__()
+        if fc_mode not in ("pooled", "paper"):
+            raise ValueError(f"fc_mode must be 'pooled' or 'paper', got {fc_mode!r}")
+        self.fc_mode = fc_mode
         self.screen_size, self.minimap_size = screen_size, minimap_size
         self.screen = FullyConvStream(screen_layers)
         self.minimap = FullyConvStream(minimap_layers)
         self.register_buffer("uses", torch.as_tensor(uses, dtype=torch.float32), persistent=False)
         self.argument_names = list(argument_names)
         state_channels = 64
-        self.fc = layer_init(nn.Linear(state_channels * screen_size**2 + num_player_features, hidden))
+        cells = screen_size**2 if fc_mode == "paper" else min(screen_size, POOLED_GRID) ** 2
+        self.fc = layer_init(nn.Linear(state_channels * cells + num_player_features, hidden))
         self.core = LSTMCore(hidden, lstm_size) if lstm_size else None
         if lstm_size:
             hidden, self.memory_size = lstm_size, self.core.state_size
@@ -175,7 +186,8 @@ class FullyConv(PolicyValueNet):
             minimap = F.interpolate(minimap, size=(self.screen_size, self.screen_size), mode="nearest")
         state = torch.cat([screen, minimap], dim=1)
         player = torch.log1p(obs["player"].float().clamp(min=0))
-        hidden = torch.relu(self.fc(torch.cat([state.flatten(1), player], dim=1)))
+        flat = state if self.fc_mode == "paper" else F.adaptive_avg_pool2d(state, min(self.screen_size, POOLED_GRID))
+        hidden = torch.relu(self.fc(torch.cat([flat.flatten(1), player], dim=1)))
         if self.core is None:
             return state, hidden, None
         hidden, memory = unroll(self.core, hidden, *self._memory_inputs(obs, memory, episode_starts))

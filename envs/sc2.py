@@ -1,5 +1,7 @@
 """StarCraft II through pysc2, as a Gymnasium env: `sc2/<map>` plays the game, `sc2-mock/<map>` runs the
-same adapter over pysc2's own mock (`mock_sc2_env.SC2TestEnv`), which needs no game.
+same adapter over pysc2's own mock (`mock_sc2_env.SC2TestEnv`), which needs no game, and `sc2-sim/<map>`
+over envs.sc2_sim's simulated mini-games (MoveToBeacon, CollectMineralShards, DefeatRoaches): pysc2's
+own observation and action code over a simulator, NOT the game; its scores are simulator scores.
 
 Observations (a Dict):
   screen     int32 [C_s, S, S]  the chosen feature-screen layers (`SC2Options.screen_features`)
@@ -13,7 +15,8 @@ agents.sc2_networks gives them no probability mass). An unavailable function bec
 counted in info["unavailable_actions"], so that random actions (gymnasium's env checker) are safe.
 
 The game starts on the first reset, in the process that steps the env (pysc2 needs its absl flags
-parsed there; envs.sc2_compat does it), with the seed of that reset; it is not re-seeded later.
+parsed there; envs.sc2_compat does it), with the seed of that reset; it is not re-seeded later (the
+simulator is: a reset with a seed replays the same games).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from envs.sc2_compat import import_pysc2
 
 SC2_PREFIX = "sc2/"
 MOCK_PREFIX = "sc2-mock/"
+SIM_PREFIX = "sc2-sim/"
+SIM_MAPS = ("MoveToBeacon", "CollectMineralShards", "DefeatRoaches")  # envs.sc2_sim.GAMES, without importing pysc2
 MINI_GAMES = (
     "MoveToBeacon", "CollectMineralShards", "FindAndDefeatZerglings", "DefeatRoaches",
     "DefeatZerglingsAndBanelings", "CollectMineralsAndGas", "BuildMarines",
@@ -82,10 +87,16 @@ class SC2Options:
     """end episodes after this many game steps (as a time limit: the last state bootstraps); 0 = the map's own limit"""
     visualize: bool = False
     """open pysc2's pygame renderer for every game (needs a display)"""
+    fc_mode: Literal["pooled", "paper"] = "pooled"
+    """FullyConv's fully connected layer: over the state average-pooled to 8x8 (fast), or the paper's, over all of it (16.8M weights at 32x32)"""
 
 
 def is_sc2(env_id: str) -> bool:
-    return env_id.startswith((SC2_PREFIX, MOCK_PREFIX))
+    return env_id.startswith((SC2_PREFIX, MOCK_PREFIX, SIM_PREFIX))
+
+
+def is_sc2_sim(env_id: str) -> bool:
+    return env_id.startswith(SIM_PREFIX)
 
 
 def sc2_map_name(env_id: str) -> str:
@@ -263,12 +274,13 @@ class StarCraft2Env(gym.Env):
         self,
         map_name: str,
         mock: bool = False,
+        simulated: bool = False,
         options: SC2Options | None = None,
         replay_dir: str | None = None,
         save_replay_episodes: int = 0,
         render_mode: str | None = None,
     ):
-        self.map_name, self.mock = map_name, mock
+        self.map_name, self.mock, self.simulated = map_name, mock, simulated
         self.options = options or SC2Options()
         self.interface = SC2Interface(self.options)
         self.observation_space = self.interface.observation_space
@@ -276,7 +288,7 @@ class StarCraft2Env(gym.Env):
         self.replay_dir, self.save_replay_episodes = replay_dir, save_replay_episodes
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": 22.4 / self.options.step_mul}
-        if not mock:
+        if not (mock or simulated):
             check_game_installed(map_name)
         self._env = None
         self._available = None
@@ -307,6 +319,10 @@ class StarCraft2Env(gym.Env):
 
     def _start(self, seed: int | None):
         sc = self.interface.sc
+        if self.simulated:
+            from envs.sc2_sim import SimulatedSC2Env
+
+            return SimulatedSC2Env(**self.game_kwargs(seed))
         env_class = sc.mock_sc2_env.SC2TestEnv if self.mock else sc.sc2_env.SC2Env
         return env_class(**self.game_kwargs(seed))
 
@@ -320,6 +336,8 @@ class StarCraft2Env(gym.Env):
         super().reset(seed=seed)
         if self._env is None:
             self._env = self._start(seed)
+        elif self.simulated and seed is not None:
+            self._env.reseed(seed)  # the simulator, unlike the game, can start over from a seed
         (timestep,) = self._env.reset()
         return self._observe(timestep), {}
 
@@ -370,12 +388,17 @@ class StarCraft2Env(gym.Env):
 
 
 def register_sc2_envs() -> None:
-    """Register sc2/<map> and sc2-mock/<map> for every mini-game and melee map (no pysc2 import here)."""
+    """Register sc2/<map> and sc2-mock/<map> for every mini-game and melee map, and sc2-sim/<map> for the
+    simulated ones (no pysc2 import here)."""
     for map_name in (*MINI_GAMES, *MELEE_MAPS):
         for prefix, mock in ((SC2_PREFIX, False), (MOCK_PREFIX, True)):
             env_id = prefix + map_name
             if env_id not in gym.registry:
                 gym.register(env_id, entry_point="envs.sc2:StarCraft2Env", kwargs={"map_name": map_name, "mock": mock})
+    for map_name in SIM_MAPS:
+        if SIM_PREFIX + map_name not in gym.registry:
+            gym.register(SIM_PREFIX + map_name, entry_point="envs.sc2:StarCraft2Env",
+                         kwargs={"map_name": map_name, "simulated": True})  # fmt: skip
 
 
 register_sc2_envs()

@@ -128,8 +128,9 @@ def import_pysc2() -> types.SimpleNamespace:
     parse_absl_flags()
     from pysc2.env import environment, mock_sc2_env, sc2_env
     from pysc2.lib import actions, features, point, protocol, remote_controller, run_parallel
+    from s2clientprotocol import sc2api_pb2 as sc_pb
 
     return types.SimpleNamespace(
         actions=actions, features=features, environment=environment, sc2_env=sc2_env, mock_sc2_env=mock_sc2_env,
-        point=point, protocol=protocol, remote_controller=remote_controller, run_parallel=run_parallel,
+        point=point, protocol=protocol, remote_controller=remote_controller, run_parallel=run_parallel, sc_pb=sc_pb,
     )  # fmt: skip

@@ -22,7 +22,7 @@ import tyro
 
 from envs.atari import AtariOptions, atari_problems
 from envs.factory import is_atari, is_two_player
-from envs.sc2 import SC2Options, is_sc2
+from envs.sc2 import SC2Options, is_sc2, is_sc2_sim
 from training.errors import ConfigError
 from training.league import LeagueOptions, league_problems
 from training.resume import resume_changes
@@ -244,6 +244,27 @@ _SC2_BUDGETS = {
 }  # fmt: skip
 PRESETS.update({f"sc2/{name}": dict(_SC2_PPO, total_timesteps=budget) for name, budget in _SC2_BUDGETS.items()})
 
+# The simulated mini-games (sc2-sim/<map>, envs.sc2_sim): tuned here on this 2-core CPU (README, "StarCraft II,
+# simulated"). Each map's layers and functions are the ones its task needs (the paper's agent saw them all).
+_SC2_SIM_PPO = dict(
+    num_envs=32, num_steps=32, learning_rate=5e-4, anneal_lr=True, gamma=0.99, gae_lambda=0.95, num_minibatches=4,
+    update_epochs=2, ent_coef=1e-3, vf_coef=0.5, clip_vloss=False, max_grad_norm=1.0, eval_every=100_000,
+    eval_episodes=20, checkpoint_every=100_000,
+)  # fmt: skip
+_SC2_SIM_MAPS = {
+    "MoveToBeacon": dict(total_timesteps=1_000_000, sc2=SC2Options(
+        screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
+        minimap_features=("player_relative",), functions=("select_army", "Move_screen"))),
+    "CollectMineralShards": dict(total_timesteps=2_000_000, sc2=SC2Options(
+        screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
+        minimap_features=("player_relative",), functions=("select_army", "select_point", "Move_screen"))),
+    "DefeatRoaches": dict(total_timesteps=2_000_000, sc2=SC2Options(
+        screen_size=16, minimap_size=8, screen_features=("player_relative", "selected", "unit_hit_points_ratio"),
+        minimap_features=("player_relative",),
+        functions=("select_army", "select_point", "Move_screen", "Attack_screen"))),
+}  # fmt: skip
+PRESETS.update({f"sc2-sim/{name}": dict(_SC2_SIM_PPO, **settings) for name, settings in _SC2_SIM_MAPS.items()})
+
 
 def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     """cfg with a preset's settings (by default cfg.preset; 'auto' = cfg.env_id's preset, if any)."""
@@ -322,7 +343,9 @@ def validate(cfg: PPOConfig) -> None:
     problems += atari_problems(cfg.atari)
     if cfg.save_replay_every < 0:
         problems.append(f"--save-replay-every must be >= 0 (0 saves none; got {cfg.save_replay_every})")
-    if cfg.save_replay_every and not is_sc2(cfg.env_id):
+    if cfg.save_replay_every and is_sc2_sim(cfg.env_id):
+        problems.append(f"--save-replay-every: {cfg.env_id} is simulated and has no .SC2Replay (use --capture-video)")
+    elif cfg.save_replay_every and not is_sc2(cfg.env_id):
         problems.append(f"--save-replay-every is for StarCraft II envs (sc2/<map>); {cfg.env_id} has no replays")
     if not problems:
         if cfg.batch_size % cfg.num_minibatches:

@@ -55,7 +55,7 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
         return FullyConv(
             layers["screen"], layers["minimap"], cfg.sc2.screen_size, cfg.sc2.minimap_size,
             observation_space["player"].shape[0], interface.argument_sizes, SPATIAL_ARGUMENTS, ARGUMENT_TYPES,
-            interface.uses, lstm_size=cfg.memory_lstm_size,
+            interface.uses, lstm_size=cfg.memory_lstm_size, fc_mode=cfg.sc2.fc_mode,
         )  # fmt: skip
     grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
     agent = ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
