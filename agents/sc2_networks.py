@@ -40,15 +40,18 @@ class FunctionCallDistribution:
         H = H(function) + sum_f pi(f) * sum_{j taken by f} H(argument j),
     so an argument counts in proportion to how likely a function that takes it is (its expectation over
     the sampled function is what counting only the sampled function's arguments would estimate).
+    An argument that no function takes may come as None (no head computed it): it is always 0 and adds
+    nothing, exactly what its masked-out terms would have added.
     """
 
     def __init__(
-        self, function_logits: torch.Tensor, argument_logits: Sequence[torch.Tensor], uses: torch.Tensor,
+        self, function_logits: torch.Tensor, argument_logits: Sequence[torch.Tensor | None], uses: torch.Tensor,
         available: torch.Tensor,
     ):  # fmt: skip
         self.function = Categorical(function_logits, available)
-        self.arguments = [Categorical(logits) for logits in argument_logits]
+        self.arguments = [None if logits is None else Categorical(logits) for logits in argument_logits]
         self.uses = uses  # [F, J] float, 1 where function f takes argument j
+        self._zeros = torch.zeros(function_logits.shape[:-1], device=function_logits.device)
 
     def _compose(self, function: torch.Tensor, arguments: list[torch.Tensor]) -> torch.Tensor:
         # Arguments the function does not take are stored as 0, so that the action vector is canonical.
@@ -56,20 +59,25 @@ class FunctionCallDistribution:
         return torch.cat([function.unsqueeze(-1), torch.stack(arguments, -1) * used], dim=-1)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._compose(self.function.sample(generator), [a.sample(generator) for a in self.arguments])
+        zero = self._zeros.long()
+        return self._compose(self.function.sample(generator),
+                             [zero if a is None else a.sample(generator) for a in self.arguments])  # fmt: skip
 
     def mode(self) -> torch.Tensor:
-        return self._compose(self.function.mode(), [a.mode() for a in self.arguments])
+        zero = self._zeros.long()
+        return self._compose(self.function.mode(), [zero if a is None else a.mode() for a in self.arguments])
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         action = action.long()
         function = action[..., 0]
-        argument_log_probs = torch.stack([a.log_prob(action[..., 1 + j]) for j, a in enumerate(self.arguments)], -1)
+        argument_log_probs = torch.stack(
+            [self._zeros if a is None else a.log_prob(action[..., 1 + j]) for j, a in enumerate(self.arguments)], -1
+        )
         return self.function.log_prob(function) + (self.uses[function] * argument_log_probs).sum(-1)
 
     def entropy(self) -> torch.Tensor:
         p_takes = self.function.logits.exp() @ self.uses  # [B, J]: probability that the function takes argument j
-        argument_entropies = torch.stack([a.entropy() for a in self.arguments], -1)
+        argument_entropies = torch.stack([self._zeros if a is None else a.entropy() for a in self.arguments], -1)
         return self.function.entropy() + (p_takes * argument_entropies).sum(-1)
 
 
@@ -122,8 +130,8 @@ class FullyConv(PolicyValueNet):
     """FullyConv: screen and minimap towers keep the resolution; their outputs, concatenated (the
     minimap's resized to the screen's grid when the sizes differ), are the state. Point arguments come
     from 1x1 convolutions over the state, one logit per cell; the function id, the other arguments and
-    the value come from a 256-unit fully connected layer over the state and the log-scaled player
-    features. `fc_mode` "paper" flattens the whole state into that layer, as the paper does (64 * S * S
+    the value come from a 256-unit fully connected layer over the state, the log-scaled player features
+    and the available-functions mask. `fc_mode` "paper" flattens the whole state into that layer, as the paper does (64 * S * S
     inputs: 16.8M weights at S = 32, most of the learner's time); "pooled" first averages it over an
     8 x 8 grid (4,096 inputs at any S), which keeps the coarse where-is-what the non-spatial heads need
     while the spatial heads still read every cell. With `lstm_size` > 0 an LSTM core follows that layer (memory [B, 2 * lstm_size]) and
@@ -162,14 +170,20 @@ class FullyConv(PolicyValueNet):
         self.argument_names = list(argument_names)
         state_channels = 64
         cells = screen_size**2 if fc_mode == "paper" else min(screen_size, POOLED_GRID) ** 2
-        self.fc = layer_init(nn.Linear(state_channels * cells + num_player_features, hidden))
+        # The FC layer also reads which functions are available (the paper's non-spatial inputs include
+        # them): a state's function choice often turns on it, e.g. nothing selected yet.
+        self.fc = layer_init(nn.Linear(state_channels * cells + num_player_features + uses.shape[0], hidden))
         self.core = LSTMCore(hidden, lstm_size) if lstm_size else None
         if lstm_size:
             hidden, self.memory_size = lstm_size, self.core.state_size
         self.value_head = layer_init(nn.Linear(hidden, 1), gain=1.0)
         self.function_head = layer_init(nn.Linear(hidden, uses.shape[0]), gain=0.01)
+        # Heads only for the arguments some function of the chosen set takes (3 of 13 for select_army and
+        # Move_screen): the others are never part of an action.
         self.argument_heads = nn.ModuleDict()
-        for name, size in zip(argument_names, argument_sizes, strict=True):
+        for j, (name, size) in enumerate(zip(argument_names, argument_sizes, strict=True)):
+            if not uses[:, j].any():
+                continue
             if name in spatial_arguments:
                 self.argument_heads[name] = layer_init(nn.Conv2d(state_channels, 1, 1), gain=0.01)
             else:
@@ -187,7 +201,8 @@ class FullyConv(PolicyValueNet):
         state = torch.cat([screen, minimap], dim=1)
         player = torch.log1p(obs["player"].float().clamp(min=0))
         flat = state if self.fc_mode == "paper" else F.adaptive_avg_pool2d(state, min(self.screen_size, POOLED_GRID))
-        hidden = torch.relu(self.fc(torch.cat([flat.flatten(1), player], dim=1)))
+        available = obs[AVAILABLE_KEY].float()
+        hidden = torch.relu(self.fc(torch.cat([flat.flatten(1), player, available], dim=1)))
         if self.core is None:
             return state, hidden, None
         hidden, memory = unroll(self.core, hidden, *self._memory_inputs(obs, memory, episode_starts))
@@ -198,10 +213,12 @@ class FullyConv(PolicyValueNet):
         episode_starts: torch.Tensor | None = None,
     ) -> tuple[FunctionCallDistribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
         state, hidden, memory = self._state(obs, memory, episode_starts)
-        argument_logits = []
+        argument_logits: list[torch.Tensor | None] = []
         for name in self.argument_names:
-            head = self.argument_heads[name]
-            if name in self.spatial:
+            head = self.argument_heads[name] if name in self.argument_heads else None
+            if head is None:
+                argument_logits.append(None)
+            elif name in self.spatial:
                 logits = head(state)
                 if name == "minimap" and self.minimap_size != self.screen_size:
                     logits = F.interpolate(logits, size=(self.minimap_size, self.minimap_size), mode="nearest")

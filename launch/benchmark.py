@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
+import numpy as np
 import torch
 import tyro
 
-from envs.factory import solved_return
+from envs.factory import make_env, solved_return
 from envs.sc2 import is_sc2, sc2_map_name
 from training.cli import run_cli
 from training.errors import ConfigError
@@ -300,26 +301,57 @@ SC2LE_SCORES = {
 REAVER_SCORES = {"MoveToBeacon": 26.3, "CollectMineralShards": 102.8}
 
 
+def random_policy_score(env_id: str, episodes: int, seed: int, options) -> float:
+    """The SC2LE paper's random policy on a StarCraft II env: a uniformly random available function with
+    uniformly random arguments, every step; the mean score over `episodes`."""
+    env = make_env(env_id, seed, env_kwargs={"options": options})()
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    scores = []
+    for _ in range(episodes):
+        total, done = 0.0, False
+        while not done:
+            action = env.action_space.sample()
+            action[0] = rng.choice(np.flatnonzero(obs["available_actions"]))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        scores.append(total)
+        obs, _ = env.reset()
+    env.close()
+    return float(np.mean(scores))
+
+
 def sc2_table(args: BenchmarkArgs) -> list[str]:
     """Train each mini-game's preset over the seeds and tabulate the final greedy scores (median and
-    range over seeds) beside the published ones. Runs on pysc2's mock say so in the header: the mock's
-    scores are not StarCraft II results."""
+    range over seeds) beside the published ones. The game's maps (sc2/<map>) and the simulated ones
+    (sc2-sim/<map>) fill separate columns, so that no simulator score stands where a StarCraft II score
+    would; for a simulated map the table also measures the random policy on the simulator. Runs on
+    pysc2's mock say so in the header: the mock's scores are not StarCraft II results either."""
     envs = args.envs if args.envs != BenchmarkArgs.envs else tuple(f"sc2/{m}" for m in SC2LE_SCORES)
     if not all(is_sc2(e) for e in envs):
-        raise ConfigError(f"--sc2-table takes StarCraft II env ids (sc2/<map>), got {', '.join(envs)}")
+        raise ConfigError(f"--sc2-table takes StarCraft II env ids (sc2/<map>, sc2-sim/<map>), got {', '.join(envs)}")
     mock = any(e.startswith("sc2-mock/") for e in envs)
     combo = dataclasses.replace(args, envs=envs, stop=False, set=(*args.set, f"eval_episodes={args.sc2_eval_episodes}"))
     results = run_benchmark(combo)
-    ours = "ours (pysc2's MOCK: not StarCraft II scores)" if mock else "ours (PPO FullyConv)"
-    rows = [f"| map | random | SC2LE FullyConv | GrandMaster | Reaver (A2C) | {ours} | env steps |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for env_id in envs:
-        name = sc2_map_name(env_id)
+    game = "ours on pysc2's MOCK (not StarCraft II scores)" if mock else "ours, StarCraft II (PPO FullyConv)"
+    rows = [f"| map | SC2LE random | SC2LE FullyConv | GrandMaster | Reaver (A2C) | {game} | env steps | "
+            "random, SIMULATED | ours, SIMULATED (sc2-sim: not StarCraft II) | env steps, simulated |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in dict.fromkeys(sc2_map_name(e) for e in envs):
+        cells = []
+        for prefix in ("sc2/" if not mock else "sc2-mock/", "sc2-sim/"):
+            env_id = prefix + name
+            scores = [r.eval_return for r in results if r.env_id == env_id and r.eval_return is not None]
+            steps = [r.total_steps for r in results if r.env_id == env_id]
+            cells.append((_fmt(scores, 1), _fmt(steps)) if env_id in envs else ("-", "-"))
+        sim_random = "-"
+        if f"sc2-sim/{name}" in envs:
+            options = apply_preset(PPOConfig(env_id=f"sc2-sim/{name}")).sc2
+            sim_random = f"{random_policy_score(f'sc2-sim/{name}', args.sc2_eval_episodes, args.first_seed, options):.1f}"
         random_score, fully_conv, grandmaster = SC2LE_SCORES.get(name, ("-", "-", "-"))
-        scores = [r.eval_return for r in results if r.env_id == env_id and r.eval_return is not None]
-        steps = [r.total_steps for r in results if r.env_id == env_id]
         rows.append(f"| {name} | {random_score} | {fully_conv} | {grandmaster} | {REAVER_SCORES.get(name, '-')} | "
-                    f"{_fmt(scores, 1)} | {_fmt(steps)} |")  # fmt: skip
+                    f"{cells[0][0]} | {cells[0][1]} | {sim_random} | {cells[1][0]} | {cells[1][1]} |")  # fmt: skip
     return [*rows, "", provenance_line(r.torch_threads for r in results)]
 
 

@@ -192,6 +192,20 @@ def test_entropy_is_the_joint_entropy_over_what_the_functions_take():
     assert d.entropy().item() == pytest.approx(exact, abs=1e-5)
 
 
+def test_an_argument_no_function_takes_can_be_left_out_exactly():
+    """FullyConv computes no head for an argument outside the chosen functions: None in its place gives the
+    same log-probabilities and entropy as any logits there (the uses mask zeroes them), and holds 0."""
+    uses = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    f_logits, a_logits = torch.tensor([[0.2, -0.5, 1.0]]), torch.tensor([[0.0, 1.0, 2.0]])
+    available = torch.ones(1, 3, dtype=torch.bool)
+    full = FunctionCallDistribution(f_logits, [a_logits, torch.tensor([[3.0, -1.0]])], uses, available)
+    lean = FunctionCallDistribution(f_logits, [a_logits, None], uses, available)
+    for action in ([0, 0, 0], [1, 2, 0], [2, 1, 0]):
+        assert lean.log_prob(torch.tensor([action])).item() == pytest.approx(full.log_prob(torch.tensor([action])).item())
+    assert lean.entropy().item() == pytest.approx(full.entropy().item())
+    assert lean.sample(torch.Generator().manual_seed(0))[0, 2].item() == 0 and lean.mode()[0, 2].item() == 0
+
+
 def test_unavailable_functions_are_never_sampled():
     uses = torch.zeros(4, 1)
     logits = torch.tensor([[5.0, 0.0, 5.0, 0.0]]).repeat(2000, 1)

@@ -247,12 +247,12 @@ PRESETS.update({f"sc2/{name}": dict(_SC2_PPO, total_timesteps=budget) for name, 
 # The simulated mini-games (sc2-sim/<map>, envs.sc2_sim): tuned here on this 2-core CPU (README, "StarCraft II,
 # simulated"). Each map's layers and functions are the ones its task needs (the paper's agent saw them all).
 _SC2_SIM_PPO = dict(
-    num_envs=32, num_steps=32, learning_rate=5e-4, anneal_lr=True, gamma=0.99, gae_lambda=0.95, num_minibatches=4,
-    update_epochs=2, ent_coef=1e-3, vf_coef=0.5, clip_vloss=False, max_grad_norm=1.0, eval_every=100_000,
-    eval_episodes=20, checkpoint_every=100_000,
+    num_envs=32, num_steps=32, learning_rate=1e-3, anneal_lr=True, gamma=0.99, gae_lambda=0.95, num_minibatches=8,
+    update_epochs=4, ent_coef=1e-3, vf_coef=0.5, clip_vloss=False, max_grad_norm=1.0, eval_every=50_000,
+    eval_episodes=20, checkpoint_every=50_000,
 )  # fmt: skip
 _SC2_SIM_MAPS = {
-    "MoveToBeacon": dict(total_timesteps=1_000_000, sc2=SC2Options(
+    "MoveToBeacon": dict(total_timesteps=300_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
         minimap_features=("player_relative",), functions=("select_army", "Move_screen"))),
     "CollectMineralShards": dict(total_timesteps=2_000_000, sc2=SC2Options(
