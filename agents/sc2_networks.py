@@ -215,7 +215,7 @@ class FullyConv(PolicyValueNet):
         state, hidden, memory = self._state(obs, memory, episode_starts)
         argument_logits: list[torch.Tensor | None] = []
         for name in self.argument_names:
-            head = self.argument_heads[name] if name in self.argument_heads else None
+            head = self.argument_heads[name] if name in self.argument_heads else None  # noqa: SIM401 (ModuleDict has no .get)
             if head is None:
                 argument_logits.append(None)
             elif name in self.spatial:
