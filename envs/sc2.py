@@ -87,6 +87,8 @@ class SC2Options:
     """end episodes after this many game steps (as a time limit: the last state bootstraps); 0 = the map's own limit"""
     visualize: bool = False
     """open pysc2's pygame renderer for every game (needs a display)"""
+    offer_no_op: bool = True
+    """let the agent choose no_op (always available); off, it is offered only when nothing else is (a greedy policy that picks no_op in a state no_op does not change stays there for the episode)"""
     fc_mode: Literal["pooled", "paper"] = "pooled"
     """FullyConv's fully connected layer: over the state average-pooled to 8x8 (fast), or the paper's, over all of it (16.8M weights at 32x32)"""
 
@@ -181,6 +183,7 @@ class SC2Interface:
         self._minimap_indices = [layer.index for layer in self.minimap_layers]
         self._index_of_id = np.full(len(all_functions), -1, dtype=np.int64)
         self._index_of_id[self.function_ids] = np.arange(len(self.functions))
+        self._no_op_index = int(self._index_of_id[int(sc.actions.FUNCTIONS.no_op.id)])
         self.argument_sizes = [self._argument_size(name) for name in ARGUMENT_TYPES]
         # uses[f, j]: whether function f (index in the chosen set) takes argument type j.
         self.uses = np.zeros((len(self.functions), len(ARGUMENT_TYPES)), dtype=bool)
@@ -236,6 +239,8 @@ class SC2Interface:
         ids = np.asarray(obs["available_actions"], dtype=np.int64)
         index = self._index_of_id[ids[ids < len(self._index_of_id)]]
         available[index[index >= 0]] = 1
+        if not self.options.offer_no_op and available.sum() > available[self._no_op_index]:
+            available[self._no_op_index] = 0
         return {
             "screen": np.asarray(obs["feature_screen"])[self._screen_indices].astype(np.int32),
             "minimap": np.asarray(obs["feature_minimap"])[self._minimap_indices].astype(np.int32),

@@ -261,3 +261,15 @@ def test_episodes_last_120_seconds_of_game_time_and_a_shorter_limit_truncates():
         _, _, terminated, truncated, _ = env.step(_action(env, "no_op"))
         steps, done = steps + 1, terminated or truncated
     assert (steps, terminated, truncated) == (50, False, True)
+
+
+def test_without_offering_no_op_the_agent_must_select_first_and_no_op_stays_the_fallback():
+    options = SC2Options(screen_size=S, minimap_size=8, functions=("select_army", "Move_screen"), offer_no_op=False)
+    env = _env("MoveToBeacon", options)
+    names = [f.name for f in env.interface.functions]
+    obs, _ = env.reset(seed=0)
+    assert [names[i] for i in np.flatnonzero(obs["available_actions"])] == ["select_army"]
+    obs, *_ = env.step(_action(env, "select_army"))
+    assert [names[i] for i in np.flatnonzero(obs["available_actions"])] == ["select_army", "Move_screen"]
+    # a call the mask forbids still reaches pysc2 as no_op (as with every function set)
+    assert env.step(_action(env, "no_op"))[4]["unavailable_actions"] == 1

@@ -252,15 +252,15 @@ _SC2_SIM_PPO = dict(
     eval_episodes=20, checkpoint_every=50_000,
 )  # fmt: skip
 _SC2_SIM_MAPS = {
-    "MoveToBeacon": dict(total_timesteps=300_000, sc2=SC2Options(
+    "MoveToBeacon": dict(total_timesteps=200_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
-        minimap_features=("player_relative",), functions=("select_army", "Move_screen"))),
-    "CollectMineralShards": dict(total_timesteps=2_000_000, sc2=SC2Options(
+        minimap_features=("player_relative",), offer_no_op=False, functions=("select_army", "Move_screen"))),
+    "CollectMineralShards": dict(total_timesteps=500_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
-        minimap_features=("player_relative",), functions=("select_army", "select_point", "Move_screen"))),
-    "DefeatRoaches": dict(total_timesteps=2_000_000, sc2=SC2Options(
+        minimap_features=("player_relative",), offer_no_op=False, functions=("select_army", "select_point", "Move_screen"))),
+    "DefeatRoaches": dict(total_timesteps=500_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected", "unit_hit_points_ratio"),
-        minimap_features=("player_relative",),
+        minimap_features=("player_relative",), offer_no_op=False,
         functions=("select_army", "select_point", "Move_screen", "Attack_screen"))),
 }  # fmt: skip
 PRESETS.update({f"sc2-sim/{name}": dict(_SC2_SIM_PPO, **settings) for name, settings in _SC2_SIM_MAPS.items()})
