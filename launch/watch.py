@@ -3,7 +3,8 @@ its env from the saved config and plays a few greedy episodes, live in a window 
 otherwise (or with --save) into MP4 files under RUN_DIR/videos/ (GIFs with --gif).
 
 StarCraft II runs play in pysc2's own renderer where there is a display, and every episode is also saved
-as a .SC2Replay under RUN_DIR/replays/ (the command prints how to open it in pysc2's replay viewer)."""
+as a .SC2Replay under RUN_DIR/replays/ (the command prints how to open it in pysc2's replay viewer); the
+simulated maps (sc2-sim/) play in the same window and videos as other envs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import tyro
 
-from envs.sc2 import is_sc2
+from envs.sc2 import is_sc2, is_sc2_sim
 from training.cli import run_cli
 from training.errors import ConfigError
 from training.evaluation import evaluate_policy, record_episode
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     live = args.window and has_display()
-    sc2 = is_sc2(trained.env_id)
+    # The game shows itself in pysc2's renderer and records replays; the simulated maps (sc2-sim/) have
+    # neither and play in our window like every other env (their render is the player_relative view).
+    sc2 = is_sc2(trained.env_id) and not is_sc2_sim(trained.env_id)
     save = args.save or not live
     if not live and not args.save:
         print("no display: writing the episodes to video files instead (--save does this with a display too)")

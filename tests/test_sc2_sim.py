@@ -3,6 +3,9 @@ checks, hand-computed dynamics (beacon, shards, a roach fight), the selection mo
 against the SC2LE paper's reference players."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -273,3 +276,24 @@ def test_without_offering_no_op_the_agent_must_select_first_and_no_op_stays_the_
     assert [names[i] for i in np.flatnonzero(obs["available_actions"])] == ["select_army", "Move_screen"]
     # a call the mask forbids still reaches pysc2 as no_op (as with every function set)
     assert env.step(_action(env, "no_op"))[4]["unavailable_actions"] == 1
+
+
+def test_train_watch_and_evaluate_commands_on_a_simulated_map(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    args = ["--env-id", "sc2-sim/MoveToBeacon", "--total-timesteps", "512", "--num-envs", "2", "--num-steps", "128",
+            "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "launch/train_ppo.py", *args], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished sc2-sim/MoveToBeacon after 512 env steps" in proc.stdout
+    (run_dir,) = tmp_path.iterdir()
+    watch = subprocess.run([sys.executable, "launch/watch.py", str(run_dir), "--episodes", "1", "--no-window"],
+                           cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert watch.returncode == 0, watch.stderr
+    assert "episode 1: return" in watch.stdout and "length 240" in watch.stdout
+    assert len(list((run_dir / "videos").glob("*.mp4"))) == 1
+    evaluate = subprocess.run([sys.executable, "launch/evaluate.py", str(run_dir), "--episodes", "2"],
+                              cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert evaluate.returncode == 0 and "greedy: mean return" in evaluate.stdout
+    replays = subprocess.run([sys.executable, "launch/train_ppo.py", *args, "--save-replay-every", "1"],
+                             cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert replays.returncode == 2 and "simulated and has no .SC2Replay" in replays.stderr
