@@ -416,8 +416,7 @@ class SimulatedSC2Env:
 
     def _timestep(self, step_type, reward: float, discount: float):
         self._proto = self._render()
-        obs = self._features.transform_obs(self._proto)
-        obs["available_actions"] = np.array(self._features.available_actions(self._proto.observation), dtype=np.int32)
+        obs = self._features.transform_obs(self._proto)  # available_actions included, from the abilities
         return self.sc.environment.TimeStep(step_type=step_type, reward=reward, discount=discount, observation=obs)
 
     # --- coordinates --------------------------------------------------------------------------------------

@@ -54,3 +54,15 @@ def test_muzero_never_loses_tictactoe_to_the_perfect_player(tmp_path):
     assert len(loss_free) >= 2, [(seed, history) for seed, _, _, history in results]
     # The audit walks every line a perfect opponent can choose: measured 0, 0 and 1 losing moves.
     assert all(len(losing) <= 1 for _, losing in loss_free), loss_free
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fullyconv_learns_simulated_move_to_beacon(tmp_path, seed):
+    """The sc2-sim/MoveToBeacon preset, 61,440 env steps (~3 minutes): the last-100 mean clears 5, where
+    the random policy scores 1.1-1.6 and the untrained preset ~1.5. Seeds 1-3 measured on 2026-12-03 (AMD
+    EPYC): 25.0, 14.8 and 10.7 at 61,440; their greedy 100-episode scores at 200k: 27.9, 26.7, 26.3."""
+    cfg = dataclasses.replace(apply_preset(PPOConfig(env_id="sc2-sim/MoveToBeacon")), seed=seed,
+                              total_timesteps=61_440, eval_episodes=0, runs_dir=str(tmp_path), progress=False)  # fmt: skip
+    result = train(cfg)
+    assert result.mean_return >= 5.0, f"seed {seed}: last-100 mean {result.mean_return} after {result.global_step} steps"

@@ -255,10 +255,10 @@ _SC2_SIM_MAPS = {
     "MoveToBeacon": dict(total_timesteps=200_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
         minimap_features=("player_relative",), offer_no_op=False, functions=("select_army", "Move_screen"))),
-    "CollectMineralShards": dict(total_timesteps=500_000, sc2=SC2Options(
+    "CollectMineralShards": dict(total_timesteps=300_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected"),
         minimap_features=("player_relative",), offer_no_op=False, functions=("select_army", "select_point", "Move_screen"))),
-    "DefeatRoaches": dict(total_timesteps=500_000, sc2=SC2Options(
+    "DefeatRoaches": dict(total_timesteps=300_000, sc2=SC2Options(
         screen_size=16, minimap_size=8, screen_features=("player_relative", "selected", "unit_hit_points_ratio"),
         minimap_features=("player_relative",), offer_no_op=False,
         functions=("select_army", "select_point", "Move_screen", "Attack_screen"))),
