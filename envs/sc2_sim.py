@@ -38,9 +38,11 @@ Simplifications (what the game does that this does not), written down so that no
 - Units do not collide with each other, move in straight lines (no pathing, no acceleration, no turning
   time), and are kept inside the playable area; a command outside it goes to the nearest point inside.
 - Combat: shots hit instantly (no projectile or attack-point delay). Idle and held units fire at the
-  nearest enemy in weapon range; attack-moving units (Attack on the ground, Patrol) and roaches (their
-  AI: idle with a 9-unit acquire range, chasing) go for the nearest enemy they can see; Attack or Smart
-  on an enemy targets that unit and chases it. No unit-type target priority, no overkill logic.
+  nearest enemy in weapon range, and an idle unit that is shot goes for its shooter (the roaches' only AI);
+  attack-moving units (Attack on the ground, Patrol) go for the nearest enemy within sight (9); Attack or
+  Smart on an enemy targets that unit and chases it. No unit-type target priority, no overkill logic.
+  DefeatRoaches is therefore much easier for random play than the game: the paper's random policy scores
+  ~120 here (100 episodes), 1 in the game. Its scores mean nothing beside the game's.
 - Selection: select_point/select_rect pick the player's own units only (clicking an enemy or the ground
   clears the selection); a point hits a unit within its radius plus half a pixel. Control groups keep
   their living units. New DefeatRoaches marines join no selection.
