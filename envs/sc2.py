@@ -34,11 +34,11 @@ import gymnasium as gym
 import numpy as np
 
 from envs.sc2_compat import import_pysc2
+from envs.sc2_sim import SIM_MAPS, SimulatedSC2Env  # pysc2 itself is imported only when a game starts
 
 SC2_PREFIX = "sc2/"
 MOCK_PREFIX = "sc2-mock/"
 SIM_PREFIX = "sc2-sim/"
-SIM_MAPS = ("MoveToBeacon", "CollectMineralShards", "DefeatRoaches")  # envs.sc2_sim.GAMES, without importing pysc2
 MINI_GAMES = (
     "MoveToBeacon", "CollectMineralShards", "FindAndDefeatZerglings", "DefeatRoaches",
     "DefeatZerglingsAndBanelings", "CollectMineralsAndGas", "BuildMarines",
@@ -325,8 +325,6 @@ class StarCraft2Env(gym.Env):
     def _start(self, seed: int | None):
         sc = self.interface.sc
         if self.simulated:
-            from envs.sc2_sim import SimulatedSC2Env
-
             return SimulatedSC2Env(**self.game_kwargs(seed))
         env_class = sc.mock_sc2_env.SC2TestEnv if self.mock else sc.sc2_env.SC2Env
         return env_class(**self.game_kwargs(seed))

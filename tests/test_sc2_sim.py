@@ -280,16 +280,17 @@ def test_without_offering_no_op_the_agent_must_select_first_and_no_op_stays_the_
 
 def test_train_watch_and_evaluate_commands_on_a_simulated_map(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    args = ["--env-id", "sc2-sim/MoveToBeacon", "--total-timesteps", "512", "--num-envs", "2", "--num-steps", "128",
-            "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    # 160 game loops a game (20 agent steps, a time limit), so that watching and evaluating stay short
+    args = ["--env-id", "sc2-sim/MoveToBeacon", "--total-timesteps", "256", "--num-envs", "2", "--num-steps", "64",
+            "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress", "--sc2.game-steps-per-episode", "160"]  # fmt: skip
     proc = subprocess.run([sys.executable, "launch/train_ppo.py", *args], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "finished sc2-sim/MoveToBeacon after 512 env steps" in proc.stdout
+    assert "finished sc2-sim/MoveToBeacon after 256 env steps" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
     watch = subprocess.run([sys.executable, "launch/watch.py", str(run_dir), "--episodes", "1", "--no-window"],
                            cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert watch.returncode == 0, watch.stderr
-    assert "episode 1: return" in watch.stdout and "length 240" in watch.stdout
+    assert "episode 1: return" in watch.stdout and "length 20" in watch.stdout
     assert len(list((run_dir / "videos").glob("*.mp4"))) == 1
     evaluate = subprocess.run([sys.executable, "launch/evaluate.py", str(run_dir), "--episodes", "2"],
                               cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
