@@ -363,22 +363,30 @@ def test_palette_fix_reproduces_pysc2s_fixed_shuffle():
 # --- the real commands, end to end on the mock --------------------------------------------------------
 
 
-def test_train_watch_and_evaluate_commands_run_on_the_mock(tmp_path):
-    args = ["--env-id", "sc2-mock/MoveToBeacon", "--total-timesteps", "256", "--num-envs", "2", "--num-steps", "64",
-            "--backend", "multiprocess", "--num-workers", "2", "--eval-episodes", "2", "--runs-dir", str(tmp_path),
-            "--sc2.screen-size", "16", "--sc2.minimap-size", "16", "--no-progress"]  # fmt: skip
+@pytest.mark.parametrize(("env_id", "extra", "watch_says", "evaluate_says"), [
+    # pysc2's mock: 10-step games, reward 0, and the note that the mock has no replays
+    ("sc2-mock/MoveToBeacon", ["--backend", "multiprocess", "--num-workers", "2", "--sc2.screen-size", "16",
+                               "--sc2.minimap-size", "16"], ("episode 1: return 0.00, length 10", "mock"),
+     "greedy: mean return 0.00"),
+    # the simulator with its preset, 160 game loops a game (20 agent steps) so that it stays short
+    ("sc2-sim/MoveToBeacon", ["--sc2.game-steps-per-episode", "160"], ("episode 1: return", "length 20"),
+     "greedy: mean return"),
+])  # fmt: skip
+def test_train_watch_and_evaluate_commands(tmp_path, env_id, extra, watch_says, evaluate_says):
+    args = ["--env-id", env_id, "--total-timesteps", "256", "--num-envs", "2", "--num-steps", "64",
+            "--eval-episodes", "2", "--runs-dir", str(tmp_path), "--no-progress", *extra]  # fmt: skip
     proc = subprocess.run([sys.executable, "launch/train_ppo.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "finished sc2-mock/MoveToBeacon after 256 env steps" in proc.stdout
+    assert f"finished {env_id} after 256 env steps" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
     watch = subprocess.run([sys.executable, "launch/watch.py", str(run_dir), "--episodes", "1", "--no-window"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert watch.returncode == 0, watch.stderr
-    assert "episode 1: return 0.00, length 10" in watch.stdout and "mock" in watch.stdout
+    assert all(text in watch.stdout for text in watch_says), watch.stdout
     assert len(list((run_dir / "videos").glob("*.mp4"))) == 1
     evaluate = subprocess.run([sys.executable, "launch/evaluate.py", str(run_dir), "--episodes", "2"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert evaluate.returncode == 0 and "greedy: mean return 0.00" in evaluate.stdout
+    assert evaluate.returncode == 0 and evaluate_says in evaluate.stdout
 
 
 def test_fullyconv_with_memory_reproduces_its_function_calls_and_updates(tmp_path):

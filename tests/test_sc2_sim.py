@@ -278,23 +278,9 @@ def test_without_offering_no_op_the_agent_must_select_first_and_no_op_stays_the_
     assert env.step(_action(env, "no_op"))[4]["unavailable_actions"] == 1
 
 
-def test_train_watch_and_evaluate_commands_on_a_simulated_map(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    # 160 game loops a game (20 agent steps, a time limit), so that watching and evaluating stay short
-    args = ["--env-id", "sc2-sim/MoveToBeacon", "--total-timesteps", "256", "--num-envs", "2", "--num-steps", "64",
-            "--eval-episodes", "0", "--runs-dir", str(tmp_path), "--no-progress", "--sc2.game-steps-per-episode", "160"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "launch/train_ppo.py", *args], cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "finished sc2-sim/MoveToBeacon after 256 env steps" in proc.stdout
-    (run_dir,) = tmp_path.iterdir()
-    watch = subprocess.run([sys.executable, "launch/watch.py", str(run_dir), "--episodes", "1", "--no-window"],
-                           cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert watch.returncode == 0, watch.stderr
-    assert "episode 1: return" in watch.stdout and "length 20" in watch.stdout
-    assert len(list((run_dir / "videos").glob("*.mp4"))) == 1
-    evaluate = subprocess.run([sys.executable, "launch/evaluate.py", str(run_dir), "--episodes", "2"],
-                              cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert evaluate.returncode == 0 and "greedy: mean return" in evaluate.stdout
-    replays = subprocess.run([sys.executable, "launch/train_ppo.py", *args, "--save-replay-every", "1"],
-                             cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert replays.returncode == 2 and "simulated and has no .SC2Replay" in replays.stderr
+def test_replays_are_refused_on_a_simulated_map_with_one_line():
+    """(train -> watch -> evaluate on sc2-sim/ is tests/test_sc2.py's end-to-end test, beside the mock's.)"""
+    proc = subprocess.run([sys.executable, "launch/train_ppo.py", "--env-id", "sc2-sim/MoveToBeacon", "--save-replay-every", "1"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "simulated and has no .SC2Replay" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
