@@ -19,7 +19,7 @@ import numpy as np
 
 from envs.board_games import BOARD_OPPONENTS  # importing it registers rlgames/TicTacToe-v0 and ConnectFour-v0
 from envs.partial_observability import register_partial_observability_envs
-from envs.sc2 import SIM_MAPS, SIM_PREFIX, check_game_installed, is_sc2, sc2_map_name
+from envs.sc2 import SIM_MAPS, SIM_PREFIX, check_game_installed, is_sc2, is_sc2_sim, sc2_map_name
 
 register_partial_observability_envs()
 
@@ -126,7 +126,7 @@ def check_env_id(env_id: str) -> None:
             register_minatar()
         except ImportError:
             raise _missing_extra_error(env_id, "minatar") from None
-    if env_id.startswith(SIM_PREFIX) and env_id not in gym.registry:
+    if is_sc2_sim(env_id) and env_id not in gym.registry:
         raise EnvSpecError(
             f"the StarCraft II simulator has no map '{sc2_map_name(env_id)}'; it has "
             f"{', '.join(SIM_PREFIX + m for m in SIM_MAPS)} (the real game's maps are sc2/<map>)"

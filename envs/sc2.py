@@ -255,7 +255,7 @@ class SC2Interface:
         the observation's mask) becomes no_op."""
         index = int(action[0])
         if available is not None and not available[index]:
-            index = int(self._index_of_id[int(self.sc.actions.FUNCTIONS.no_op.id)])
+            index = self._no_op_index
         function = self.functions[index]
         arguments = []
         for arg in function.args:
