@@ -35,14 +35,20 @@ Simplifications (what the game does that this does not), written down so that no
   MoveToBeacon player scores about the SC2LE paper's human 28 (see tests/test_sc2_sim.py), not read
   from the map files. Beacon radius 1 and shard radius 0.5 are estimates; "reaching" is touching
   (centre distance <= the two radii).
-- Units do not collide with each other, move in straight lines (no pathing, no acceleration, no turning
-  time), and are kept inside the playable area; a command outside it goes to the nearest point inside.
-- Combat: shots hit instantly (no projectile or attack-point delay). Idle and held units fire at the
-  nearest enemy in weapon range, and an idle unit that is shot goes for its shooter (the roaches' only AI);
-  attack-moving units (Attack on the ground, Patrol) go for the nearest enemy within sight (9); Attack or
-  Smart on an enemy targets that unit and chases it. No unit-type target priority, no overkill logic.
-  DefeatRoaches is therefore much easier for random play than the game: the paper's random policy scores
-  ~120 here (100 episodes), 1 in the game. Its scores mean nothing beside the game's.
+- Units move in straight lines (no pathing, no acceleration, no turning time) and are kept inside the
+  playable area; a command outside it goes to the nearest point inside. They take room: overlapping
+  units are pushed apart by half the overlap each, once a loop (a soft collision; no blocking).
+- Combat, as the game's default unit behaviour (there is no other AI on these maps): shots hit instantly
+  (no projectile or attack-point delay). Idle units go for the nearest enemy within sight (9) and chase
+  it; held units fire at the nearest in weapon range and do not move; attack-moving units (Attack on the
+  ground, Patrol) fight the nearest within sight on their way; Attack or Smart on an enemy targets that
+  unit and chases it. A unit keeps the enemy it acquired while that lives and stays within reach. A unit
+  shot at calls for help: it and its idle allies within its sight go for the shooter. Sight as the
+  acquisition range and help radius are our choices; no unit-type target priority, no overkill logic.
+- Calibration of DefeatRoaches is still off: the paper's random policy scores 1 in the game and about
+  45 here (100 episodes), a scripted "select the army, attack-move onto the roaches" about 36 (the
+  paper's human 41). Before units took room and roaches answered as a group, random play scored ~120.
+  Its scores mean little beside the game's.
 - Selection: select_point/select_rect pick the player's own units only (clicking an enemy or the ground
   clears the selection); a point hits a unit within its radius plus half a pixel. Control groups keep
   their living units. New DefeatRoaches marines join no selection.
@@ -116,6 +122,7 @@ class Unit:
     cooldown: float = 0.0
     orders: list[Order] = field(default_factory=list)
     alive: bool = True
+    target: Unit | None = None  # the enemy it acquired by itself (idle, held, attack-moving); kept while it can
 
     def __post_init__(self):
         self.hp = self.hp or self.kind.hit_points
@@ -172,7 +179,30 @@ class MiniGame:
         for unit in self.units:
             if unit.alive and unit.kind.speed:
                 self._act(unit)
+        self._separate()
         self.after_loop()
+
+    def _separate(self) -> None:
+        """Units take room: each overlapping pair of mobile units is pushed apart by half the overlap each,
+        along the line between their centres (the game's soft unit collision, in one pass a loop). Without
+        it a selected group stands on one point, every unit picks the same target, and focus fire, the
+        skill DefeatRoaches asks for, comes free."""
+        units = [u for u in self.units if u.alive and u.kind.speed]
+        for i, a in enumerate(units):
+            for b in units[i + 1 :]:
+                dx, dy = b.x - a.x, b.y - a.y
+                distance, room = math.hypot(dx, dy), a.kind.radius + b.kind.radius
+                if distance >= room:
+                    continue
+                if distance < 1e-9:  # on one point: a random direction, from the game's seeded stream
+                    angle = float(self.rng.uniform(0.0, 2 * math.pi))
+                    dx, dy, distance = math.cos(angle), math.sin(angle), 1.0
+                    push = room / 2
+                else:
+                    push = (room - distance) / 2
+                dx, dy = dx / distance * push, dy / distance * push
+                a.x, a.y = self.clamp(a.x - dx, a.y - dy, a.kind.radius)
+                b.x, b.y = self.clamp(b.x + dx, b.y + dy, b.kind.radius)
 
     def after_loop(self) -> None:
         """The map's triggers, run after the units act in each game loop."""
@@ -191,16 +221,19 @@ class MiniGame:
         return False
 
     def _in_range(self, unit: Unit, target: Unit) -> bool:
-        gap = _distance(unit, target.x, target.y) - unit.kind.radius - target.kind.radius
-        return gap <= unit.kind.weapon_range
+        return self._gap(unit, target) <= unit.kind.weapon_range
 
     def _fire(self, unit: Unit, target: Unit) -> None:
         if unit.cooldown > 0:
             return
         target.hp -= max(0.5, unit.kind.damage - target.kind.armour)
         unit.cooldown = unit.kind.cooldown
-        if not target.orders and target.kind.damage:  # an idle unit that is shot at goes for the shooter
-            target.orders.append(Order("attack_unit", target=unit))
+        # The game's "call for help": the unit shot at and its idle armed allies within its sight go for
+        # the shooter (units with orders keep them).
+        for ally in self.units:
+            if (ally.alive and ally.alliance == target.alliance and ally.kind.damage and not ally.orders
+                    and _distance(ally, target.x, target.y) <= target.kind.sight):  # fmt: skip
+                ally.orders.append(Order("attack_unit", target=unit))
         if target.hp <= 0 and target.alive:
             target.alive = False
             self.on_death(target)
@@ -208,12 +241,22 @@ class MiniGame:
     def on_death(self, unit: Unit) -> None:
         """The map's reward for a death."""
 
-    def _nearest_enemy(self, unit: Unit, within: float) -> Unit | None:
+    def _gap(self, unit: Unit, other: Unit) -> float:
+        return _distance(unit, other.x, other.y) - unit.kind.radius - other.kind.radius
+
+    def _acquire(self, unit: Unit, within: float) -> Unit | None:
+        """The enemy a unit fights by itself: the one it has while that lives and stays within `within`
+        (edge to edge), else the nearest there (the first of equals). Keeping the target is what spreads a
+        group's fire: each unit of a spread-out group stays on whatever was nearest to it."""
+        target = unit.target
+        if target is not None and target.alive and self._gap(unit, target) <= within:
+            return target
         best, best_gap = None, within
         for enemy in self.enemies_of(unit):
-            gap = _distance(unit, enemy.x, enemy.y) - unit.kind.radius - enemy.kind.radius
-            if gap <= best_gap:
+            gap = self._gap(unit, enemy)
+            if gap < best_gap or (best is None and gap <= best_gap):
                 best, best_gap = enemy, gap
+        unit.target = best
         return best
 
     def _engage(self, unit: Unit, target: Unit, chase: bool) -> None:
@@ -227,9 +270,12 @@ class MiniGame:
         unit.cooldown = max(0.0, unit.cooldown - 1)
         order = unit.orders[0] if unit.orders else None
         if order is None or order.kind == "hold":
-            target = self._nearest_enemy(unit, unit.kind.weapon_range) if unit.kind.damage else None
+            # Idle units go for enemies within sight; held ones fire at what is in range and do not move.
+            held = order is not None
+            within = unit.kind.weapon_range if held else unit.kind.sight
+            target = self._acquire(unit, within) if unit.kind.damage else None
             if target is not None:
-                self._engage(unit, target, chase=False)
+                self._engage(unit, target, chase=not held)
             return
         if order.kind == "move":
             if self._move_towards(unit, *order.point):
@@ -240,7 +286,7 @@ class MiniGame:
             else:
                 self._engage(unit, order.target, chase=True)
         elif order.kind == "attack_move":
-            target = self._nearest_enemy(unit, unit.kind.sight) if unit.kind.damage else None
+            target = self._acquire(unit, unit.kind.sight) if unit.kind.damage else None
             if target is not None:
                 self._engage(unit, target, chase=True)
             elif self._move_towards(unit, *order.point):

@@ -335,16 +335,20 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
     combo = dataclasses.replace(args, envs=envs, stop=False, set=(*args.set, f"eval_episodes={args.sc2_eval_episodes}"))
     results = run_benchmark(combo)
     game = "ours on pysc2's MOCK (not StarCraft II scores)" if mock else "ours, StarCraft II (PPO FullyConv)"
+    # The simulated maps show the greedy score and the sampled policy's last 100 training episodes (the
+    # SC2LE paper's agent scores are of the policy as it trains, i.e. sampled).
     rows = [f"| map | SC2LE random | SC2LE FullyConv | GrandMaster | Reaver (A2C) | {game} | env steps | "
-            "random (all functions), SIMULATED | ours, SIMULATED (sc2-sim: not StarCraft II) | env steps, simulated |",
-            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "random (all functions), SIMULATED | ours, SIMULATED (sc2-sim: not StarCraft II), greedy | "
+            "ours, SIMULATED, sampled last 100 | env steps, simulated |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in dict.fromkeys(sc2_map_name(e) for e in envs):
         cells = []
         for prefix in ("sc2/" if not mock else "sc2-mock/", "sc2-sim/"):
             env_id = prefix + name
             scores = [r.eval_return for r in results if r.env_id == env_id and r.eval_return is not None]
             steps = [r.total_steps for r in results if r.env_id == env_id]
-            cells.append((_fmt(scores, 1), _fmt(steps)) if env_id in envs else ("-", "-"))
+            sampled = [r.final_mean_return for r in results if r.env_id == env_id and r.final_mean_return is not None]
+            cells.append((_fmt(scores, 1), _fmt(steps), _fmt(sampled, 1)) if env_id in envs else ("-", "-", "-"))
         sim_random = "-"
         if f"sc2-sim/{name}" in envs:
             # the paper's random policy chooses among all the functions, not just the preset's
@@ -352,7 +356,7 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
             sim_random = f"{random_policy_score(f'sc2-sim/{name}', args.sc2_eval_episodes, args.first_seed, options):.1f}"
         random_score, fully_conv, grandmaster = SC2LE_SCORES.get(name, ("-", "-", "-"))
         rows.append(f"| {name} | {random_score} | {fully_conv} | {grandmaster} | {REAVER_SCORES.get(name, '-')} | "
-                    f"{cells[0][0]} | {cells[0][1]} | {sim_random} | {cells[1][0]} | {cells[1][1]} |")  # fmt: skip
+                    f"{cells[0][0]} | {cells[0][1]} | {sim_random} | {cells[1][0]} | {cells[1][2]} | {cells[1][1]} |")  # fmt: skip
     return [*rows, "", provenance_line(r.torch_threads for r in results)]
 
 

@@ -114,6 +114,7 @@ def ray_head_fixture(tmp_path_factory):
         yield address
 
 
+@pytest.mark.slow  # ~40 s: two heads; it guards this file's fixture, whose stop every Ray test here runs
 def test_the_suite_stops_only_the_ray_head_it_started(tmp_path):
     """Two heads on the machine: stopping one leaves every process of the other running."""
     with ray_head(tmp_path / "bystander") as (bystander, _, bystander_sid):

@@ -16,7 +16,7 @@ from gymnasium.utils.env_checker import check_env
 from envs.factory import EnvSpecError, check_env_id, make_env
 from envs.sc2 import SIM_MAPS, SC2Options, StarCraft2Env
 from envs.sc2_compat import import_pysc2
-from envs.sc2_sim import MARINE, ROACH, SimulatedSC2Env
+from envs.sc2_sim import MARINE, ROACH, Order, SimulatedSC2Env
 from training.ppo.config import PPOConfig, apply_preset
 from training.ppo.train import build_agent
 
@@ -157,7 +157,8 @@ def _one_on_one(env: StarCraft2Env, marines: int):
     for marine in own[marines:]:
         marine.alive = False
     for i, marine in enumerate(own[:marines]):  # centre distance 4.5: in range of both (gap 3.5 <= 4)
-        marine.x, marine.y = 32.0 - 4.5, 32.0 + (i - marines / 2) * 0.1
+        angle = math.pi + (i - (marines - 1) / 2) * 0.2  # on an arc 0.9 apart: no two touch (0.75)
+        marine.x, marine.y = 32.0 + 4.5 * math.cos(angle), 32.0 + 4.5 * math.sin(angle)
     env._env.selection = []
     return roach, own[:marines]
 
@@ -183,6 +184,62 @@ def test_a_lone_marine_dies_to_a_roach_in_the_computed_time_and_the_game_ends():
     assert [r[1] for r in results] == [0.0] * 8 + [-1.0]
     assert [r[2] for r in results] == [False] * 8 + [True]
     assert roach.hp == ROACH.hit_points - 25
+
+
+def test_an_idle_roach_goes_for_a_marine_in_sight_and_calls_the_roaches_near_it_when_shot():
+    """A held marine 8 from roach r1 (gap 7: in r1's sight, 9, out of both ranges). r1 walks 0.140625 a
+    loop towards it: 1.125 after an agent step. The marine (acting first in each loop) fires once the gap
+    is <= 5, i.e. after r1's 15th loop (8 - 15 x 0.140625 = 5.89 apart): at loop 16, 5 damage. Then r2,
+    idle, 11.65 from the marine but within 9 of r1, answers the call (and walks that same loop); r3, out
+    of everyone's sight, stays as it was."""
+    env = _env("DefeatRoaches")
+    game = env._env.game
+    marine = game.own()[0]
+    r1, r2, r3 = [u for u in game.units if u.kind is ROACH][:3]
+    game.units = [marine, r1, r2, r3]
+    env._env.selection = []
+    (marine.x, marine.y), (r1.x, r1.y), (r2.x, r2.y), (r3.x, r3.y) = (24.0, 32.0), (32.0, 32.0), (36.0, 36.0), (40.0, 24.0)
+    marine.orders = [Order("hold")]
+    env.step(_action(env, "no_op"))
+    assert (r1.x, r1.y, r1.target) == (32.0 - 8 * 0.140625, 32.0, marine)
+    assert (r2.x, r2.y, r2.orders, r3.orders, r1.hp) == (36.0, 36.0, [], [], ROACH.hit_points)
+    env.step(_action(env, "no_op"))
+    assert r1.hp == ROACH.hit_points - 5 and marine.hp == MARINE.hit_points
+    assert [(o.kind, o.target) for o in r2.orders] == [("attack_unit", marine)]
+    assert math.hypot(r2.x - 36.0, r2.y - 36.0) == pytest.approx(ROACH.speed)
+    assert (r3.x, r3.y, r3.orders, r3.target) == (40.0, 24.0, [], None)
+
+
+def test_units_take_room_and_keep_their_target_while_it_lives():
+    """Two marines on one point stand 0.75 apart (two radii) after one loop; sent to one point, they end
+    side by side, not on top of each other. A roach keeps the marine it acquired though another comes
+    nearer."""
+    env = _env("CollectMineralShards")
+    game = env._env.game
+    a, b = game.own()
+    game.units = [a, b]
+    a.x, a.y = b.x, b.y = 30.0, 32.0
+    game.loop()
+    assert math.hypot(a.x - b.x, a.y - b.y) == pytest.approx(2 * MARINE.radius)
+    a.orders, b.orders = [Order("move", (36.0, 33.0))], [Order("move", (36.0, 33.0))]
+    for _ in range(100):
+        game.loop()
+    assert math.hypot(a.x - b.x, a.y - b.y) >= 2 * MARINE.radius - 1e-9
+    assert max(math.hypot(u.x - 36.0, u.y - 33.0) for u in (a, b)) <= 2 * MARINE.radius
+    env = _env("DefeatRoaches")
+    game = env._env.game
+    first, second = game.own()[:2]
+    roach = next(u for u in game.units if u.kind is ROACH)
+    game.units = [first, second, roach]
+    # the first out of its own range (gap 6 > 5) and held, so that nobody shoots and calls for help
+    (roach.x, roach.y), (first.x, first.y), (second.x, second.y) = (32.0, 32.0), (25.0, 32.0), (24.0, 24.0)
+    first.orders = [Order("hold")]
+    game.loop()
+    assert (roach.target, roach.orders) == (first, [])
+    second.x, second.y = 30.0, 33.0  # nearer than the first now, walking (so not shooting) elsewhere
+    second.orders = [Order("move", (40.0, 40.0))]
+    game.loop()
+    assert roach.target is first
 
 
 def test_selection_model_points_rectangles_army_and_control_groups():
