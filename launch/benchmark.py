@@ -572,8 +572,6 @@ def env_steps(args: BenchmarkArgs) -> list[str]:
     """Raw env steps/s of each --envs preset's vector env stepped in this process with random actions; for
     Atari ids both paths (ale-py's C++ vector env on its threads, gymnasium's wrappers one env at a time),
     timed in turn so that both see the same machine."""
-    import numpy as np
-
     from envs.atari import AtariOptions
     from envs.factory import is_atari, make_vector_env
 
@@ -583,14 +581,14 @@ def env_steps(args: BenchmarkArgs) -> list[str]:
         num_envs = apply_preset(PPOConfig(env_id=env_id, preset=args.preset)).num_envs
         paths = {"ale": {"options": AtariOptions()}, "wrappers": {"options": AtariOptions(vector="wrappers")}} if is_atari(env_id) else {"-": None}
         envs = {name: make_vector_env(env_id, num_envs, 0, kwargs) for name, kwargs in paths.items()}
-        rng = np.random.default_rng(0)
         timings: dict[str, list[float]] = {name: [] for name in envs}
         for env in envs.values():
             env.reset(seed=list(range(num_envs)))
+            env.action_space.seed(0)
         for _ in range(args.env_steps_repeats):
             for name, env in envs.items():
-                n = int(env.single_action_space.n)
-                actions = rng.integers(0, n, (vector_steps, num_envs))
+                # drawn before the clock starts, from the env's own (batched) space: any action type
+                actions = [env.action_space.sample() for _ in range(vector_steps)]
                 start = time.perf_counter()
                 for a in actions:
                     env.step(a)
@@ -616,6 +614,11 @@ def _print_and_write(rows: list[str], out_dir: str, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(BenchmarkArgs, args=argv, description=__doc__.split("\n")[0])
+    modes = [flag for flag, on in (("--muzero", args.muzero), ("--sc2-table", args.sc2_table), ("--op-costs", args.op_costs),
+             ("--env-steps", args.env_steps), ("--peer-python", bool(args.peer_python)),
+             ("--sweep-backends", bool(args.sweep_backends))) if on]  # fmt: skip
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} are separate benchmarks: give one of them per command")
     _started()
     if args.muzero:
         _print_and_write(muzero_report(args), args.out_dir, args.label or "muzero")

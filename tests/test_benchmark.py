@@ -1,11 +1,13 @@
 """launch/benchmark.py's own parsing (the benchmark itself is a script that prints figures, not a test)."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "launch"))
 
 from benchmark import BenchmarkArgs, _parse_overrides, run_cleanrl_peer, run_sb3_peer  # noqa: E402
 
@@ -67,3 +69,10 @@ def test_the_muzero_report_tabulates_each_seeds_evaluations_and_whether_it_held(
     summary = next(r for r in rows if r.startswith("| CartPole-v1 |"))
     fields = [f.strip() for f in summary.split("|")[1:-1]]
     assert fields[1:3] == ["2/2", "160 (160-160)"] and fields[4] == "2/2"  # solved, at 160; both held after
+
+
+def test_two_benchmark_modes_in_one_command_are_refused_with_one_line():
+    proc = subprocess.run([sys.executable, "launch/benchmark.py", "--muzero", "--sc2-table"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --muzero and --sc2-table are separate benchmarks: give one of them per command"
