@@ -340,3 +340,23 @@ def test_the_target_network_is_refreshed_every_n_updates(tmp_path, every):
     expected = payload["model"] if every == 1 else build_model(cfg).state_dict()
     for name, value in payload["target_model"].items():
         assert torch.equal(value, expected[name].cpu()), name
+
+
+def test_the_learning_rate_falls_linearly_to_its_final_fraction(tmp_path):
+    """--final-lr-fraction 0.1 over 160 env steps: Adam's rate at the last round's updates (after 150 of
+    the 160 steps, 10 a round) is 3e-3 x (1 - 0.9 x 150 / 160); each logged round's charts/learning_rate
+    follows the same line."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.checkpoint import load_checkpoint
+
+    cfg = MuZeroConfig(runs_dir=str(tmp_path), total_timesteps=160, warmup_steps=64, batch_size=16, num_envs=10,
+                       num_simulations=2, final_lr_fraction=0.1, eval_episodes=0, stop_when_solved=False,
+                       progress=False)  # fmt: skip
+    result = train_muzero(cfg)
+    (group,) = load_checkpoint(result.checkpoint)["optimizer"]["param_groups"]
+    assert group["lr"] == pytest.approx(3e-3 * (1 - 0.9 * 150 / 160))
+    acc = EventAccumulator(str(result.run_dir))
+    acc.Reload()
+    logged = acc.Scalars("charts/learning_rate")  # at the step each round ended; its rate from the step it began
+    assert logged and all(e.value == pytest.approx(3e-3 * (1 - 0.9 * (e.step - 10) / 160)) for e in logged)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.muzero.value_transform import h, h_inverse, scalar_to_support, support_to_scalar
+from agents.muzero.value_transform import (
+    h,
+    h_inverse,
+    scalar_to_hl_gauss,
+    scalar_to_support,
+    support_to_scalar,
+)
 
 
 def test_h_by_hand_and_its_inverse_round_trips():
@@ -33,3 +39,20 @@ def test_scalar_support_round_trip():
     logits = torch.log(scalar_to_support(x, 300) + 1e-30)
     torch.testing.assert_close(support_to_scalar(logits, 300), x, rtol=1e-4, atol=1e-4)
     assert math.isclose(support_to_scalar(torch.zeros(1, 21), 10).item(), 0.0, abs_tol=1e-4)  # uniform: 0 (float32)
+
+
+def test_hl_gauss_targets_by_hand():
+    """h(3) = 1.003 with sigma 0.75 on the support -2..2: bin i gets Phi((i + 0.5 - 1.003) / 0.75) -
+    Phi((i - 0.5 - 1.003) / 0.75), over the mass inside [-2.5, 2.5]. Its mean is pulled towards the middle
+    only by the clipping at the support's edges; far from them it is h(x)."""
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    y, sigma = 1.003, 0.75
+    mass = [phi((i + 0.5 - y) / sigma) - phi((i - 0.5 - y) / sigma) for i in range(-2, 3)]
+    expected = torch.tensor([[m / sum(mass) for m in mass]])
+    torch.testing.assert_close(scalar_to_hl_gauss(torch.tensor([3.0]), 2, sigma), expected, rtol=0, atol=1e-6)
+    x = torch.tensor([-40.0, 0.0, 7.0, 150.0])  # h: -5.4, 0, 1.8, 11.4 on a support of +-20
+    target = scalar_to_hl_gauss(x, 20, sigma)
+    torch.testing.assert_close(target.sum(-1), torch.ones(4))
+    torch.testing.assert_close((target * torch.arange(-20.0, 21.0)).sum(-1), h(x), rtol=0, atol=1e-4)
+    # a narrow Gaussian puts everything on h(x)'s own bin, as two-hot does for an integer h(x)
+    assert scalar_to_hl_gauss(torch.tensor([3.0]), 2, 0.01).argmax().item() == 3

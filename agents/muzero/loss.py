@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agents.muzero.value_transform import scalar_to_support, support_to_scalar
+from agents.muzero.value_transform import scalar_to_hl_gauss, scalar_to_support, support_to_scalar
 
 
 @dataclass
@@ -152,6 +152,7 @@ def muzero_loss(
     next_obs: torch.Tensor | None = None,
     next_obs_mask: torch.Tensor | None = None,
     consistency_coef: float = 0.0,
+    hl_gauss_sigma: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """The unrolled loss on a batch: cross-entropies of value, reward and policy against their targets
     (value and reward as two-hot supports), masked where the targets do not exist.
@@ -164,7 +165,8 @@ def muzero_loss(
     by next_obs_mask [B, K] past the game's end) add EfficientZero's temporal consistency loss: the
     negative cosine similarity between the dynamics' hidden state after k actions and the representation
     of the observation actually reached (no gradient into that target), which ties the learned model to
-    real transitions and makes small-data learning steadier (Ye et al. 2021).
+    real transitions and makes small-data learning steadier (Ye et al. 2021). With hl_gauss_sigma > 0
+    the value and reward targets are HL-Gauss histograms of that width instead of two-hot.
     Returns (loss, statistics, new priorities |V(s_t) - z_t| for the replay).
     """
     K = targets["actions"].shape[1]
@@ -183,9 +185,12 @@ def muzero_loss(
     # Each unrolled step's loss counts 1/K (the first one fully), masked where its target does not exist.
     step_scale = torch.full((K + 1,), 1.0 / K, device=obs.device)
     step_scale[0] = 1.0
-    value_ce = cross_entropy(scalar_to_support(targets["value"], model.support_size), value_logits)  # [B, K+1]
+    def support(x: torch.Tensor, size: int) -> torch.Tensor:
+        return scalar_to_hl_gauss(x, size, hl_gauss_sigma) if hl_gauss_sigma > 0 else scalar_to_support(x, size)
+
+    value_ce = cross_entropy(support(targets["value"], model.support_size), value_logits)  # [B, K+1]
     policy_ce = cross_entropy(targets["policy"], policy_logits)
-    reward_ce = cross_entropy(scalar_to_support(targets["reward"][:, 1:], model.reward_support_size), reward_logits)
+    reward_ce = cross_entropy(support(targets["reward"][:, 1:], model.reward_support_size), reward_logits)
     value_loss = (step_scale * targets["value_mask"] * value_ce).sum(1)
     policy_loss = (step_scale * targets["policy_mask"] * policy_ce).sum(1)
     reward_loss = (step_scale[1:] * targets["reward_mask"][:, 1:] * reward_ce).sum(1)

@@ -66,6 +66,8 @@ class MuZeroConfig(RunConfig):
     """positions per gradient step"""
     learning_rate: float = 3e-3
     """Adam's learning rate"""
+    final_lr_fraction: float = 1.0
+    """the learning rate falls linearly over --total-timesteps to this fraction of --learning-rate (1 = constant; the MuZero paper decays it)"""
     weight_decay: float = 1e-4
     """L2 regularisation of the weights"""
     max_grad_norm: float = 5.0
@@ -84,6 +86,8 @@ class MuZeroConfig(RunConfig):
     """prioritised replay's alpha (0 = uniform sampling)"""
     priority_beta: float = 0.4
     """prioritised replay's importance-weight exponent (1 undoes the sampling bias fully, at the price of tiny weights on the most-sampled positions)"""
+    hl_gauss_sigma: float = 0.0
+    """value and reward targets as HL-Gauss histograms of this width in bins (Farebrother et al. 2024 advise 0.75) instead of two-hot; 0 = two-hot (the paper's)"""
     consistency_coef: float = 0.0
     """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
     reanalyse_fraction: float = 1.0
@@ -144,8 +148,8 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
     problems += range_problems(
         cfg, positive=("learning_rate", "max_grad_norm", "value_loss_coef", "updates_per_step", "hidden_state", "support_size", "res_channels"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
-                      "target_update_every"),
-        unit=("priority_beta",),
+                      "target_update_every", "hl_gauss_sigma"),
+        unit=("priority_beta", "final_lr_fraction"),
     )  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))

@@ -126,7 +126,7 @@ def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: Prioritiz
         next_obs = torch.as_tensor(next_obs).to(device).float()
     loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
                                           value_coef=cfg.value_loss_coef, next_obs=next_obs, next_obs_mask=next_obs_mask,
-                                          consistency_coef=cfg.consistency_coef)  # fmt: skip
+                                          consistency_coef=cfg.consistency_coef, hl_gauss_sigma=cfg.hl_gauss_sigma)  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))

@@ -46,6 +46,7 @@ MUZERO_DASHBOARD_LAYOUT = {
     "2. Losses": {
         "value, reward and policy loss (and consistency, when on)": ["Multiline", ["losses/.*_loss"]],
         "total loss and gradient norm": ["Multiline", ["losses/loss", "losses/grad_norm"]],
+        "learning rate": ["Multiline", ["charts/learning_rate"]],
         "value error |V(s) - z| against the n-step targets, and the replay's priority spread": [
             "Multiline", ["losses/value_error", "replay/priority_.*"]],
     },
@@ -137,6 +138,10 @@ class MuZeroAlgorithm(Algorithm):
         scalars = {}
         if global_step + played.steps >= cfg.warmup_steps and self.replay.num_positions >= cfg.batch_size:
             self.owed_updates += cfg.updates_per_step * played.steps
+            learning_rate = cfg.learning_rate * (1 - (1 - cfg.final_lr_fraction) * min(1.0, fraction))
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+            scalars["charts/learning_rate"] = learning_rate
             stats = None
             self.consistent = False  # a crash in here leaves the model half-updated
             while self.owed_updates >= 1:
