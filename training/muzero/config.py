@@ -46,8 +46,6 @@ class MuZeroConfig(RunConfig):
     """env steps between greedy evaluations (the search without noise; the best is kept as checkpoints/best.pt); one more runs at the end; 0 = only the one at the end"""
     checkpoint_every: int = 2_000
     """env steps between checkpoints (a killed run loses at most this much); the final one is always written"""
-    exp_name: str = "muzero"
-    """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
     self_play_moves: int = 1
     """moves each game makes per self-play round; the learner updates (updates_per_step x env steps) and sends new weights between rounds"""
     num_simulations: int | None = None
