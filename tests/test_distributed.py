@@ -1,9 +1,12 @@
 """Data-parallel learners (DDP) on CPU with gloo and 2 processes: replicas stay identical, and the
 training command runs with --num-learners 2."""
 
+import atexit
 import dataclasses
+import os
 
 import numpy as np
+import pytest
 import torch
 
 from envs import probe_spaces
@@ -54,6 +57,27 @@ def test_train_with_two_learners(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_000000001024.pt"]
     assert np.isfinite(result.sps)
+
+
+def _sum_then_abort_at_exit(value: int, abort_rank: int | None, parallel: DataParallel):
+    """The ranks' values summed; the learner abort_rank aborts at its interpreter's exit (SIGABRT), as
+    gloo's transport thread can while the group is torn down. None: every learner raises instead."""
+    if abort_rank is None:
+        raise RuntimeError("a learner failed")
+    if parallel.rank == abort_rank:
+        atexit.register(os.abort)
+    return int(parallel.mean(torch.tensor(float(value + parallel.rank))).item() * parallel.world_size)
+
+
+@pytest.mark.parametrize("abort_rank", [0, 1])
+def test_a_learner_dying_after_the_run_is_complete_loses_nothing(abort_rank, capsys):
+    assert run_data_parallel(_sum_then_abort_at_exit, (10, abort_rank), 2, False) == 21  # 10 + 11
+    assert "after the run was complete; nothing lost" in capsys.readouterr().err
+
+
+def test_a_learner_failing_during_the_run_fails_the_run():
+    with pytest.raises(torch.multiprocessing.ProcessRaisedException, match="a learner failed"):
+        run_data_parallel(_sum_then_abort_at_exit, (10, None), 2, False)
 
 
 def _listening(port: int) -> list[str]:
