@@ -33,7 +33,7 @@ Simplifications (what the game does that this does not), written down so that no
 - Geometry is ours: a 64 x 64 map, the camera 24 world units wide (square screen) centred on the
   playable area, which is a 22 x 16 rectangle; this size was chosen so that a scripted perfect
   MoveToBeacon player scores about the SC2LE paper's human 28 (see tests/test_sc2_sim.py), not read
-  from the map files. Beacon radius 1 and shard radius 0.5 are estimates; "reaching" is touching
+  from the map files. Beacon and shard radii (1 each) are estimates; "reaching" is touching
   (centre distance <= the two radii).
 - Units move in straight lines (no pathing, no acceleration, no turning time) and are kept inside the
   playable area; a command outside it goes to the nearest point inside. They take room: overlapping
@@ -251,10 +251,10 @@ class MiniGame:
         target = unit.target
         if target is not None and target.alive and self._gap(unit, target) <= within:
             return target
-        best, best_gap = None, within
+        best, best_gap = None, math.inf
         for enemy in self.enemies_of(unit):
             gap = self._gap(unit, enemy)
-            if gap < best_gap or (best is None and gap <= best_gap):
+            if gap <= within and gap < best_gap:
                 best, best_gap = enemy, gap
         unit.target = best
         return best
