@@ -23,6 +23,7 @@ from agents.ppo import (
     explained_variance,
     ppo_update,
 )
+from envs.board_games import board_symmetries
 from envs.factory import board_grid, is_two_player, probe_spaces
 from envs.sc2 import is_sc2
 from training.checkpoint import reading_contents
@@ -88,6 +89,8 @@ class PPOLearner:
         local_envs = cfg.num_envs // parallel.world_size
         self.reward_scaler = RewardScaler(local_envs, cfg.gamma, gather=parallel.gather) if cfg.normalize_reward else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
+        self.symmetries = None if symmetries is None else tuple(torch.as_tensor(p).to(device) for p in symmetries)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
 
@@ -150,6 +153,8 @@ class PPOLearner:
             "returns": flat(returns),
             **memory_inputs,
         }
+        if self.symmetries is not None:
+            batch = symmetric_samples(self.agent, batch, self.symmetries, self.generator)
         if self.kernel:
             from agents.ppo_kernel import ppo_kernel_update  # numba's import, only where the kernel runs
 
@@ -180,6 +185,41 @@ class PPOLearner:
         self.generator.set_state(state["generator"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+def symmetric_samples(
+    agent: PolicyValueNet, batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
+) -> dict:
+    """The rollout's samples, each seen through one of the board's symmetries drawn at random (the
+    identity among them), as AlphaZero trains on Go's eight: a mirrored position is one the policy must
+    also play well, and its advantage and return are those of the original, since neither the rules nor
+    the result change under a symmetry.
+
+    symmetries: (observation permutations [S, cells], action permutations [S, A]), envs.board_games'
+    board_symmetries; g maps the flat board o to o[obs_perms[g]], the action mask m to m[action_perms[g]]
+    and action a to argsort(action_perms[g])[a]. PPO's ratio needs the old policy's probability of the
+    transformed action in the transformed position: one forward of the agent (the policy that acted, as the
+    update has not started) gives it and the old value, for the samples not left as they were."""
+    obs_perms, action_perms = symmetries
+    n = batch["actions"].shape[0]
+    g = torch.randint(len(obs_perms), (n,), generator=generator).to(obs_perms.device)
+    obs = dict(batch["obs"])
+    obs["obs"] = torch.take_along_dim(obs["obs"], obs_perms[g], 1)
+    if "action_mask" in obs:
+        obs["action_mask"] = torch.take_along_dim(obs["action_mask"], action_perms[g], 1)
+    actions = torch.take_along_dim(action_perms.argsort(1)[g], batch["actions"].long()[:, None], 1)[:, 0]
+    actions = actions.to(batch["actions"].dtype)
+    with torch.no_grad():
+        dist, values, _ = agent(obs)
+        log_probs = dist.log_prob(actions)
+    kept = g == 0  # the identity: the rollout's own numbers, bit for bit
+    return {
+        **batch,
+        "obs": obs,
+        "actions": actions,
+        "log_probs": torch.where(kept, batch["log_probs"], log_probs.to(batch["log_probs"].dtype)),
+        "values": torch.where(kept, batch["values"], values.to(batch["values"].dtype)),
+    }
 
 
 def _cloned(state: object) -> object:
