@@ -154,7 +154,7 @@ class PPOLearner:
             **memory_inputs,
         }
         if self.symmetries is not None:
-            batch = symmetric_samples(self.agent, batch, self.symmetries, self.generator)
+            batch = symmetric_samples(batch, self.symmetries, self.generator)
         if self.kernel:
             from agents.ppo_kernel import ppo_kernel_update  # numba's import, only where the kernel runs
 
@@ -187,9 +187,7 @@ class PPOLearner:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
 
 
-def symmetric_samples(
-    agent: PolicyValueNet, batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
-) -> dict:
+def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> dict:
     """The rollout's samples, each seen through one of the board's symmetries drawn at random (the
     identity among them), as AlphaZero trains on Go's eight: a mirrored position is one the policy must
     also play well, and its advantage and return are those of the original, since neither the rules nor
@@ -197,9 +195,12 @@ def symmetric_samples(
 
     symmetries: (observation permutations [S, cells], action permutations [S, A]), envs.board_games'
     board_symmetries; g maps the flat board o to o[obs_perms[g]], the action mask m to m[action_perms[g]]
-    and action a to argsort(action_perms[g])[a]. PPO's ratio needs the old policy's probability of the
-    transformed action in the transformed position: one forward of the agent (the policy that acted, as the
-    update has not started) gives it and the old value, for the samples not left as they were."""
+    and action a to argsort(action_perms[g])[a]. A transformed sample keeps the rollout's log-probability
+    and value, as if the acting policy were symmetric (Mittal et al. 2024's PPO-aug): the ratio then pulls
+    the policy's odds in the transformed position towards those it acted with, bounded like any sample's
+    by the clip. The acting policy's own odds of the transformed move are no good: where it has not become
+    symmetric they can be ~0, and a ratio against them blew the loss up to inf within 400k Connect Four
+    steps."""
     obs_perms, action_perms = symmetries
     n = batch["actions"].shape[0]
     g = torch.randint(len(obs_perms), (n,), generator=generator).to(obs_perms.device)
@@ -208,18 +209,7 @@ def symmetric_samples(
     if "action_mask" in obs:
         obs["action_mask"] = torch.take_along_dim(obs["action_mask"], action_perms[g], 1)
     actions = torch.take_along_dim(action_perms.argsort(1)[g], batch["actions"].long()[:, None], 1)[:, 0]
-    actions = actions.to(batch["actions"].dtype)
-    with torch.no_grad():
-        dist, values, _ = agent(obs)
-        log_probs = dist.log_prob(actions)
-    kept = g == 0  # the identity: the rollout's own numbers, bit for bit
-    return {
-        **batch,
-        "obs": obs,
-        "actions": actions,
-        "log_probs": torch.where(kept, batch["log_probs"], log_probs.to(batch["log_probs"].dtype)),
-        "values": torch.where(kept, batch["values"], values.to(batch["values"].dtype)),
-    }
+    return {**batch, "obs": obs, "actions": actions.to(batch["actions"].dtype)}
 
 
 def _cloned(state: object) -> object:
