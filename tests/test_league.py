@@ -228,7 +228,8 @@ def test_train_ppo_self_play_on_tictactoe_resumes_the_league_and_plays_in_the_ar
 
     common = ["--env-id", TTT, "--runs-dir", str(tmp_path), "--num-envs", "8", "--num-steps", "32",
               "--eval-every", "0", "--eval-episodes", "10", "--league.snapshot-every", "2",
-              "--league.rating-games", "4", "--backend", "multiprocess", "--num-workers", "2"]  # fmt: skip
+              "--league.rating-games", "4", "--backend", "multiprocess", "--num-workers", "2",
+              "--augment-symmetries"]  # fmt: skip
     first = run("launch/train_ppo.py", *common, "--total-timesteps", "1280")
     assert first.returncode == 0, first.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
