@@ -39,11 +39,12 @@ benchmark: $(VENV)/.installed
 	$(PY) launch/benchmark.py $(ARGS)
 
 # The peers that `launch/benchmark.py --peer-python .peers/bin/python` runs beside ours, in a venv of
-# their own (not our dependencies): SB3 with rl-zoo's tuned hyperparameters, and Box2D for LunarLander.
+# their own (not our dependencies): SB3 with rl-zoo's tuned hyperparameters, and Box2D for LunarLander;
+# EnvPool and ale-py for launch/peer_envpool.py.
 PEERS ?= .peers
 $(PEERS)/.installed:
 	$(call venv_with_torch,$(PEERS))
-	$(PEERS)/bin/python -m pip install stable-baselines3 rl-zoo3 "gymnasium[box2d]"
+	$(PEERS)/bin/python -m pip install stable-baselines3 rl-zoo3 "gymnasium[box2d]" envpool "ale-py>=0.11"
 	touch $@
 
 peers: $(PEERS)/.installed
