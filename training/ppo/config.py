@@ -107,7 +107,7 @@ class PPOConfig(RunConfig):
     board_net: Literal["mlp", "cnn"] = "mlp"
     """board games: read the board with the MLPs (--hidden-sizes), or with a shared CNN (three 3x3 convolutions of 32 over the own and opponent planes, then 256 units)"""
     augment_symmetries: bool = False
-    """board games: each update sees every sample through one of the board's symmetries drawn at random (Connect Four's left-right mirror, TicTacToe's 8 rotations and reflections), its old log-probability and value recomputed by the acting policy"""
+    """board games: each update sees every sample through one of the board's symmetries drawn at random (Connect Four's left-right mirror, TicTacToe's 8 rotations and reflections), keeping its advantage, return, value and the rollout's log-probability (rsl_rl's symmetry augmentation)"""
 
     # Atari (ALE/...)
     atari: AtariOptions = field(default_factory=AtariOptions)
@@ -336,8 +336,6 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--board-net cnn is for board games (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} is not one")
     if cfg.augment_symmetries and board_symmetries(cfg.env_id) is None:
         problems.append(f"--augment-symmetries is for board games with symmetries (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} declares none")
-    if cfg.augment_symmetries and cfg.async_rollouts:
-        problems.append("--augment-symmetries needs the acting policy's log-probabilities of the transformed samples, which --async-rollouts no longer has: use one of them")
     if is_two_player(cfg.env_id):
         problems += league_problems(cfg.league, cfg.env_id)
         if cfg.memory_lstm_size:

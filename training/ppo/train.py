@@ -196,9 +196,9 @@ def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor]
     symmetries: (observation permutations [S, cells], action permutations [S, A]), envs.board_games'
     board_symmetries; g maps the flat board o to o[obs_perms[g]], the action mask m to m[action_perms[g]]
     and action a to argsort(action_perms[g])[a]. A transformed sample keeps the rollout's log-probability
-    and value, as if the acting policy were symmetric (as rsl_rl's augmentation of Mittal et al. 2024 does): the ratio then pulls
-    the policy's odds in the transformed position towards those it acted with, bounded like any sample's
-    by the clip. The acting policy's own odds of the transformed move are no good: where it has not become
+    and value, as if the acting policy were symmetric (rsl_rl's augmentation, Mittal et al. 2024, does the
+    same): the ratio then pulls the policy's odds in the transformed position towards those it acted with,
+    bounded like any sample's by the clip. The acting policy's own odds of the transformed move are no good: where it has not become
     symmetric they can be ~0, and a ratio against them blew the loss up to inf within 400k Connect Four
     steps."""
     obs_perms, action_perms = symmetries
