@@ -135,9 +135,9 @@ def run_data_parallel(fn: Callable, args: tuple, world_size: int, use_cuda: bool
     # soon as it is there, since a large one blocks its sender until it is read.
     payload, finished = None, set()
 
-    def read_messages() -> None:
+    def read_messages(until_result: bool = False) -> None:
         nonlocal payload
-        while not results.empty():
+        while not results.empty() or (until_result and payload is None):
             kind, value = results.get()
             if kind == "result":
                 payload = value
@@ -156,5 +156,5 @@ def run_data_parallel(fn: Callable, args: tuple, world_size: int, use_cuda: bool
             raise
         print(f"note: learner {e.error_index} ended with {e} while closing, after the run was complete; nothing lost",
               file=sys.stderr)  # fmt: skip
-    read_messages()
+    read_messages(until_result=True)  # empty() can miss what is still in the pipe: wait for rank 0's result
     return torch.load(io.BytesIO(payload), weights_only=False)

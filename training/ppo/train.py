@@ -198,9 +198,9 @@ def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor]
     and action a to argsort(action_perms[g])[a]. A transformed sample keeps the rollout's log-probability
     and value, as if the acting policy were symmetric (rsl_rl's augmentation, Mittal et al. 2024, does the
     same): the ratio then pulls the policy's odds in the transformed position towards those it acted with,
-    bounded like any sample's by the clip. The acting policy's own odds of the transformed move are no good: where it has not become
-    symmetric they can be ~0, and a ratio against them blew the loss up to inf within 400k Connect Four
-    steps."""
+    bounded like any sample's by the clip. The acting policy's own odds of the transformed move are no
+    good: where it has not become symmetric they can be ~0, and a ratio against them blew the loss up to
+    inf within 400k Connect Four steps."""
     obs_perms, action_perms = symmetries
     n = batch["actions"].shape[0]
     g = torch.randint(len(obs_perms), (n,), generator=generator).to(obs_perms.device)
