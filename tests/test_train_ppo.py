@@ -166,3 +166,32 @@ def test_async_rollouts_train_with_a_lag_of_one_version(tmp_path):
     assert lags[:3] == [0, 1, 1] and set(lags[1:]) == {1}
     # It learns: 40 updates of V-trace PPO on data one version old lift CartPole well above random (~22).
     assert result.mean_return > 100
+
+
+def test_train_for_minutes_stops_on_the_clock_with_a_final_evaluation_and_checkpoint(tmp_path):
+    from training.checkpoint import load_algo_checkpoint
+    from training.ppo.config import PPOConfig
+    from training.ppo.train import train
+
+    cfg = PPOConfig(env_id="CartPole-v1", total_timesteps=10_000_000, train_for_minutes=0.02, runs_dir=str(tmp_path),
+                    stop_when_solved=False, eval_every=0, eval_episodes=2, progress=False)  # fmt: skip
+    result = train(cfg)
+    # 1.2 s of training: far from the step budget, stopped by the clock within a step or two of it.
+    assert 0 < result.global_step < 200_000 and 1.2 <= result.seconds < 30
+    assert result.eval_history[-1][0] == result.global_step and result.checkpoint is not None
+    payload, _ = load_algo_checkpoint(str(result.checkpoint), "ppo")
+    assert payload["global_step"] == result.global_step and payload["elapsed_seconds"] >= 1.2
+
+    # Resumed, the minutes already spent count: nothing more to train, the same step is saved again.
+    again = train(PPOConfig(resume=str(result.run_dir), progress=False))
+    assert again.global_step == result.global_step
+    # Given more minutes on resume, it trains on.
+    longer = train(PPOConfig(resume=str(result.run_dir), train_for_minutes=0.05, resume_changes=("train_for_minutes",),
+                             progress=False))  # fmt: skip
+    assert longer.global_step > result.global_step and longer.seconds >= 3.0
+
+
+def test_train_for_minutes_must_be_a_finite_number_of_minutes():
+    proc = _run(["--train-for-minutes", "-1"])
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "--train-for-minutes must be a finite number >= 0 (got -1.0)" in proc.stderr

@@ -4,7 +4,7 @@ cadence, Ctrl-C and SIGTERM, the stop rule and the result. An algorithm supplies
 `step` (collect experience and learn from it), its state, its acting policy and its dashboard page.
 
     algorithm = build(cfg, context)            # networks, optimiser, workers; restored from a checkpoint
-    while env steps < total_timesteps:
+    while env steps < total_timesteps (and wall minutes < train_for_minutes, when set):
         report = algorithm.step(env steps)     # PPO: a rollout and an update; MuZero: a round of self-play and its updates
         log the episodes and the report; evaluate, record, checkpoint when due; stop once solved
     the final evaluation, video and checkpoint
@@ -258,8 +258,9 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     eval_history: list[tuple[int, float, float]] = []
     eval_return, solved, last_checkpoint = None, False, None
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    out_of_time = bool(cfg.train_for_minutes) and seconds_before >= 60 * cfg.train_for_minutes
     try:
-        while global_step < cfg.total_timesteps:
+        while global_step < cfg.total_timesteps and not out_of_time:
             report = algorithm.step(global_step)
             step_before, global_step = global_step, global_step + report.steps
             acting_seconds += report.acting_seconds
@@ -294,8 +295,9 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
 
             if cfg.solved_by == "training" and cfg.stop_when_solved:
                 solved = threshold is not None and len(recent_returns) == recent_returns.maxlen and mean_return >= threshold
+            out_of_time = bool(cfg.train_for_minutes) and seconds_before + elapsed >= 60 * cfg.train_for_minutes
             # Periodic evaluation, videos and checkpoints; the last of each runs after the loop.
-            finished = (solved and cfg.stop_when_solved) or global_step >= cfg.total_timesteps
+            finished = (solved and cfg.stop_when_solved) or out_of_time or global_step >= cfg.total_timesteps
             if main and cfg.eval_episodes and evaluator.evaluation_due(step_before, global_step) and not finished:
                 eval_return = evaluate()
                 if cfg.solved_by == "evaluation":

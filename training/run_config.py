@@ -34,6 +34,8 @@ class RunConfig:
     """seed of the experiment (envs, sampling, initialisation, minibatch order)"""
     total_timesteps: int = 500_000
     """env steps to train for, at most"""
+    train_for_minutes: float = 0.0
+    """wall-clock minutes to train for, at most (a resumed run's earlier minutes count; the learning-rate schedule still runs over --total-timesteps); the final evaluation and checkpoint follow; 0 = no limit"""
     stop_when_solved: bool = True
     """stop once the run is solved, as --solved-by judges it against --stop-return"""
     solved_by: Literal["training", "evaluation"] = "training"
@@ -87,8 +89,8 @@ class RunConfig:
 # Fields a resumed run of any algorithm may change: its length, where it computes, how often it saves and
 # evaluates, where its workers run. Each algorithm adds its own.
 CHANGEABLE_ON_RESUME = (
-    "total_timesteps", "device", "progress", "stop_when_solved", "stop_return", "eval_every", "eval_episodes",
-    "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
+    "total_timesteps", "train_for_minutes", "device", "progress", "stop_when_solved", "stop_return", "eval_every",
+    "eval_episodes", "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
     "max_bad_updates", "capture_video", "video_every",
 )  # fmt: skip
 
@@ -108,7 +110,7 @@ def run_config_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"--eval-episodes must be <= {MAX_ENVS:,} (got {cfg.eval_episodes})")
     if cfg.solved_by == "evaluation" and cfg.stop_when_solved and cfg.eval_episodes == 0:
         problems.append("--solved-by evaluation needs evaluations: --eval-episodes must be > 0")
-    problems += range_problems(cfg, positive=("worker_timeout",))
+    problems += range_problems(cfg, positive=("worker_timeout",), non_negative=("train_for_minutes",))
     problems += run_problems(cfg)
     return problems
 
