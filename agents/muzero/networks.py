@@ -1,6 +1,7 @@
 """MuZero's three functions (Schrittwieser et al. 2020): representation h (observation -> hidden state),
 dynamics g (hidden state, action -> next hidden state, reward) and prediction f (hidden state -> policy,
-value), here as MLPs for vector observations.
+value), as MLPs for vector observations (MuZeroMLP) and residual convolutions for images (MuZeroResNet)
+behind one interface (MuZeroNet).
 
 Hidden states are min-max scaled to [0, 1] per sample (appendix G), which keeps the dynamics' inputs in
 one range however deep the unroll goes. Rewards and values are categorical over the transformed support
@@ -36,7 +37,47 @@ def _mlp(sizes: Sequence[int], activate_last: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MuZeroMLP(nn.Module):
+class MuZeroNet(nn.Module):
+    """What the search, self-play and the learner use of a MuZero model; subclasses give h (`represent`),
+    g's state half (`dynamics`) and reward head (`dynamics_reward`), and f (`prediction`, `value_logits`)."""
+
+    num_actions: int
+    support_size: int
+    reward_support_size: int
+    dynamics_reward: nn.Module
+    """g's reward half: reward logits of the hidden states that `dynamics` returns"""
+
+    def represent(self, obs: torch.Tensor) -> torch.Tensor:
+        """h: the hidden states of a batch of observations."""
+        raise NotImplementedError
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """g's state half: the hidden states after taking `action` in `state` (the reward is read from
+        them by dynamics_reward, so a training unroll can run every head once over all its steps)."""
+        raise NotImplementedError
+
+    def prediction(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f: (policy logits, value logits) of hidden states."""
+        raise NotImplementedError
+
+    def value_logits(self, state: torch.Tensor) -> torch.Tensor:
+        """f's value half alone (reanalysing bootstrap values needs no policy)."""
+        raise NotImplementedError
+
+    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hidden state, policy logits, value logits) of a batch of observations."""
+        state = self.represent(obs)
+        return (state, *self.prediction(state))
+
+    def recurrent_inference(
+        self, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(next hidden state, reward logits, policy logits, value logits) after taking action in state."""
+        next_state = self.dynamics(state, action)
+        return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
+
+
+class MuZeroMLP(MuZeroNet):
     def __init__(self, obs_dim: int, num_actions: int, hidden_state: int = 64, hidden: Sequence[int] = (64,),
                  support_size: int = 10, reward_support_size: int = 10):  # fmt: skip
         super().__init__()
@@ -56,30 +97,14 @@ class MuZeroMLP(nn.Module):
         return self.prediction_policy(state), self.prediction_value(state)
 
     def value_logits(self, state: torch.Tensor) -> torch.Tensor:
-        """f's value half alone (reanalysing bootstrap values needs no policy)."""
         return self.prediction_value(state)
 
     def represent(self, obs: torch.Tensor) -> torch.Tensor:
-        """h: the hidden states of a batch of observations."""
         return scale_hidden_state(self.representation(obs.flatten(1).float()))
 
     def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """g's state half: the hidden states after taking `action` in `state` (the reward is read from
-        them by dynamics_reward, so a training unroll can run every head once over all its steps)."""
         x = torch.cat([state, F.one_hot(action.long(), self.num_actions).to(state.dtype)], dim=-1)
         return scale_hidden_state(self.dynamics_state(x))
-
-    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(hidden state, policy logits, value logits) of a batch of observations."""
-        state = self.represent(obs)
-        return (state, *self.prediction(state))
-
-    def recurrent_inference(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(next hidden state, reward logits, policy logits, value logits) after taking action in state."""
-        next_state = self.dynamics(state, action)
-        return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
 class ResidualBlock(nn.Module):
@@ -103,7 +128,7 @@ def _conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequ
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.GroupNorm(1, out_channels), nn.ReLU())
 
 
-class MuZeroResNet(nn.Module):
+class MuZeroResNet(MuZeroNet):
     """MuZero's functions for image observations [C, H, W] (frames, boards), a small version of the
     paper's: the representation downsamples with stride-2 convolutions while the map is larger than
     `max_latent_size` (96x96 Atari frames -> 12x12 with the default), then residual blocks; the dynamics
@@ -152,16 +177,6 @@ class MuZeroResNet(nn.Module):
     def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
         return scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))
-
-    def initial_inference(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        state = self.represent(obs)
-        return (state, *self.prediction(state))
-
-    def recurrent_inference(
-        self, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        next_state = self.dynamics(state, action)
-        return (next_state, self.dynamics_reward(next_state), *self.prediction(next_state))
 
 
 def _layers(mlp: nn.Sequential) -> list[tuple[nn.Linear, nn.LayerNorm | None]]:
@@ -247,7 +262,7 @@ class _FusedRecurrent:
         return RecurrentFnOutput(reward, next_state, out[1, :, : self.num_actions].numpy(), value)
 
 
-def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
+def search_callback(model: MuZeroNet) -> RecurrentFn:
     """The model as the search's recurrent function: scalar rewards and values, no autograd. Build it
     again after the weights change (the MLP's fused version reads them once)."""
     if isinstance(model, MuZeroMLP):
@@ -263,7 +278,7 @@ def search_callback(model: MuZeroMLP | MuZeroResNet) -> RecurrentFn:
     return recurrent_fn
 
 
-def root_inference(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> RootFnOutput:
+def root_inference(model: MuZeroNet, obs: np.ndarray) -> RootFnOutput:
     """The hidden states, prior logits and values of a batch of observations: the search's roots."""
     with torch.inference_mode():
         state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs))
@@ -271,7 +286,7 @@ def root_inference(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> RootFnOu
     return RootFnOutput(state, policy_logits.double().numpy(), value.double().numpy())
 
 
-def state_values(model: MuZeroMLP | MuZeroResNet, obs: np.ndarray) -> np.ndarray:
+def state_values(model: MuZeroNet, obs: np.ndarray) -> np.ndarray:
     """[B] the model's values v = f(h(o)) of a batch of observations, without the policy (float64)."""
     with torch.inference_mode():
         logits = model.value_logits(model.represent(torch.as_tensor(obs)))

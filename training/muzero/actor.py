@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.muzero.networks import MuZeroMLP, root_inference, search_callback
+from agents.muzero.networks import MuZeroNet, root_inference, search_callback
 from agents.muzero.policies import run_policy
 from agents.muzero.search import SearchConfig
 from envs.factory import check_env_id
@@ -22,7 +22,7 @@ class MuZeroActor(nn.Module):
     """The search as a policy with PPO's acting interface, for evaluation and watching: greedy (most
     visited, or Gumbel's noiseless choice) when deterministic, else sampled from the visits."""
 
-    def __init__(self, model: MuZeroMLP, search: SearchConfig, seed: int = 0):
+    def __init__(self, model: MuZeroNet, search: SearchConfig, seed: int = 0):
         super().__init__()
         self.model, self.search = model, search
         self.rng = np.random.default_rng(seed)

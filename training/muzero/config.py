@@ -12,7 +12,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from agents.muzero.networks import MuZeroMLP, MuZeroResNet
+from agents.muzero.networks import MuZeroMLP, MuZeroNet, MuZeroResNet
 from agents.muzero.search import SearchConfig
 from envs.factory import probe_spaces
 from training.errors import ConfigError
@@ -175,7 +175,7 @@ def model_spaces(env_id: str) -> ModelSpaces:
     return ModelSpaces(tuple(space.shape), np.dtype(space.dtype), int(action_space.n), masked)
 
 
-def build_model(cfg: MuZeroConfig) -> MuZeroMLP | MuZeroResNet:
+def build_model(cfg: MuZeroConfig) -> MuZeroNet:
     """MLPs for vector observations, the residual conv net for images [C, H, W]."""
     spaces = model_spaces(cfg.env_id)
     if spaces.is_image:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from agents.muzero.loss import UnrollWindows, make_batch_targets, muzero_loss, unroll_windows
-from agents.muzero.networks import MuZeroMLP, root_inference, search_callback, state_values
+from agents.muzero.networks import MuZeroNet, root_inference, search_callback, state_values
 from agents.muzero.policies import run_policy
 from training.muzero.config import MuZeroConfig, search_config
 from training.muzero.replay import Game, PrioritizedReplay
@@ -88,7 +88,7 @@ def apply_symmetries(
     return obs, actions, policies, next_obs
 
 
-def update(model: MuZeroMLP, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
+def update(model: MuZeroNet, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
             actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None,
             target_model: torch.nn.Module | None = None) -> dict[str, float] | None:  # fmt: skip
