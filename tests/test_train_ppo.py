@@ -195,3 +195,22 @@ def test_train_for_minutes_must_be_a_finite_number_of_minutes():
     proc = _run(["--train-for-minutes", "-1"])
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--train-for-minutes must be a finite number >= 0 (got -1.0)" in proc.stderr
+
+
+def test_learner_threads_leave_a_core_to_each_asynchronous_worker_process(monkeypatch):
+    from training.ppo import config as ppo_config
+    from training.ppo.config import PPOConfig, apply_preset, resolve_backend, resolve_torch_threads
+
+    monkeypatch.setattr(ppo_config, "usable_cores", lambda: 4)
+    cfg = apply_preset(PPOConfig(env_id="rlgames/ConnectFour-v0"))
+    assert cfg.async_rollouts and resolve_backend(cfg) == ("multiprocess", 1)  # the preset's loop
+    assert resolve_torch_threads(cfg, multithreaded=True, backend="multiprocess", num_workers=1) == 3
+    assert resolve_torch_threads(cfg, multithreaded=True, backend="multiprocess", num_workers=6) == 1
+    # Synchronous workers wait while the learner updates: it gets every core; small nets get one.
+    sync = dataclasses.replace(cfg, async_rollouts=False)
+    assert resolve_torch_threads(sync, multithreaded=True, backend="multiprocess", num_workers=2) == 4
+    assert resolve_torch_threads(cfg, multithreaded=False, backend="multiprocess", num_workers=1) == 1
+    # Ray workers on a cluster run elsewhere; an explicit --torch-threads always wins.
+    remote = dataclasses.replace(cfg, backend="ray", ray_address="auto")
+    assert resolve_torch_threads(remote, multithreaded=True, backend="ray", num_workers=2) == 4
+    assert resolve_torch_threads(dataclasses.replace(cfg, torch_threads=2), True, "multiprocess", 1) == 2

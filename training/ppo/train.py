@@ -35,11 +35,11 @@ from training.ppo.config import (
     env_kwargs,
     resolve_backend,
     resolve_num_learners,
+    resolve_torch_threads,
     validate,
 )
 from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
-from training.provenance import usable_cores
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
 from training.validation import resolve_device
@@ -280,11 +280,9 @@ class PPOAlgorithm(Algorithm):
         local_envs = cfg.num_envs // parallel.world_size
         observation_space, action_space = probe_spaces(cfg.env_id, env_kwargs(cfg))
         self.agent = self.policy = build_agent(cfg, observation_space, action_space).to(device)
-        # One thread for MLPs and MinAtar's small CNN (a second costs more in synchronisation than it
-        # gives); all usable cores for the big CNNs. Chosen here, never inherited from OMP_NUM_THREADS: a
-        # thread count changes float rounding, so a user's environment variable would otherwise change a
-        # seeded run.
-        torch.set_num_threads(cfg.torch_threads or (usable_cores() if self.agent.multithreaded else 1))
+        # Chosen here, never inherited from OMP_NUM_THREADS: a thread count changes float rounding, so a
+        # user's environment variable would otherwise change a seeded run.
+        torch.set_num_threads(resolve_torch_threads(cfg, self.agent.multithreaded, self.backend, self.num_workers))
         self.learner = PPOLearner(self.agent, cfg, device, parallel)
         self.iteration = 0
         # Faults survived before this process's executor started (they carry over a resume); the executor
