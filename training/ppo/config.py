@@ -51,7 +51,7 @@ class PPOConfig(RunConfig):
     num_learners: int = 0
     """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
     torch_threads: int = 0
-    """torch intra-op threads for the learner; 0 = auto (1 for MLPs and MinAtar's small CNN, where more threads cost more than they give; all usable cores for the Nature CNN and FullyConv); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
+    """torch intra-op threads for the learner; 0 = auto (1 for MLPs and MinAtar's small CNN, where more threads cost more than they give; all usable cores for the Nature CNN, FullyConv and the board CNN, less one per local worker process with --async-rollouts); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
 
     # Rollout workers
     num_steps: int = 128
