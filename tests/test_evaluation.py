@@ -137,3 +137,27 @@ def test_resume_keeps_the_best_evaluation_score(short_cartpole_run, tmp_path):
     assert resumed.eval_return == pytest.approx(result.eval_return)
     assert (run / "checkpoints" / "best.pt").stat().st_mtime_ns == mtime
     assert load_checkpoint(resumed.checkpoint)["best_eval_return"] == best_before["eval_return"]
+
+
+class _PerfectTicTacToe(torch.nn.Module):
+    """A policy that plays TicTacToe's minimax moves (the lowest of the best), PPO's acting interface."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # where evaluation looks for the device
+
+    def act(self, obs, generator=None, deterministic=True):
+        from agents.networks import Acted
+        from envs.board_games import perfect_moves
+
+        board = tuple(int(x) for x in obs["obs"][0].tolist())
+        return Acted(torch.tensor([perfect_moves(board)[0]]), torch.zeros(1), torch.zeros(1), None)
+
+
+def test_perfect_play_draws_every_game_as_a_plain_zero():
+    from training.evaluation import play_against_board_opponent
+
+    result = play_against_board_opponent(_PerfectTicTacToe(), "rlgames/TicTacToe-v0", games=6, seed=0)
+    # Half the games end on the opponent's move; their draws too are +0.0, which print as "0.00".
+    assert np.all(result.returns == 0) and not np.signbit(result.returns).any()
+    assert [f"{r:.2f}" for r in result.returns] == ["0.00"] * 6

@@ -179,7 +179,8 @@ def play_against_board_opponent(
             beat()
             length += 1
             if terminated:  # the reward is the mover's: +1 for a win, -1 for an illegal move, 0 for a draw
-                returns.append(reward if mover == side else -reward)
+                # 0.0 - reward, not -reward: a draw the opponent's move ends is 0.0, not -0.0 ("-0.00" printed)
+                returns.append(reward if mover == side else 0.0 - reward)
                 lengths.append(length)
                 break
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))

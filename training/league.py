@@ -350,7 +350,7 @@ class OpponentVectorEnv(gym.vector.VectorEnv):
                 for i in members:
                     self.obs[i], reward, terminated, _, _ = self.games[i].step(self.rules[opponent](self.games[i], self.obs[i]))
                     if terminated:
-                        ended[i] = -float(reward)
+                        ended[i] = 0.0 - float(reward)  # a draw is 0.0, not -0.0
                 continue
             net = self.policy if opponent == CURRENT else self.nets[opponent]
             obs = {k: torch.from_numpy(v) for k, v in self._batch([self.obs[i] for i in members]).items()}
@@ -363,7 +363,7 @@ class OpponentVectorEnv(gym.vector.VectorEnv):
             for i, move in zip(members, moves, strict=True):
                 self.obs[i], reward, terminated, _, _ = self.games[i].step(int(move))
                 if terminated:
-                    ended[i] = -float(reward)  # the opponent's win is the learner's loss
+                    ended[i] = 0.0 - float(reward)  # the opponent's win is the learner's loss; a draw 0.0, not -0.0
         return ended
 
     def step(self, actions):
