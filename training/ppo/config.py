@@ -381,7 +381,10 @@ def validate(cfg: PPOConfig) -> None:
             problems.append("minibatches of 1 sample cannot normalise advantages; use fewer --num-minibatches")
         backend, workers = resolve_backend(cfg)
         if cfg.async_rollouts and backend == "inprocess":
-            problems.append("--async-rollouts needs workers outside the learner: --backend multiprocess or ray")
+            problems.append(
+                "--async-rollouts needs workers outside the learner: --backend multiprocess or ray (or --no-async-rollouts "
+                "to step the envs in-process; Connect Four's preset turns it on)"
+            )
         # Each data-parallel learner gets num_envs / learners envs, split again over its workers.
         learners = resolve_num_learners(cfg)
         problems += worker_problems(cfg, backend, workers, learners)
