@@ -258,9 +258,14 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     eval_history: list[tuple[int, float, float]] = []
     eval_return, solved, last_checkpoint = None, False, None
     next_checkpoint = (global_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    out_of_time = bool(cfg.train_for_minutes) and seconds_before >= 60 * cfg.train_for_minutes
+
+    def out_of_time(elapsed: float) -> bool:
+        """Whether --train-for-minutes has run out after `elapsed` seconds of this invocation."""
+        return bool(cfg.train_for_minutes) and seconds_before + elapsed >= 60 * cfg.train_for_minutes
+
+    timed_out = out_of_time(0.0)  # a resumed run may have spent its minutes already
     try:
-        while global_step < cfg.total_timesteps and not out_of_time:
+        while global_step < cfg.total_timesteps and not timed_out:
             report = algorithm.step(global_step)
             step_before, global_step = global_step, global_step + report.steps
             acting_seconds += report.acting_seconds
@@ -295,9 +300,9 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
 
             if cfg.solved_by == "training" and cfg.stop_when_solved:
                 solved = threshold is not None and len(recent_returns) == recent_returns.maxlen and mean_return >= threshold
-            out_of_time = bool(cfg.train_for_minutes) and seconds_before + elapsed >= 60 * cfg.train_for_minutes
+            timed_out = out_of_time(elapsed)
             # Periodic evaluation, videos and checkpoints; the last of each runs after the loop.
-            finished = (solved and cfg.stop_when_solved) or out_of_time or global_step >= cfg.total_timesteps
+            finished = (solved and cfg.stop_when_solved) or timed_out or global_step >= cfg.total_timesteps
             if main and cfg.eval_episodes and evaluator.evaluation_due(step_before, global_step) and not finished:
                 eval_return = evaluate()
                 if cfg.solved_by == "evaluation":
