@@ -77,6 +77,12 @@ def board_symmetries(env_id: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+def other_sides_result(mover_reward: float) -> float:
+    """The other player's result of a game whose last move earned its mover `mover_reward` (+1 win, 0 draw,
+    -1 illegal move): the negation, with a draw +0.0 (a plain -reward gives -0.0, printed "-0.00")."""
+    return 0.0 - float(mover_reward)
+
+
 class TwoPlayerBoardEnv(gym.Env):
     """What both board games share: one env plays both sides, the board is kept from the view of the
     player to move (+1 own, -1 the opponent's) and flipped after each move, the reward goes to the mover.

@@ -7,7 +7,14 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from envs.board_games import ConnectFourEnv, TicTacToeEnv, lookahead_moves, perfect_moves, solve
+from envs.board_games import (
+    ConnectFourEnv,
+    TicTacToeEnv,
+    lookahead_moves,
+    other_sides_result,
+    perfect_moves,
+    solve,
+)
 from envs.factory import make_env
 
 
@@ -248,3 +255,9 @@ def test_watching_a_game_ends_on_the_winning_move():
                            on_frame=lambda frame, step, ret, value: frames.append((frame, value)))  # fmt: skip
     assert episode.length == 7 and len(frames) == 8 and frames[-1][1] is None
     assert frames[-2][0] == "XOX\nOXO\n..." and frames[-1][0] == "XOX\nOXO\nX.."
+
+
+def test_the_other_sides_result_is_the_negation_with_a_plain_zero_draw():
+    assert other_sides_result(1.0) == -1.0 and other_sides_result(-1.0) == 1.0  # a win; an illegal move
+    draw = other_sides_result(np.float32(0.0))
+    assert draw == 0.0 and not np.signbit(draw) and f"{draw:.2f}" == "0.00"

@@ -22,7 +22,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS, perfect_moves, solve, winner
+from envs.board_games import (
+    BOARD_OPPONENTS,
+    PERFECT_OPPONENT_ENVS,
+    other_sides_result,
+    perfect_moves,
+    solve,
+    winner,
+)
 from envs.factory import is_atari, make_env, make_vector_env
 from envs.sc2 import is_sc2
 from training.checkpoint import (
@@ -179,8 +186,7 @@ def play_against_board_opponent(
             beat()
             length += 1
             if terminated:  # the reward is the mover's: +1 for a win, -1 for an illegal move, 0 for a draw
-                # 0.0 - reward, not -reward: a draw the opponent's move ends is 0.0, not -0.0 ("-0.00" printed)
-                returns.append(reward if mover == side else 0.0 - reward)
+                returns.append(reward if mover == side else other_sides_result(reward))
                 lengths.append(length)
                 break
     return EvalResult(np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64))

@@ -32,6 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.board_games import other_sides_result
 from envs.factory import make_env
 from training.arena import PairResult, agent_player, fit_elo, play_pair, reference_players
 
@@ -350,7 +351,7 @@ class OpponentVectorEnv(gym.vector.VectorEnv):
                 for i in members:
                     self.obs[i], reward, terminated, _, _ = self.games[i].step(self.rules[opponent](self.games[i], self.obs[i]))
                     if terminated:
-                        ended[i] = 0.0 - float(reward)  # a draw is 0.0, not -0.0
+                        ended[i] = other_sides_result(reward)
                 continue
             net = self.policy if opponent == CURRENT else self.nets[opponent]
             obs = {k: torch.from_numpy(v) for k, v in self._batch([self.obs[i] for i in members]).items()}
@@ -363,7 +364,7 @@ class OpponentVectorEnv(gym.vector.VectorEnv):
             for i, move in zip(members, moves, strict=True):
                 self.obs[i], reward, terminated, _, _ = self.games[i].step(int(move))
                 if terminated:
-                    ended[i] = 0.0 - float(reward)  # the opponent's win is the learner's loss; a draw 0.0, not -0.0
+                    ended[i] = other_sides_result(reward)  # the opponent's win is the learner's loss
         return ended
 
     def step(self, actions):
