@@ -7,6 +7,7 @@ keys, and a key named `action_mask` (bool, True = allowed) masks the policy's Di
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -149,6 +150,16 @@ class BoardCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         board = x.float().reshape(-1, *self.grid_shape)
         return self.net(torch.stack([(board > 0).float(), (board < 0).float()], dim=1))
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Turns a surrounding autocast off: an actor-critic's cores, bodies and heads run in float32 under a
+    learner's bfloat16 autocast. Logits rounded to bfloat16 (8 bits of mantissa) would move the PPO ratio
+    of an unchanged policy by ~1% and the value by as much; the heads' FLOPs are a small part of an update.
+    Without an autocast it does nothing (entering torch.autocast costs ~50 us, 10% of acting for 4 boards)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 # The Nature CNN's 8/4, 4/2 and 3/1 convolutions need at least 36 pixels a side; smaller grids get GridCNN.
@@ -311,7 +322,9 @@ class ActorCritic(PolicyValueNet):
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = obs[self.obs_key]
         if self.conv_trunk:
-            return self.trunk(x)
+            # A learner's reduced-precision autocast (--learner-precision) reaches only this trunk, where an
+            # update's FLOPs are; its features come back as float32 for what follows (see full_precision).
+            return self.trunk(x).float()
         x = x.float()
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
@@ -321,7 +334,16 @@ class ActorCritic(PolicyValueNet):
         self, obs: dict[str, torch.Tensor], memory: torch.Tensor | None = None,
         episode_starts: torch.Tensor | None = None,
     ) -> tuple[Distribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        actor = critic = self._encode(obs)
+        features = self._encode(obs)
+        with full_precision(features.device):
+            return self._heads(features, obs, memory, episode_starts)
+
+    def _heads(
+        self, features: torch.Tensor, obs: dict[str, torch.Tensor], memory: torch.Tensor | None,
+        episode_starts: torch.Tensor | None,
+    ) -> tuple[Distribution, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """forward after the trunk: the memory cores, the bodies and the policy and value heads."""
+        actor = critic = features
         mask = obs.get(MASK_KEY)
         new_memory = None
         if self.actor_core is not None:
@@ -341,9 +363,10 @@ class ActorCritic(PolicyValueNet):
         episode_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:  # fmt: skip
         x = self._encode(obs)
-        if self.actor_core is not None:
-            memory, episode_starts = self._memory_inputs(obs, memory, episode_starts)
-            # The core the value head reads: the shared one after a CNN, the critic's own for vectors.
-            core, state = (self.actor_core, memory) if self.is_image else (self.critic_core, memory[:, self.actor_core.state_size :])
-            x, _ = unroll(core, x, state, episode_starts)
-        return self.value_head(self.critic_body(x)).squeeze(-1)
+        with full_precision(x.device):
+            if self.actor_core is not None:
+                memory, episode_starts = self._memory_inputs(obs, memory, episode_starts)
+                # The core the value head reads: the shared one after a CNN, the critic's own for vectors.
+                core, state = (self.actor_core, memory) if self.is_image else (self.critic_core, memory[:, self.actor_core.state_size :])
+                x, _ = unroll(core, x, state, episode_starts)
+            return self.value_head(self.critic_body(x)).squeeze(-1)

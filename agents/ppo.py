@@ -162,6 +162,7 @@ def ppo_update(
     hp: PPOHyperparams,
     generator: torch.Generator,
     mean_over_learners: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Minibatch epochs over one flattened rollout batch.
 
@@ -175,7 +176,8 @@ def ppo_update(
     recomputes the rollout's log-probabilities (truncated backpropagation through the rollout).
     The minibatch order comes from `generator`, so a resumed run repeats it exactly. Data-parallel
     learners take the target-KL decision on the KL averaged over them (mean_over_learners), so that
-    all of them stop after the same epoch.
+    all of them stop after the same epoch. autocast_dtype (e.g. torch.bfloat16): the agent's forward runs
+    under that autocast (what the agent leaves in float32 stays so); the loss is taken in float32.
     """
     batch_size = batch["actions"].shape[0]
     recurrent = "memory" in batch
@@ -212,7 +214,8 @@ def ppo_update(
                     idx = (steps[:, None] * units + group[None, :]).reshape(-1)
                 episode_starts = batch["episode_starts"] if idx is None else batch["episode_starts"][idx]
             obs, actions, old_log_prob, old_value, advantages, returns = minibatch(idx)
-            dist, new_value, _ = agent(obs, memory, episode_starts)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                dist, new_value, _ = agent(obs, memory, episode_starts)
             new_log_prob, entropy = dist.log_prob(actions), dist.entropy()
             loss, stats = ppo_loss(
                 new_log_prob, old_log_prob, entropy, new_value, old_value, advantages, returns, hp

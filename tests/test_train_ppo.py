@@ -214,3 +214,37 @@ def test_learner_threads_leave_a_core_to_each_asynchronous_worker_process(monkey
     remote = dataclasses.replace(cfg, backend="ray", ray_address="auto")
     assert resolve_torch_threads(remote, multithreaded=True, backend="ray", num_workers=2) == 4
     assert resolve_torch_threads(dataclasses.replace(cfg, torch_threads=2), True, "multiprocess", 1) == 2
+
+
+def test_learner_precision_takes_bfloat16_only_for_a_convolutional_trunk(monkeypatch):
+    from training.errors import ConfigError
+    from training.ppo.config import PPOConfig, apply_preset, resolve_learner_precision
+
+    cpu = torch.device("cpu")
+    cfg = apply_preset(PPOConfig(env_id="rlgames/ConnectFour-v0"))
+    assert cfg.learner_precision == "auto"  # the preset's
+    explicit = dataclasses.replace(cfg, learner_precision="bfloat16")
+    assert resolve_learner_precision(explicit, conv_trunk=True, device=cpu) is torch.bfloat16
+    assert resolve_learner_precision(dataclasses.replace(cfg, learner_precision="float32"), True, cpu) is None
+    # 'auto' asks the CPU: native bf16 (AVX512_BF16 or AMX) or float32, where oneDNN would only emulate it.
+    for flags, expected in (({"avx512_bf16": True}, torch.bfloat16), ({"amx_bf16": True}, torch.bfloat16),
+                            ({"avx512_bf16": False, "avx2": True}, None)):  # fmt: skip
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        assert resolve_learner_precision(cfg, conv_trunk=True, device=cpu) is expected
+    # A net without a convolutional trunk (MLPs): 'auto' stays in float32, an explicit bfloat16 is refused.
+    mlp = PPOConfig(env_id="CartPole-v1", learner_precision="auto")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert resolve_learner_precision(mlp, conv_trunk=False, device=cpu) is None
+    with pytest.raises(ConfigError, match="--learner-precision bfloat16 is for nets with a convolutional trunk"):
+        resolve_learner_precision(dataclasses.replace(mlp, learner_precision="bfloat16"), False, cpu)
+
+
+def test_bfloat16_on_an_mlp_net_is_refused_with_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "launch/train_ppo.py", "--env-id", "CartPole-v1", "--total-timesteps", "1024",
+         "--learner-precision", "bfloat16", "--runs-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--learner-precision bfloat16 is for nets with a convolutional trunk" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -91,6 +91,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether the device multiplies bfloat16 matrices in hardware: a CUDA GPU with bf16, a CPU with AVX512_BF16
+    or AMX-BF16. Elsewhere oneDNN emulates them, and a bfloat16 autocast runs slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
 def runs_dir_problems(runs_dir: str) -> list[str]:
     """A runs folder that is a file, or that cannot be written (read-only, no permission), where it is or
     at its nearest existing parent (where it would be made)."""

@@ -34,6 +34,7 @@ from training.ppo.config import (
     PPOConfig,
     env_kwargs,
     resolve_backend,
+    resolve_learner_precision,
     resolve_num_learners,
     resolve_torch_threads,
     validate,
@@ -91,6 +92,7 @@ class PPOLearner:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
         self.symmetries = None if symmetries is None else tuple(torch.as_tensor(p).to(device) for p in symmetries)
+        self.autocast_dtype = resolve_learner_precision(cfg, getattr(agent, "conv_trunk", False), device)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
 
@@ -130,7 +132,7 @@ class PPOLearner:
             # V-trace targets from the current critic, weighted by pi/mu. The PPO ratio below is taken
             # against mu's log-probabilities and clipped around it, as in APPO. With memory, pi unrolls
             # from the states mu's workers had at the rollout's start.
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 dist, current_values, _ = self.agent(obs, memory_inputs.get("memory"), memory_inputs.get("episode_starts"))
                 log_rhos = (dist.log_prob(actions) - flat(rollout.log_probs)).cpu().numpy().reshape(values.shape)
             values = current_values.cpu().numpy().reshape(values.shape)
@@ -160,7 +162,9 @@ class PPOLearner:
 
             stats = ppo_kernel_update(self.agent, self.optimizer, batch, self.hp, self.generator)
         else:
-            stats = ppo_update(self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean)
+            stats = ppo_update(
+                self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean, self.autocast_dtype
+            )
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
         if self.agent.obs_normalizer is not None:
             # After the update, so the update sees the same normalisation the rollout was acted with.
@@ -170,6 +174,9 @@ class PPOLearner:
                 raw = torch.as_tensor(self.parallel.gather(raw.cpu().numpy())).to(self.device)
             self.agent.obs_normalizer.update(raw)
         return stats
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def state_dict(self) -> dict:
         return {
@@ -331,7 +338,8 @@ class PPOAlgorithm(Algorithm):
 
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
-                "resolved_num_learners": self.parallel.world_size}  # fmt: skip
+                "resolved_num_learners": self.parallel.world_size,
+                "resolved_learner_precision": str(self.learner.autocast_dtype or torch.float32).removeprefix("torch.")}  # fmt: skip
 
     def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
