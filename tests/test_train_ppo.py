@@ -218,7 +218,7 @@ def test_learner_threads_leave_a_core_to_each_asynchronous_worker_process(monkey
 
 def test_learner_precision_takes_bfloat16_only_for_a_convolutional_trunk(monkeypatch):
     from training.errors import ConfigError
-    from training.ppo.config import PPOConfig, apply_preset, resolve_learner_precision
+    from training.ppo.config import PPOConfig, apply_preset, resolve_learner_precision, validate
 
     cpu = torch.device("cpu")
     cfg = apply_preset(PPOConfig(env_id="rlgames/ConnectFour-v0"))
@@ -231,12 +231,18 @@ def test_learner_precision_takes_bfloat16_only_for_a_convolutional_trunk(monkeyp
                             ({"avx512_bf16": False, "avx2": True}, None)):  # fmt: skip
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
         assert resolve_learner_precision(cfg, conv_trunk=True, device=cpu) is expected
-    # A net without a convolutional trunk (MLPs): 'auto' stays in float32, an explicit bfloat16 is refused.
+    # A net without a convolutional trunk (MLPs) stays in float32; validation refuses an explicit bfloat16
+    # there (MLPs, FullyConv), and takes it for image observations and the board CNN.
     mlp = PPOConfig(env_id="CartPole-v1", learner_precision="auto")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert resolve_learner_precision(mlp, conv_trunk=False, device=cpu) is None
-    with pytest.raises(ConfigError, match="--learner-precision bfloat16 is for nets with a convolutional trunk"):
-        resolve_learner_precision(dataclasses.replace(mlp, learner_precision="bfloat16"), False, cpu)
+    assert resolve_learner_precision(dataclasses.replace(mlp, learner_precision="bfloat16"), False, cpu) is None
+    refusal = "--learner-precision bfloat16 is for nets with a convolutional trunk"
+    for env_id in ("CartPole-v1", "sc2-sim/MoveToBeacon"):
+        with pytest.raises(ConfigError, match=refusal):
+            validate(apply_preset(PPOConfig(env_id=env_id, learner_precision="bfloat16")))
+    for env_id in ("rlgames/ConnectFour-v0", "MinAtar/Breakout-v1"):
+        validate(apply_preset(PPOConfig(env_id=env_id, learner_precision="bfloat16")))
 
 
 def test_bfloat16_on_an_mlp_net_is_refused_with_one_line_and_exit_2(tmp_path):
@@ -248,3 +254,4 @@ def test_bfloat16_on_an_mlp_net_is_refused_with_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "--learner-precision bfloat16 is for nets with a convolutional trunk" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before the run folder was made

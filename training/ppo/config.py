@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium as gym
 import torch
 import tyro
 
@@ -327,18 +328,29 @@ def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
 
 def resolve_learner_precision(cfg: PPOConfig, conv_trunk: bool, device: torch.device) -> torch.dtype | None:
     """The dtype of the update's autocast (None: float32 throughout) for --learner-precision, given whether
-    the agent has a convolutional trunk (the only part that takes it); ConfigError for an explicit
-    'bfloat16' on a net without one."""
-    if cfg.learner_precision == "float32":
-        return None
-    if not conv_trunk:
-        if cfg.learner_precision == "bfloat16":
-            raise ConfigError(
-                f"--learner-precision bfloat16 is for nets with a convolutional trunk (board games with --board-net cnn, "
-                f"MinAtar, Atari); {cfg.env_id}'s net has none: use float32 or auto"
-            )
+    the agent has a convolutional trunk, the only part that takes it (validate refuses an explicit
+    'bfloat16' for a net without one)."""
+    if cfg.learner_precision == "float32" or not conv_trunk:
         return None
     return torch.bfloat16 if cfg.learner_precision == "bfloat16" or native_bfloat16(device) else None
+
+
+def precision_problems(cfg: PPOConfig) -> list[str]:
+    """An explicit --learner-precision bfloat16 for a net without a convolutional trunk (MLPs over vectors,
+    StarCraft II's FullyConv); the env's spaces are probed for image observations only then."""
+    if cfg.learner_precision != "bfloat16" or cfg.board_net == "cnn":
+        return []
+    if not is_sc2(cfg.env_id):
+        from envs.factory import probe_spaces
+
+        observation_space, _ = probe_spaces(cfg.env_id, env_kwargs(cfg))
+        spaces = observation_space.spaces.values() if isinstance(observation_space, gym.spaces.Dict) else [observation_space]
+        if any(len(space.shape or ()) == 3 for space in spaces):
+            return []
+    return [
+        f"--learner-precision bfloat16 is for nets with a convolutional trunk (board games with --board-net cnn, "
+        f"MinAtar, Atari); {cfg.env_id}'s net has none: use float32 or auto"
+    ]
 
 
 def resolve_torch_threads(cfg: PPOConfig, multithreaded: bool, backend: str, num_workers: int) -> int:
@@ -372,6 +384,7 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--sc2.screen-size and --sc2.minimap-size must be >= 4 (got {cfg.sc2.screen_size}, {cfg.sc2.minimap_size})")
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
         problems.append(f"--sc2.step-mul must be >= 1 (got {cfg.sc2.step_mul})")
+    problems += precision_problems(cfg)
     if cfg.board_net == "cnn" and not is_two_player(cfg.env_id):
         problems.append(f"--board-net cnn is for board games (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} is not one")
     if cfg.augment_symmetries and board_symmetries(cfg.env_id) is None:
