@@ -34,6 +34,35 @@ def test_an_unbeaten_player_gets_a_finite_rating_and_the_order_follows_the_resul
     assert ratings[2].opponents == {"b": Tally(2, 2, 6), "a": Tally(0, 0, 5)}
 
 
+def test_a_league_sized_fit_equals_the_full_table_minorization_maximization():
+    # A league's ratings: 120 snapshots, each against two reference players and the one before it, a pair
+    # played twice. fit_elo iterates over the pairs that played; the same MM update over the full n x n
+    # table of games (Hunter 2004, with the prior of one half-won game against strength 1) gives the same.
+    rng = np.random.default_rng(0)
+    results = []
+    for i in range(120):
+        for opponent in ("random", "lookahead", *([f"s{i - 1}"] if i else [])):
+            wins, draws = int(rng.integers(0, 15)), int(rng.integers(0, 6))
+            results.append(PairResult(wins, draws, 20 - wins - draws, a=f"s{i}", b=opponent))
+    results.append(PairResult(3, 1, 6, a="s7", b="s6"))
+    names = list(dict.fromkeys(n for r in results for n in (r.a, r.b)))
+    k = {n: i for i, n in enumerate(names)}
+    score, games = np.full(len(names), 0.5), np.zeros((len(names), len(names)))
+    for r in results:
+        score[k[r.a]] += r.wins + r.draws / 2
+        score[k[r.b]] += r.losses + r.draws / 2
+        games[k[r.a], k[r.b]] += r.games
+        games[k[r.b], k[r.a]] += r.games
+    s = np.ones(len(names))
+    for _ in range(20_000):
+        s = score / ((games / (s[:, None] + s[None, :])).sum(1) + 1.0 / (s + 1.0))
+    elo = 400 / math.log(10) * np.log(s)
+    elo += 1000 - elo.mean()
+    fitted = {r.name: r.elo for r in fit_elo(results)}
+    assert len(fitted) == 122
+    assert max(abs(fitted[n] - elo[k[n]]) for n in names) < 1e-6
+
+
 def test_round_robin_shares_the_first_move_and_the_perfect_player_never_loses():
     firsts = []
 
