@@ -102,7 +102,7 @@ class PPOConfig(RunConfig):
     lstm_size: int = 128
     """units of the LSTM core (--policy-memory lstm)"""
     learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
-    """the update's convolutional trunk (board CNN, GridCNN, Nature CNN) under a bfloat16 autocast, its memory cores, bodies, heads and loss in float32, acting always in float32 (Connect Four's update on one thread of an AMD EPYC with AVX512_BF16 took ~1.9x less time); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
+    """the update's convolutional trunk (board CNN, GridCNN, Nature CNN) under a bfloat16 autocast, its memory cores, bodies, heads and loss in float32, acting always in float32 (Connect Four's minibatch step on one thread of an AMD EPYC with AVX512_BF16: ~1.9x faster); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
     mlp_kernel: Literal["auto", "torch"] = "auto"
     """'auto': MLP policies over vector observations and Discrete actions (classic control, Box2D) act and learn on the CPU through one compiled numba kernel (agents/ppo_kernel.py: the same PPO math; minibatch steps ~2.5-8x and acting ~4x faster than torch here; compiled once per machine, ~15-20 s, then cached); 'torch': always torch ops and autograd (others always use torch)"""
 
