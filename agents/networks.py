@@ -32,6 +32,13 @@ def obs_spaces(observation_space: gym.Space) -> dict[str, gym.Space]:
     return {OBS_KEY: observation_space}
 
 
+def is_image_space(observation_space: gym.Space) -> bool:
+    """Whether the observation's features (its space besides an action mask) are images [C, H, W], which
+    ActorCritic reads with a CNN trunk."""
+    spaces = obs_spaces(observation_space)
+    return any(len(space.shape or ()) == 3 for key, space in spaces.items() if key != MASK_KEY)
+
+
 def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
     orthogonal_(layer.weight, gain)
     nn.init.constant_(layer.bias, bias)
@@ -257,7 +264,7 @@ class ActorCritic(PolicyValueNet):
         self.obs_key = feature_keys[0]
         self.masked = MASK_KEY in spaces
         space = spaces[self.obs_key]
-        self.is_image = len(space.shape) == 3
+        self.is_image = is_image_space(observation_space)
         # One shared convolutional trunk (frames, grids, boards) or MLP bodies of their own (vectors).
         self.conv_trunk = self.is_image or board_grid is not None
         self.obs_normalizer = ObsNormalizer(space.shape) if normalize_obs and not self.conv_trunk else None

@@ -5,6 +5,7 @@ Names follow the papers and CleanRL's ppo.py. Arrays are time-major: [T, N] for 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,6 +156,12 @@ def ppo_loss(
     return loss, stats
 
 
+def reduced_precision(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """A learner's autocast to dtype (torch.bfloat16 for --learner-precision; None: none), under which an
+    actor-critic rounds only its convolutional trunk (agents.networks.full_precision keeps the rest in float32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def ppo_update(
     agent: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -214,7 +221,7 @@ def ppo_update(
                     idx = (steps[:, None] * units + group[None, :]).reshape(-1)
                 episode_starts = batch["episode_starts"] if idx is None else batch["episode_starts"][idx]
             obs, actions, old_log_prob, old_value, advantages, returns = minibatch(idx)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with reduced_precision(device, autocast_dtype):
                 dist, new_value, _ = agent(obs, memory, episode_starts)
             new_log_prob, entropy = dist.log_prob(actions), dist.entropy()
             loss, stats = ppo_loss(

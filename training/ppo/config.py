@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import torch
 import tyro
 
+from agents.networks import is_image_space
 from envs.atari import AtariOptions, atari_problems
 from envs.board_games import board_symmetries
 from envs.factory import is_atari, is_two_player
@@ -343,9 +343,7 @@ def precision_problems(cfg: PPOConfig) -> list[str]:
     if not is_sc2(cfg.env_id):
         from envs.factory import probe_spaces
 
-        observation_space, _ = probe_spaces(cfg.env_id, env_kwargs(cfg))
-        spaces = observation_space.spaces.values() if isinstance(observation_space, gym.spaces.Dict) else [observation_space]
-        if any(len(space.shape or ()) == 3 for space in spaces):
+        if is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0]):
             return []
     return [
         f"--learner-precision bfloat16 is for nets with a convolutional trunk (board games with --board-net cnn, "

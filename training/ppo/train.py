@@ -22,6 +22,7 @@ from agents.ppo import (
     compute_vtrace,
     explained_variance,
     ppo_update,
+    reduced_precision,
 )
 from envs.board_games import board_symmetries
 from envs.factory import board_grid, is_two_player, probe_spaces
@@ -132,7 +133,7 @@ class PPOLearner:
             # V-trace targets from the current critic, weighted by pi/mu. The PPO ratio below is taken
             # against mu's log-probabilities and clipped around it, as in APPO. With memory, pi unrolls
             # from the states mu's workers had at the rollout's start.
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), reduced_precision(self.device, self.autocast_dtype):
                 dist, current_values, _ = self.agent(obs, memory_inputs.get("memory"), memory_inputs.get("episode_starts"))
                 log_rhos = (dist.log_prob(actions) - flat(rollout.log_probs)).cpu().numpy().reshape(values.shape)
             values = current_values.cpu().numpy().reshape(values.shape)
@@ -174,9 +175,6 @@ class PPOLearner:
                 raw = torch.as_tensor(self.parallel.gather(raw.cpu().numpy())).to(self.device)
             self.agent.obs_normalizer.update(raw)
         return stats
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def state_dict(self) -> dict:
         return {
