@@ -7,7 +7,6 @@ keys, and a key named `action_mask` (bool, True = allowed) masks the policy's Di
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 
 from agents.distributions import ActionHead, Distribution
 from agents.initialization import orthogonal_
+from agents.precision import full_precision
 from agents.recurrent import LSTMCore, unroll
 
 MASK_KEY = "action_mask"
@@ -157,16 +157,6 @@ class BoardCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         board = x.float().reshape(-1, *self.grid_shape)
         return self.net(torch.stack([(board > 0).float(), (board < 0).float()], dim=1))
-
-
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Turns a surrounding autocast off: an actor-critic's cores, bodies and heads run in float32 under a
-    learner's bfloat16 autocast. Logits rounded to bfloat16 (8 bits of mantissa) would move the PPO ratio
-    of an unchanged policy by ~1% and the value by as much; the heads' FLOPs are a small part of an update.
-    Without an autocast it does nothing (entering torch.autocast costs ~50 us, 10% of acting for 4 boards)."""
-    if not torch.is_autocast_enabled(device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, enabled=False)
 
 
 # The Nature CNN's 8/4, 4/2 and 3/1 convolutions need at least 36 pixels a side; smaller grids get GridCNN.

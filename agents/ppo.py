@@ -5,13 +5,14 @@ Names follow the papers and CleanRL's ppo.py. Arrays are time-major: [T, N] for 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from agents.precision import reduced_precision
 
 
 def compute_gae(
@@ -154,12 +155,6 @@ def ppo_loss(
         "clipfrac": clip_frac,
     }
     return loss, stats
-
-
-def reduced_precision(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """A learner's autocast to dtype (torch.bfloat16 for --learner-precision; None: none), under which an
-    actor-critic rounds only its convolutional trunk (agents.networks.full_precision keeps the rest in float32)."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def ppo_update(

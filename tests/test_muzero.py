@@ -205,3 +205,38 @@ def test_the_consistency_loss_compares_the_dynamics_with_the_reached_observation
     again, _, _ = muzero_loss(model, obs, targets, torch.ones(2), next_obs=next_obs, next_obs_mask=mask,
                               consistency_coef=2.0)  # fmt: skip
     assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_a_bfloat16_update_keeps_float32_weights_and_moves_them_like_float32():
+    import copy
+
+    from agents.muzero.networks import MuZeroResNet
+    from agents.precision import reduced_precision
+
+    torch.manual_seed(0)
+    model = MuZeroResNet((4, 10, 10), num_actions=3, channels=16, blocks=1, support_size=10, reward_support_size=5)
+    for head in (model.prediction_policy, model.prediction_value, model.dynamics_reward):  # not the neutral start
+        torch.nn.init.normal_(head[-1].weight, std=0.1)
+    B, K = 32, 3
+    g = torch.Generator().manual_seed(1)
+    obs = torch.rand(B, 400, generator=g)
+    targets = {"actions": torch.randint(3, (B, K), generator=g), "value": 5 * torch.rand(B, K + 1, generator=g),
+               "reward": torch.rand(B, K + 1, generator=g), "policy": torch.softmax(torch.randn(B, K + 1, 3, generator=g), -1),
+               **{name: torch.ones(B, K + 1) for name in ("value_mask", "reward_mask", "policy_mask")}}  # fmt: skip
+    moved, losses = {}, {}
+    for dtype in (None, torch.bfloat16):
+        net = copy.deepcopy(model)
+        before = [p.detach().clone() for p in net.parameters()]
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        with reduced_precision(torch.device("cpu"), dtype):
+            loss, _, priorities = muzero_loss(net, obs, targets, torch.ones(B))
+        loss.backward()
+        optimizer.step()
+        assert loss.dtype == priorities.dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+        losses[dtype] = loss.item()
+        moved[dtype] = torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before, strict=True)])
+    assert losses[None] != losses[torch.bfloat16] and abs(losses[None] - losses[torch.bfloat16]) < 0.01 * losses[None]
+    # Adam's first step moves each weight by ~lr * sign(gradient): bf16's gradients point the same way.
+    agree = (moved[None].sign() == moved[torch.bfloat16].sign()).float().mean().item()
+    assert agree > 0.9, agree

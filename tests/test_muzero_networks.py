@@ -84,3 +84,23 @@ def test_the_residual_net_for_images_keeps_muzeros_interface():
     result = run_policy(RootFnOutput(state, logits, root_value), search_callback(model), SearchConfig(num_simulations=8),
                         np.random.default_rng(0))  # fmt: skip
     assert (result.visit_counts.sum(-1) == 8).all()
+
+
+def test_under_a_bfloat16_autocast_the_residual_net_rounds_its_convolutions_only():
+    torch.manual_seed(0)
+    model = MuZeroResNet((4, 10, 10), num_actions=6, channels=16, blocks=1, support_size=10, reward_support_size=5)
+    for head in (model.prediction_policy, model.prediction_value, model.dynamics_reward):  # not the neutral start
+        torch.nn.init.normal_(head[-1].weight, std=0.1)
+    obs = torch.rand(8, 400)
+    with torch.no_grad():
+        state32, policy32, value32 = model.initial_inference(obs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            state16, policy16, value16 = model.initial_inference(obs)
+            trunk16 = model.prediction_trunk(state16)
+        # The heads read the rounded trunk in float32: the same as running them by hand outside the autocast.
+        by_hand = model.prediction_value(trunk16.float())
+    assert state16.dtype == torch.bfloat16 and policy16.dtype == value16.dtype == torch.float32
+    assert torch.equal(value16, by_hand)
+    assert not torch.equal(value16, value32)  # rounded, not replaced: close, not equal
+    torch.testing.assert_close(value16, value32, atol=0.05, rtol=0)
+    torch.testing.assert_close(policy16, policy32, atol=0.05, rtol=0)

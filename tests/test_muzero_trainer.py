@@ -2,6 +2,7 @@
 watching and evaluating a MuZero run, resuming it, and TicTacToe and Connect Four self-play."""
 
 import dataclasses
+import json
 import math
 import multiprocessing
 import re
@@ -261,7 +262,7 @@ def test_image_observations_train_the_residual_net(tmp_path):
     try:
         cfg = MuZeroConfig(env_id="tests/ImageCorridor-v0", runs_dir=str(tmp_path), total_timesteps=240,
                            warmup_steps=80, batch_size=16, num_simulations=4, eval_episodes=2, eval_every=0,
-                           res_channels=8, res_blocks=1, progress=False)  # fmt: skip
+                           res_channels=8, res_blocks=1, learner_precision="bfloat16", progress=False)  # fmt: skip
         assert isinstance(build_model(cfg), MuZeroResNet)
         result = train_muzero(cfg)
     finally:
@@ -270,6 +271,17 @@ def test_image_observations_train_the_residual_net(tmp_path):
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     assert np.isfinite([e.value for e in acc.Scalars("losses/value_loss")]).all()
+    # The update's convolutions ran under the bfloat16 autocast the run asked for (and says so).
+    assert json.loads((result.run_dir / "config.json").read_text())["resolved_learner_precision"] == "bfloat16"
+
+
+def test_bfloat16_for_an_mlp_model_is_refused_with_one_line_and_exit_2(tmp_path):
+    result = _launch("train_muzero.py", "--total-timesteps", "100", "--learner-precision", "bfloat16",
+                     "--runs-dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--learner-precision bfloat16 is for MuZero's residual conv net" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before the run folder was made
 
 
 def test_a_replay_that_cannot_fit_is_refused_before_the_run(tmp_path):

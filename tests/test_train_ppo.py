@@ -218,25 +218,26 @@ def test_learner_threads_leave_a_core_to_each_asynchronous_worker_process(monkey
 
 def test_learner_precision_takes_bfloat16_only_for_a_convolutional_trunk(monkeypatch):
     from training.errors import ConfigError
-    from training.ppo.config import PPOConfig, apply_preset, resolve_learner_precision, validate
+    from training.ppo.config import PPOConfig, apply_preset, validate
+    from training.validation import resolve_learner_precision
 
     cpu = torch.device("cpu")
     cfg = apply_preset(PPOConfig(env_id="rlgames/ConnectFour-v0"))
     assert cfg.learner_precision == "auto"  # the preset's
     explicit = dataclasses.replace(cfg, learner_precision="bfloat16")
-    assert resolve_learner_precision(explicit, conv_trunk=True, device=cpu) is torch.bfloat16
-    assert resolve_learner_precision(dataclasses.replace(cfg, learner_precision="float32"), True, cpu) is None
+    assert resolve_learner_precision(explicit.learner_precision, conv_trunk=True, device=cpu) is torch.bfloat16
+    assert resolve_learner_precision("float32", True, cpu) is None
     # 'auto' asks the CPU: native bf16 (AVX512_BF16 or AMX) or float32, where oneDNN would only emulate it.
     for flags, expected in (({"avx512_bf16": True}, torch.bfloat16), ({"amx_bf16": True}, torch.bfloat16),
                             ({"avx512_bf16": False, "avx2": True}, None)):  # fmt: skip
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
-        assert resolve_learner_precision(cfg, conv_trunk=True, device=cpu) is expected
+        assert resolve_learner_precision(cfg.learner_precision, conv_trunk=True, device=cpu) is expected
     # A net without a convolutional trunk (MLPs) stays in float32; validation refuses an explicit bfloat16
     # there (MLPs, FullyConv), and takes it for image observations and the board CNN.
     mlp = PPOConfig(env_id="CartPole-v1", learner_precision="auto")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    assert resolve_learner_precision(mlp, conv_trunk=False, device=cpu) is None
-    assert resolve_learner_precision(dataclasses.replace(mlp, learner_precision="bfloat16"), False, cpu) is None
+    assert resolve_learner_precision(mlp.learner_precision, conv_trunk=False, device=cpu) is None
+    assert resolve_learner_precision("bfloat16", False, cpu) is None
     refusal = "--learner-precision bfloat16 is for nets with a convolutional trunk"
     for env_id in ("CartPole-v1", "sc2-sim/MoveToBeacon"):
         with pytest.raises(ConfigError, match=refusal):

@@ -44,6 +44,8 @@ class RunConfig:
     """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
     device: str = "auto"
     """the learner's device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
+    """the update's convolutional trunk (PPO: board CNN, GridCNN, Nature CNN; MuZero: the residual net's convolutions) under a bfloat16 autocast, everything else (memory cores, MLP bodies, policy, value and reward heads, the loss, the weights and Adam) in float32, acting always in float32 (one thread of an AMD EPYC with AVX512_BF16: Connect Four's PPO minibatch step ~1.9x faster, MuZero's MinAtar update ~1.7x); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
 
     # Workers
     num_envs: int = 4
@@ -87,11 +89,11 @@ class RunConfig:
 
 
 # Fields a resumed run of any algorithm may change: its length, where it computes, how often it saves and
-# evaluates, where its workers run. Each algorithm adds its own.
+# evaluates, where its workers run, in which precision its update rounds. Each algorithm adds its own.
 CHANGEABLE_ON_RESUME = (
     "total_timesteps", "train_for_minutes", "device", "progress", "stop_when_solved", "stop_return", "eval_every",
     "eval_episodes", "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
-    "max_bad_updates", "capture_video", "video_every",
+    "max_bad_updates", "capture_video", "video_every", "learner_precision",
 )  # fmt: skip
 
 

@@ -100,6 +100,15 @@ def native_bfloat16(device: torch.device) -> bool:
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
+def resolve_learner_precision(choice: str, conv_trunk: bool, device: torch.device) -> torch.dtype | None:
+    """The dtype of an update's autocast (None: float32 throughout) for --learner-precision `choice`, given
+    whether the net has a convolutional trunk, the only part that takes it (each algorithm's validation
+    refuses an explicit 'bfloat16' for a net without one)."""
+    if choice == "float32" or not conv_trunk:
+        return None
+    return torch.bfloat16 if choice == "bfloat16" or native_bfloat16(device) else None
+
+
 def runs_dir_problems(runs_dir: str) -> list[str]:
     """A runs folder that is a file, or that cannot be written (read-only, no permission), where it is or
     at its nearest existing parent (where it would be made)."""

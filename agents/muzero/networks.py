@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from agents.muzero.search import RecurrentFn, RecurrentFnOutput, RootFnOutput
 from agents.muzero.value_transform import h_inverse, support_to_scalar
+from agents.precision import full_precision
 
 
 def scale_hidden_state(state: torch.Tensor) -> torch.Tensor:
@@ -124,6 +125,15 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.norm2(self.conv2(y)))
 
 
+class _Head(nn.Sequential):
+    """A head over the hidden state (1x1 convolution, linear layer): in float32 under a learner's bfloat16
+    autocast, which rounds the residual convolutions only (agents.precision)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with full_precision(x.device):
+            return super().forward(x.float())
+
+
 def _conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), nn.GroupNorm(1, out_channels), nn.ReLU())
 
@@ -153,10 +163,10 @@ class MuZeroResNet(MuZeroNet):
         self.latent_shape = (channels, height, width)
         self.dynamics_state = nn.Sequential(_conv_block(channels + 1, channels), *(ResidualBlock(channels) for _ in range(blocks)))
         flat = 4 * self.latent_shape[1] * self.latent_shape[2]
-        self.dynamics_reward = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * reward_support_size + 1))
+        self.dynamics_reward = _Head(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * reward_support_size + 1))
         self.prediction_trunk = ResidualBlock(channels)
-        self.prediction_policy = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, num_actions))
-        self.prediction_value = nn.Sequential(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * support_size + 1))
+        self.prediction_policy = _Head(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, num_actions))
+        self.prediction_value = _Head(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * support_size + 1))
         for head in (self.dynamics_reward, self.prediction_policy, self.prediction_value):  # a neutral start
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)

@@ -12,6 +12,7 @@ from torch import nn
 from agents.muzero.loss import UnrollWindows, make_batch_targets, muzero_loss, unroll_windows
 from agents.muzero.networks import MuZeroNet, root_inference, search_callback, state_values
 from agents.muzero.policies import run_policy
+from agents.precision import reduced_precision
 from training.muzero.config import MuZeroConfig, search_config
 from training.muzero.replay import Game, PrioritizedReplay
 
@@ -91,15 +92,19 @@ def apply_symmetries(
 def update(model: MuZeroNet, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
             actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None,
-            target_model: torch.nn.Module | None = None) -> dict[str, float] | None:  # fmt: skip
+            target_model: torch.nn.Module | None = None,
+            autocast_dtype: torch.dtype | None = None) -> dict[str, float] | None:  # fmt: skip
     """One gradient step on a sampled batch; None when it was refused as non-finite. Bootstrap values are
     reanalysed by target_model (a copy refreshed every --target-update-every updates), or by actor_model,
-    the latest weights, without one."""
+    the latest weights, without one. autocast_dtype (--learner-precision) rounds the residual net's
+    convolutions in the loss's forward; the heads, the loss and the weights stay float32."""
     samples, weights, keys = replay.sample(cfg.batch_size)
     windows = unroll_windows([g for g, _ in samples], [pos for _, pos in samples], cfg.unroll_steps, cfg.td_steps)
     value_model = target_model if target_model is not None else actor_model
     if cfg.reanalyse_fraction > 0:
-        windows.root_values = reanalysed_values(value_model, samples, windows, cfg, rng)
+        # The bootstrap values through the same rounded trunk as the loss's forward (a third of the FLOPs).
+        with reduced_precision(device, autocast_dtype):
+            windows.root_values = reanalysed_values(value_model, samples, windows, cfg, rng)
     if cfg.reanalyse_policy_fraction > 0:
         windows.policies = reanalysed_policies(actor_model, samples, windows, cfg, rng)
     targets = make_batch_targets(windows, cfg.td_steps, cfg.discount, rng, two_player)
@@ -124,9 +129,10 @@ def update(model: MuZeroNet, optimizer: torch.optim.Optimizer, replay: Prioritiz
     obs = torch.as_tensor(obs).to(device).float()
     if next_obs is not None:
         next_obs = torch.as_tensor(next_obs).to(device).float()
-    loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
-                                          value_coef=cfg.value_loss_coef, next_obs=next_obs, next_obs_mask=next_obs_mask,
-                                          consistency_coef=cfg.consistency_coef, hl_gauss_sigma=cfg.hl_gauss_sigma)  # fmt: skip
+    with reduced_precision(device, autocast_dtype):
+        loss, stats, priorities = muzero_loss(model, obs, batch, torch.as_tensor(weights, dtype=torch.float32).to(device),
+                                              value_coef=cfg.value_loss_coef, next_obs=next_obs, next_obs_mask=next_obs_mask,
+                                              consistency_coef=cfg.consistency_coef, hl_gauss_sigma=cfg.hl_gauss_sigma)  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))

@@ -38,7 +38,7 @@ from training.run_config import (
 )
 from training.run_config import config_from_dict as _config_from_dict
 from training.run_config import config_to_dict as config_to_dict
-from training.validation import native_bfloat16, range_problems, resolve_device
+from training.validation import range_problems, resolve_device
 
 
 @dataclass
@@ -101,8 +101,6 @@ class PPOConfig(RunConfig):
     """'lstm': an LSTM core in the policy (vectors: reading the observation, before the MLPs; frames and grids: after the CNN; StarCraft II: after FullyConv's fully connected layer), reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
     lstm_size: int = 128
     """units of the LSTM core (--policy-memory lstm)"""
-    learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
-    """the update's convolutional trunk (board CNN, GridCNN, Nature CNN) under a bfloat16 autocast, its memory cores, bodies, heads and loss in float32, acting always in float32 (Connect Four's minibatch step on one thread of an AMD EPYC with AVX512_BF16: ~1.9x faster); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
     mlp_kernel: Literal["auto", "torch"] = "auto"
     """'auto': MLP policies over vector observations and Discrete actions (classic control, Box2D) act and learn on the CPU through one compiled numba kernel (agents/ppo_kernel.py: the same PPO math; minibatch steps ~2.5-8x and acting ~4x faster than torch here; compiled once per machine, ~15-20 s, then cached); 'torch': always torch ops and autograd (others always use torch)"""
 
@@ -288,10 +286,10 @@ def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     return dataclasses.replace(cfg, preset=preset, **copy.deepcopy(PRESETS[preset]))  # nested options stay its own
 
 
-# What `--resume` may change in a PPO run: the shared list, the learner's threads and whether the compiled
-# kernel or torch does the arithmetic, and in which precision (the parameters and Adam's state are the same
-# float32 tensors either way).
-PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "torch_threads", "mlp_kernel", "learner_precision")
+# What `--resume` may change in a PPO run: the shared list (with the learner's precision), the learner's
+# threads and whether the compiled kernel or torch does the arithmetic (the parameters and Adam's state are
+# the same float32 tensors either way).
+PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "torch_threads", "mlp_kernel")
 
 
 def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
@@ -324,15 +322,6 @@ def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
     if backend == "auto":
         backend = "multiprocess" if is_heavy(cfg.env_id) and (os.cpu_count() or 1) > 1 else "inprocess"
     return backend, cfg.num_workers or default_num_workers(backend, cfg.num_envs)
-
-
-def resolve_learner_precision(cfg: PPOConfig, conv_trunk: bool, device: torch.device) -> torch.dtype | None:
-    """The dtype of the update's autocast (None: float32 throughout) for --learner-precision, given whether
-    the agent has a convolutional trunk, the only part that takes it (validate refuses an explicit
-    'bfloat16' for a net without one)."""
-    if cfg.learner_precision == "float32" or not conv_trunk:
-        return None
-    return torch.bfloat16 if cfg.learner_precision == "bfloat16" or native_bfloat16(device) else None
 
 
 def precision_problems(cfg: PPOConfig) -> list[str]:

@@ -22,8 +22,8 @@ from agents.ppo import (
     compute_vtrace,
     explained_variance,
     ppo_update,
-    reduced_precision,
 )
+from agents.precision import reduced_precision
 from envs.board_games import board_symmetries
 from envs.factory import board_grid, is_two_player, probe_spaces
 from envs.sc2 import is_sc2
@@ -35,7 +35,6 @@ from training.ppo.config import (
     PPOConfig,
     env_kwargs,
     resolve_backend,
-    resolve_learner_precision,
     resolve_num_learners,
     resolve_torch_threads,
     validate,
@@ -44,7 +43,7 @@ from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
-from training.validation import resolve_device
+from training.validation import resolve_device, resolve_learner_precision
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -93,7 +92,7 @@ class PPOLearner:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
         self.symmetries = None if symmetries is None else tuple(torch.as_tensor(p).to(device) for p in symmetries)
-        self.autocast_dtype = resolve_learner_precision(cfg, getattr(agent, "conv_trunk", False), device)
+        self.autocast_dtype = resolve_learner_precision(cfg.learner_precision, getattr(agent, "conv_trunk", False), device)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
 
