@@ -15,6 +15,9 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
+# The five games, each registered by the package as MinAtar/<game>-v0 and -v1.
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+
 # Pixels per MinAtar cell in rendered frames: a 10x10 grid as a 160x160 video.
 RENDER_SCALE = 16
 

@@ -3,22 +3,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
-import tyro
-
 from training.cli import run_cli, run_footer
-from training.muzero.config import MUZERO_CHANGEABLE_ON_RESUME, MuZeroConfig
+from training.muzero.config import parse_muzero_config
 from training.muzero.train import train_muzero
-from training.resume import resume_changes
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.cli(MuZeroConfig, args=argv, description=__doc__.split("\n")[0])
-    if cfg.resume:
-        given = sys.argv[1:] if argv is None else argv
-        cfg = dataclasses.replace(cfg, resume_changes=resume_changes(given, MuZeroConfig, MUZERO_CHANGEABLE_ON_RESUME))
+    cfg = parse_muzero_config(argv)
     result = train_muzero(cfg)
     status = "solved" if result.solved else "finished"
     evaluation = "n/a" if result.eval_return is None else f"{result.eval_return:.1f}"

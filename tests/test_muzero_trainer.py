@@ -372,3 +372,26 @@ def test_the_learning_rate_falls_linearly_to_its_final_fraction(tmp_path):
     acc.Reload()
     logged = acc.Scalars("charts/learning_rate")  # at the step each round ended; its rate from the step it began
     assert logged and all(e.value == pytest.approx(3e-3 * (1 - 0.9 * (e.step - 10) / 160)) for e in logged)
+
+
+def test_minatar_gets_its_preset_and_flags_still_win():
+    from training.muzero.config import parse_muzero_config
+
+    cfg = parse_muzero_config(["--env-id", "MinAtar/Breakout-v0"])
+    assert cfg.preset == "MinAtar/Breakout-v0"
+    assert (cfg.res_channels, cfg.updates_per_step, cfg.learner_precision, cfg.total_timesteps) == (16, 0.125, "auto", 200_000)
+    assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--res-channels", "8"]).res_channels == 8
+    default = parse_muzero_config([])  # CartPole has none: the field defaults
+    assert default.preset == "defaults" and default.res_channels == 32 and default.updates_per_step == 1.0
+    assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--preset", "defaults"]).res_channels == 32
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: auto, defaults, MinAtar/"):
+        parse_muzero_config(["--preset", "nope"])
+
+
+def test_minatar_grids_reach_the_net_as_they_are_and_atari_frames_as_fractions():
+    from training.muzero.config import build_model, model_spaces
+
+    minatar = model_spaces("MinAtar/Breakout-v0")
+    assert minatar.obs_dtype == np.uint8 and not minatar.pixels  # 0/1 cells: dividing by 255 would hide them
+    assert not build_model(MuZeroConfig(env_id="MinAtar/Breakout-v0")).pixels
+    assert model_spaces("ALE/Breakout-v5").pixels  # 0-255 intensities

@@ -145,7 +145,8 @@ class MuZeroResNet(MuZeroNet):
     see the hidden state with the action as one extra plane of value (a + 1) / A (the paper's Atari
     encoding) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
     convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
-    uint8 observations are pixels and are divided by 255; others are used as they are.
+    With pixels=True observations are 0-255 intensities (Atari frames) and are divided by 255; others
+    (MinAtar's 0/1 grids, boards) are used as they are.
     Observations may arrive flattened (the replay stores them so): they are reshaped to obs_shape."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, channels: int = 32, blocks: int = 2,

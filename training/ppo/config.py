@@ -8,27 +8,23 @@ settings tuned for one env, and any flag given on the command line still wins ov
 
 from __future__ import annotations
 
-import argparse
-import copy
-import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import tyro
 
 from agents.networks import is_image_space
 from envs.atari import AtariOptions, atari_problems
 from envs.board_games import board_symmetries
 from envs.factory import is_atari, is_two_player
+from envs.minatar import MINATAR_GAMES
 from envs.sc2 import SC2Options, is_sc2, is_sc2_sim
+from training import presets
 from training.errors import ConfigError
 from training.league import LeagueOptions, league_problems
 from training.provenance import usable_cores
-from training.resume import resume_changes
 from training.run_config import (
     CHANGEABLE_ON_RESUME,
     RunConfig,
@@ -234,7 +230,6 @@ _MINATAR_PPO = dict(
     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, conv_body_sizes=(64, 64), total_timesteps=5_000_000,
     eval_every=250_000, checkpoint_every=500_000,
 )  # fmt: skip
-MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO) for game in MINATAR_GAMES for v in ("v0", "v1")})
 
 # StarCraft II mini-games: starting points from Reaver's published PPO settings for its FullyConv agent
@@ -277,13 +272,8 @@ PRESETS.update({f"sc2-sim/{name}": dict(_SC2_SIM_PPO, **settings) for name, sett
 
 
 def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
-    """cfg with a preset's settings (by default cfg.preset; 'auto' = cfg.env_id's preset, if any)."""
-    preset = preset or cfg.preset
-    if preset == "auto":
-        preset = cfg.env_id if cfg.env_id in PRESETS else "cleanrl"
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'; choose one of: auto, {', '.join(PRESETS)}")
-    return dataclasses.replace(cfg, preset=preset, **copy.deepcopy(PRESETS[preset]))  # nested options stay its own
+    """cfg with a preset's settings (by default cfg.preset; 'auto' = cfg.env_id's preset, if any, else CleanRL's)."""
+    return presets.apply_preset(cfg, PRESETS, "cleanrl", preset)
 
 
 # What `--resume` may change in a PPO run: the shared list (with the learner's precision), the learner's
@@ -293,18 +283,9 @@ PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "torch_threads", "mlp_kernel"
 
 
 def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
-    """Parse the command line: the preset (chosen by --preset / --env-id) supplies the defaults that
-    `--help` shows, and every flag given explicitly overrides it."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--env-id", "--env_id", default=PPOConfig.env_id)
-    pre.add_argument("--preset", default=PPOConfig.preset)
-    known, _ = pre.parse_known_args(argv)
-    defaults = apply_preset(PPOConfig(env_id=known.env_id, preset=known.preset))
-    cfg = tyro.cli(PPOConfig, args=argv, default=defaults, description="Train PPO on a Gymnasium env.")
-    if cfg.resume:
-        given = sys.argv[1:] if argv is None else argv
-        cfg = dataclasses.replace(cfg, resume_changes=resume_changes(given, PPOConfig, PPO_CHANGEABLE_ON_RESUME))
-    return cfg
+    """Parse the command line (training.presets: the preset's values are the defaults; flags win)."""
+    return presets.parse_with_presets(PPOConfig, PRESETS, "cleanrl", "Train PPO on a Gymnasium env.",
+                                      PPO_CHANGEABLE_ON_RESUME, argv)  # fmt: skip
 
 
 def resolve_num_learners(cfg: PPOConfig) -> int:
