@@ -1,5 +1,6 @@
 """Train MuZero: `python launch/train_muzero.py` plays CartPole-v1 with a learned model and tree search;
-`--env-id rlgames/TicTacToe-v0` (or rlgames/ConnectFour-v0) plays both sides of the board game; `--gumbel` for Gumbel MuZero; `--help`."""
+`--env-id rlgames/TicTacToe-v0` (or rlgames/ConnectFour-v0) plays both sides of the board game; `--env-id
+MinAtar/Breakout-v0` (any MinAtar game) trains the residual net with MinAtar's preset; `--help`."""
 
 from __future__ import annotations
 
