@@ -109,6 +109,11 @@ def resolve_learner_precision(choice: str, conv_trunk: bool, device: torch.devic
     return torch.bfloat16 if choice == "bfloat16" or native_bfloat16(device) else None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What config.json records as `resolved_learner_precision`: 'bfloat16', or 'float32' for no autocast."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
 def runs_dir_problems(runs_dir: str) -> list[str]:
     """A runs folder that is a file, or that cannot be written (read-only, no permission), where it is or
     at its nearest existing parent (where it would be made)."""

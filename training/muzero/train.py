@@ -31,7 +31,7 @@ from training.muzero.replay import PrioritizedReplay
 from training.muzero.self_play import make_self_play
 from training.run import Algorithm, RunContext, RunResult, StepReport, run_training
 from training.seeds import Reseed, reseeded, self_play_seed
-from training.validation import resolve_device, resolve_learner_precision
+from training.validation import precision_name, resolve_device, resolve_learner_precision
 
 # MuZero's page in TensorBoard's Custom Scalars tab (PPO's has KL and clip-fraction charts that MuZero
 # never logs): every tag a MuZero run logs has a chart here.
@@ -119,7 +119,7 @@ class MuZeroAlgorithm(Algorithm):
 
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
-                "resolved_learner_precision": str(self.autocast_dtype or torch.float32).removeprefix("torch.")}  # fmt: skip
+                "resolved_learner_precision": precision_name(self.autocast_dtype)}  # fmt: skip
 
     def step(self, global_step: int) -> StepReport:
         cfg = self.cfg

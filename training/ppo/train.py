@@ -43,7 +43,7 @@ from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
-from training.validation import resolve_device, resolve_learner_precision
+from training.validation import precision_name, resolve_device, resolve_learner_precision
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -336,7 +336,7 @@ class PPOAlgorithm(Algorithm):
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
                 "resolved_num_learners": self.parallel.world_size,
-                "resolved_learner_precision": str(self.learner.autocast_dtype or torch.float32).removeprefix("torch.")}  # fmt: skip
+                "resolved_learner_precision": precision_name(self.learner.autocast_dtype)}  # fmt: skip
 
     def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
