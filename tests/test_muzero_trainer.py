@@ -148,6 +148,33 @@ def test_resume_continues_the_run(short_run, tmp_path):
     assert result.run_dir == copy and result.global_step == 480  # the saved budget was already spent
 
 
+def test_a_resumed_run_goes_on_with_the_checkpoints_replay(short_run, tmp_path):
+    """The periodic checkpoint holds the replay (best.pt does not: it is for playing); `--resume` puts its
+    games back, so the first round after the resume logs the replay's positions on top of the checkpoint's
+    instead of starting again from nothing; --no-checkpoint-replay (changeable on resume) leaves it out."""
+    import shutil
+
+    _, run_dir = short_run
+    (saved,) = (run_dir / "checkpoints").glob("step_*.pt")
+    replay = torch.load(saved, weights_only=True)["replay"]
+    positions = int(replay["num_starts"].sum())
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert positions > 100 and acc.Scalars("charts/replay_positions")[-1].value == positions
+    assert "replay" not in torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+
+    copy = shutil.copytree(run_dir, tmp_path / run_dir.name)
+    proc = _launch("train_muzero.py", "--resume", str(copy), "--total-timesteps", "520", "--no-checkpoint-replay",
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = EventAccumulator(str(copy), size_guidance={"scalars": 0})
+    acc.Reload()
+    after = [e.value for e in acc.Scalars("charts/replay_positions") if e.step > 480]
+    assert after and after[0] >= positions, (after, positions)
+    newest = sorted((copy / "checkpoints").glob("step_*.pt"))[-1]
+    assert newest.name.endswith("520.pt") and "replay" not in torch.load(newest, weights_only=True)
+
+
 def test_tictactoe_self_play_runs(tmp_path):
     cfg = MuZeroConfig(env_id="rlgames/TicTacToe-v0", runs_dir=str(tmp_path), total_timesteps=320, warmup_steps=160,
                        batch_size=32, num_simulations=8, eval_every=0, eval_episodes=2, progress=False, td_steps=9,

@@ -52,3 +52,40 @@ def test_a_segments_lookahead_positions_are_never_sampled_nor_counted():
     assert replay.num_positions == 3 and replay.games[0].priorities.shape == (2,)
     _, _, keys = replay.sample(3000)
     assert {pos for gi, pos in keys if gi == 0} == {0, 1}
+
+
+def test_the_replay_survives_a_checkpoint_file_whole(tmp_path):
+    """state_dict() through torch.save and a weights_only load: the same games field by field (a segment's
+    starts, action masks, uint8 boards), the same priorities, and the restored sampler draws the same
+    positions with the same weights as the original from then on."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    replay = PrioritizedReplay(capacity=100, alpha=0.6, beta=0.4, seed=7)
+    for length, terminated, starts in ((5, True, None), (7, False, 3), (1, True, None)):
+        replay.add(Game(rng.integers(0, 2, size=(length + 1, 2, 3, 3), dtype=np.uint8), rng.integers(4, size=length),
+                        rng.normal(size=length), rng.dirichlet(np.ones(4), size=length).astype(np.float32),
+                        rng.normal(size=length + 1), terminated, num_starts=starts,
+                        legal_actions=rng.integers(0, 2, size=(length, 4)).astype(bool)))  # fmt: skip
+    _, _, keys = replay.sample(8)
+    replay.update_priorities(keys, rng.uniform(0.1, 5.0, size=8))
+    torch.save(replay.state_dict(), tmp_path / "replay.pt")
+
+    restored = PrioritizedReplay(capacity=100, alpha=0.6, beta=0.4, seed=0)
+    restored.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
+    assert (restored.num_positions, restored.games_seen, len(restored.games)) == (5 + 3 + 1, 3, 3)
+    for a, b in zip(replay.games, restored.games, strict=True):
+        assert (a.terminated, a.num_starts) == (b.terminated, b.num_starts)
+        for name in ("observations", "actions", "rewards", "policies", "root_values", "priorities", "legal_actions"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert getattr(a, name).dtype == getattr(b, name).dtype
+    for _ in range(3):
+        (_, w_a, keys_a), (_, w_b, keys_b) = replay.sample(16), restored.sample(16)
+        assert keys_a == keys_b
+        np.testing.assert_array_equal(w_a, w_b)
+    restored.update_priorities(keys_b[:1], np.array([9.0]))  # the restored priorities are its own, writable
+    assert restored.games[keys_b[0][0]].priorities[keys_b[0][1]] == pytest.approx(9.0)
+
+    empty = PrioritizedReplay(capacity=10)
+    empty.load_state_dict(PrioritizedReplay(capacity=10).state_dict())
+    assert empty.num_positions == 0 and not empty.games

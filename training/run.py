@@ -98,6 +98,11 @@ class Algorithm(ABC):
     def state_dict(self) -> dict:
         """The algorithm's part of a checkpoint (the skeleton adds the run's)."""
 
+    def resume_state(self) -> dict:
+        """What only a resume needs beside state_dict() (MuZero's replay): written into the periodic
+        checkpoints, kept out of best.pt, which is for playing."""
+        return {}
+
     @abstractmethod
     def faults(self) -> dict[str, int]:
         """Faults survived over the whole run (they carry over a resume): logged as faults/*."""
@@ -243,7 +248,9 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         }
 
     def checkpoint() -> Path | None:
-        return save_checkpoint(run_dir, checkpoint_state(), global_step, cfg.keep_checkpoints) if main else None
+        if not main:
+            return None
+        return save_checkpoint(run_dir, {**checkpoint_state(), **algorithm.resume_state()}, global_step, cfg.keep_checkpoints)
 
     def evaluate() -> float:
         with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):

@@ -27,9 +27,9 @@ from training.run_config import (
 )
 from training.validation import range_problems
 
-# What `--resume` may change in a MuZero run: the shared list. A longer --total-timesteps also stretches
+# What `--resume` may change in a MuZero run: the shared list, and whether the replay is checkpointed. A longer --total-timesteps also stretches
 # the self-play temperature schedule, which follows the run's progress.
-MUZERO_CHANGEABLE_ON_RESUME = CHANGEABLE_ON_RESUME
+MUZERO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "checkpoint_replay")
 
 
 @dataclass
@@ -82,6 +82,8 @@ class MuZeroConfig(RunConfig):
     """env steps of self-play before the first gradient step"""
     replay_capacity: int = 100_000
     """positions kept in the replay (the oldest games leave first)"""
+    checkpoint_replay: bool = True
+    """keep the replay in the periodic checkpoints, so that --resume goes on from the same games (each kept checkpoint then holds a copy: MinAtar's 200k positions ~0.1 GB); --no-checkpoint-replay: a resumed run starts with an empty replay"""
     segment_length: int = 50
     """games in progress reach the replay every this many moves (each segment also keeps the next unroll_steps + td_steps moves for its targets); 0 = whole games only, when they end"""
     priority_alpha: float = 0.6

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -82,6 +83,58 @@ class PrioritizedReplay:
         p = np.concatenate([g.priorities for g in self.games])
         median, p90, top = np.percentile(p, [50, 90, 100])
         return {"median": float(median), "p90": float(p90), "max": float(top)}
+
+    def state_dict(self) -> dict:
+        """The stored games and the sampler's state, as tensors a checkpoint holds (torch.load's weights_only
+        reads them back). Each field of every game is concatenated into one tensor, with the games' lengths
+        to cut them apart: one storage a field, where thousands of short games (TicTacToe's nine moves)
+        would otherwise make thousands of tiny records."""
+        games = list(self.games)
+        lengths = [len(g) for g in games]
+
+        def cat(name: str) -> torch.Tensor | None:
+            parts = [getattr(g, name) for g in games]
+            return torch.from_numpy(np.concatenate(parts)) if parts and parts[0] is not None else None
+
+        return {
+            "lengths": torch.tensor(lengths, dtype=torch.int64),
+            "num_starts": torch.tensor([g.num_starts for g in games], dtype=torch.int64),
+            "terminated": torch.tensor([g.terminated for g in games], dtype=torch.bool),
+            "observations": cat("observations"),  # T + 1 a game
+            "actions": cat("actions"),
+            "rewards": cat("rewards"),
+            "policies": cat("policies"),
+            "root_values": cat("root_values"),  # T + 1 a game
+            "priorities": cat("priorities"),  # num_starts a game
+            "legal_actions": cat("legal_actions"),
+            "games_seen": self.games_seen,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back the games and the sampler's state of state_dict() (this replay's capacity, alpha and
+        beta stay: they are the config's)."""
+        lengths = state["lengths"].tolist()
+        starts = state["num_starts"].tolist()
+
+        def split(name: str, extra: int = 0, counts: list[int] | None = None) -> list[np.ndarray | None]:
+            flat = state[name]
+            if flat is None:
+                return [None] * len(lengths)
+            sizes = counts if counts is not None else [n + extra for n in lengths]
+            return list(np.split(flat.numpy(), np.cumsum(sizes)[:-1])) if sizes else []
+
+        self.games.clear()
+        self.num_positions = 0
+        fields = zip(split("observations", 1), split("actions"), split("rewards"), split("policies"),
+                     split("root_values", 1), split("priorities", counts=starts), split("legal_actions"),
+                     state["terminated"].tolist(), starts, strict=True)  # fmt: skip
+        for obs, actions, rewards, policies, values, priorities, legal, terminated, num_starts in fields:
+            self.games.append(Game(obs, actions, rewards, policies, values, bool(terminated), priorities.copy(),
+                                   num_starts, legal))  # fmt: skip
+            self.num_positions += num_starts
+        self.games_seen = int(state["games_seen"])
+        self.rng.bit_generator.state = state["rng"]
 
     def update_priorities(self, keys: list[tuple[int, int]], priorities: np.ndarray, eps: float = 1e-6) -> None:
         """New priorities (e.g. |V(s) - z|) for sampled positions; valid until the next add()."""

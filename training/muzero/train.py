@@ -107,6 +107,12 @@ class MuZeroAlgorithm(Algorithm):
             self.target_model.load_state_dict(saved if saved is not None else self.actor_model.state_dict())
         self.policy = MuZeroActor(self.actor_model, search_config(cfg), seed=cfg.seed)
         self.replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
+        self.owed_updates, self.bad_in_a_row = 0.0, 0
+        if payload is not None and payload.get("replay") is not None:
+            # The games of the checkpoint (games then in progress restart) and the samplers' states.
+            self.replay.load_state_dict(payload["replay"])
+            self.rng.bit_generator.state = payload["learner_rng"]
+            self.owed_updates = float(payload["owed_updates"])
         self.start_temperature = visit_temperature(cfg)
         self.backend, self.num_workers = resolve_self_play(cfg)
         self.in_process = self.backend == "inprocess"
@@ -116,7 +122,6 @@ class MuZeroAlgorithm(Algorithm):
         self.workers_started_at = time.perf_counter()
         self.self_play = make_self_play(cfg, self.actor_model, seed, self.rng)
         self.self_play.set_weights(self.actor_model.state_dict())
-        self.owed_updates, self.bad_in_a_row = 0.0, 0
 
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
@@ -193,6 +198,12 @@ class MuZeroAlgorithm(Algorithm):
                 "optimizer": self.optimizer.state_dict(),
                 "target_model": self.target_model.state_dict() if self.target_model is not None else None}  # fmt: skip
 
+    def resume_state(self) -> dict:
+        if not self.cfg.checkpoint_replay:
+            return {}
+        return {"replay": self.replay.state_dict(), "learner_rng": self.rng.bit_generator.state,
+                "owed_updates": self.owed_updates}  # fmt: skip
+
     def faults(self) -> dict[str, int]:
         return dict(self.fault_counts)
 
@@ -214,5 +225,5 @@ def _validate(cfg: MuZeroConfig) -> None:
 
 
 def train_muzero(cfg: MuZeroConfig) -> RunResult:
-    """Train MuZero (or continue the run cfg.resume names; the replay starts empty again)."""
+    """Train MuZero (or continue the run cfg.resume names, with the replay its checkpoint holds)."""
     return run_training(cfg, "muzero", _validate, MuZeroAlgorithm)
