@@ -158,10 +158,8 @@ def _run_one(cfg: PPOConfig, queue: mp.Queue) -> None:
     from training.ppo.train import train
 
     result = train(cfg)
-    threshold = solved_return(cfg.env_id, cfg.stop_return)
     # Solved as the run itself judges it: by the training episodes' last-100 mean or by evaluations.
-    history = result.eval_history if cfg.solved_by == "evaluation" else result.history
-    first = next(((s, t) for s, t, r in history if threshold is not None and r >= threshold), (None, None))
+    first = result.solved_at or (None, None)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     queue.put(RunResult(
         env_id=cfg.env_id, seed=cfg.seed, solved=first[0] is not None, steps_to_solve=first[0],

@@ -161,3 +161,65 @@ def test_perfect_play_draws_every_game_as_a_plain_zero():
     # Half the games end on the opponent's move; their draws too are +0.0, which print as "0.00".
     assert np.all(result.returns == 0) and not np.signbit(result.returns).any()
     assert [f"{r:.2f}" for r in result.returns] == ["0.00"] * 6
+
+
+# A position the audit meets (against one line of perfect play) that no 100-game match of training's
+# evaluations reached (seeds 1-3 checked): the mover must block at 7, and 8 gives the game away.
+_UNPLAYED = (1, -1, -1, -1, -1, 1, 1, 0, 0)
+
+
+class _TicTacToeWithOneFlaw(torch.nn.Module):
+    """Minimax moves on a batch of boards, except optionally one losing move in _UNPLAYED."""
+
+    def __init__(self, flawed: bool):
+        super().__init__()
+        self.flawed = flawed
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def act(self, obs, generator=None, deterministic=True):
+        from agents.networks import Acted
+        from envs.board_games import perfect_moves
+
+        boards = [tuple(int(x) for x in row) for row in obs["obs"].tolist()]
+        moves = [8 if self.flawed and b == _UNPLAYED else perfect_moves(b)[0] for b in boards]
+        return Acted(torch.tensor(moves), torch.zeros(len(moves)), torch.zeros(len(moves)), None)
+
+
+@pytest.mark.parametrize("flawed", [False, True])
+def test_tictactoe_is_solved_only_when_the_audit_finds_no_losing_move(tmp_path, flawed):
+    """Training's evaluation of TicTacToe: a match of 100 games against the perfect player without a loss
+    solves the run only if the audit of every perfect line finds no losing move either. A policy that
+    gives one position away that the match never reaches draws every game and is still not solved."""
+    from training.run import Algorithm, StepReport, run_training
+    from training.run_config import RunConfig
+
+    class Idle(Algorithm):  # plays nothing: the test is the skeleton's evaluation
+        name, dashboard = "idle", {}
+
+        def __init__(self, cfg, context):
+            self.policy = _TicTacToeWithOneFlaw(flawed)
+
+        def step(self, global_step):
+            return StepReport(steps=50, episode_returns=np.zeros(0), episode_lengths=np.zeros(0, np.int64))
+
+        def state_dict(self):
+            return {}
+
+        def faults(self):
+            return {}
+
+        def close(self):
+            pass
+
+    cfg = RunConfig(env_id="rlgames/TicTacToe-v0", total_timesteps=150, eval_every=50, eval_episodes=100,
+                    solved_by="evaluation", runs_dir=str(tmp_path), progress=False)  # fmt: skip
+    result = run_training(cfg, "idle", lambda cfg: None, Idle)
+    assert all(r == 0 for _, _, r in result.eval_history)  # every match drawn
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    losing = [e.value for e in acc.Scalars("eval/losing_moves")]
+    if flawed:
+        assert losing == [1, 1, 1] and not result.solved and result.solved_at is None
+        assert result.global_step == 150
+    else:
+        assert losing == [0] and result.solved and result.solved_at[0] == 50 and result.global_step == 50

@@ -12,6 +12,7 @@ scaling), so they compare across runs and with published numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ from training.video import (
 class EvalResult:
     returns: np.ndarray
     lengths: np.ndarray
+    losing_moves: int | None = None
+    """a board game with a perfect opponent (TicTacToe): moves that give the draw away in the audit against
+    every perfect line (training's evaluations run it); None where there is no audit"""
 
     @property
     def mean_return(self) -> float:
@@ -386,6 +390,7 @@ class TrainingEvaluator:
         if self.env_id in PERFECT_OPPONENT_ENVS:
             audit = audit_against_perfect_play(policy, seed=self.seed)
             self.logger.scalars({"eval/losing_moves": len(audit.losing_moves)}, global_step)
+            result = dataclasses.replace(result, losing_moves=len(audit.losing_moves))
         if result.mean_return > self.best_return:
             self.best_return = result.mean_return
             save_best_checkpoint(self.run_dir, {**checkpoint_state(), "eval_return": result.mean_return})

@@ -160,6 +160,9 @@ class RunResult:
     """(env steps, wall seconds, mean return of the last 100 training episodes) after each step"""
     eval_history: list[tuple[int, float, float]] = field(default_factory=list)
     """(env steps, wall seconds, mean greedy evaluation return) at each evaluation"""
+    solved_at: tuple[int, float] | None = None
+    """(env steps, wall seconds) where the run was first solved as --solved-by judges it, whether it stopped
+    there or not (--no-stop-when-solved); None if never (in this invocation)"""
     env_id: str = ""
     """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
 
@@ -252,13 +255,21 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
             return None
         return save_checkpoint(run_dir, {**checkpoint_state(), **algorithm.resume_state()}, global_step, cfg.keep_checkpoints)
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, bool]:
+        """A greedy evaluation, logged: its mean return, and whether it solves the env (its return reaches
+        the threshold and, on TicTacToe, the audit of every perfect line finds no losing move either)."""
+        nonlocal solved_at
         with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
-            value = evaluator.evaluate(algorithm.policy, global_step, checkpoint_state).mean_return
-        eval_history.append((global_step, seconds_before + time.perf_counter() - start, value))
-        return value
+            result = evaluator.evaluate(algorithm.policy, global_step, checkpoint_state)
+        seconds = seconds_before + time.perf_counter() - start
+        eval_history.append((global_step, seconds, result.mean_return))
+        solves = threshold is not None and result.mean_return >= threshold and not result.losing_moves
+        if solves and cfg.solved_by == "evaluation" and solved_at is None:
+            solved_at = (global_step, seconds)
+        return result.mean_return, solves
 
     threshold = solved_return(cfg.env_id, cfg.stop_return)
+    solved_at: tuple[int, float] | None = None
     progress = Progress(cfg.total_timesteps, global_step, enabled=cfg.progress and main)
     steps_at_start, acting_seconds, learning_seconds = global_step, 0.0, 0.0
     history: list[tuple[int, float, float]] = []
@@ -305,15 +316,18 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
                 history.append((global_step, seconds_before + elapsed, mean_return))
             progress.update(global_step, sps, mean_return)
 
-            if cfg.solved_by == "training" and cfg.stop_when_solved:
-                solved = threshold is not None and len(recent_returns) == recent_returns.maxlen and mean_return >= threshold
+            if cfg.solved_by == "training":
+                reached = threshold is not None and len(recent_returns) == recent_returns.maxlen and mean_return >= threshold
+                if reached and solved_at is None:
+                    solved_at = (global_step, seconds_before + elapsed)
+                solved = reached and cfg.stop_when_solved
             timed_out = out_of_time(elapsed)
             # Periodic evaluation, videos and checkpoints; the last of each runs after the loop.
             finished = (solved and cfg.stop_when_solved) or timed_out or global_step >= cfg.total_timesteps
             if main and cfg.eval_episodes and evaluator.evaluation_due(step_before, global_step) and not finished:
-                eval_return = evaluate()
+                eval_return, solves = evaluate()
                 if cfg.solved_by == "evaluation":
-                    solved = threshold is not None and eval_return >= threshold
+                    solved = solves
             if main and evaluator.video_due(algorithm.iteration) and not finished:
                 with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
                     evaluator.record_video(algorithm.policy, global_step)
@@ -324,9 +338,9 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
                 break
         # The final evaluation, unless the one that just stopped the run was at this very step.
         if main and cfg.eval_episodes and not (eval_history and eval_history[-1][0] == global_step):
-            eval_return = evaluate()
+            eval_return, solves = evaluate()
             if cfg.solved_by == "evaluation":
-                solved = threshold is not None and eval_return >= threshold
+                solved = solves
         if main and cfg.capture_video:
             with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
                 evaluator.record_video(algorithm.policy, global_step)
@@ -343,6 +357,6 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
         solved=bool(solved), mean_return=float(np.mean(recent_returns)) if recent_returns else None,
         eval_return=eval_return, sps=(global_step - steps_at_start) / max(elapsed, 1e-9), episodes=episodes,
-        rollout_seconds=acting_seconds, update_seconds=learning_seconds, history=history, eval_history=eval_history,
+        rollout_seconds=acting_seconds, update_seconds=learning_seconds, history=history, eval_history=eval_history, solved_at=solved_at,
         env_id=cfg.env_id,
     )  # fmt: skip

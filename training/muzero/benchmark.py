@@ -16,7 +16,6 @@ import torch
 from agents.muzero.networks import root_inference, search_callback
 from agents.muzero.policies import run_policy
 from agents.muzero.search import RecurrentFnOutput
-from envs.factory import solved_return
 from training.muzero.config import MuZeroConfig, build_model, model_spaces, search_config
 from training.muzero.train import train_muzero
 
@@ -92,8 +91,7 @@ def _solve_one(cfg: MuZeroConfig, queue: mp.Queue) -> None:
     start = time.perf_counter()
     result = train_muzero(cfg)
     wall = time.perf_counter() - start
-    threshold = solved_return(cfg.env_id, cfg.stop_return)
-    first = next(((s, t) for s, t, r in result.eval_history if threshold is not None and r >= threshold), (None, None))
+    first = result.solved_at or (None, None)  # solved as the run judges it (TicTacToe: its audit too)
     queue.put(SolveResult(cfg.env_id, cfg.seed, first[0] is not None, first[0], first[1], result.eval_return,
                           result.global_step, torch.get_num_threads(), [(s, r) for s, _, r in result.eval_history],
                           result.global_step / wall))  # fmt: skip
