@@ -411,6 +411,9 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     default = parse_muzero_config([])  # CartPole has none: the field defaults
     assert default.preset == "defaults" and default.res_channels == 32 and default.updates_per_step == 1.0
     assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--preset", "defaults"]).res_channels == 32
+    ttt = parse_muzero_config(["--env-id", "rlgames/TicTacToe-v0"])  # judged every 2,500 steps by 100 games
+    assert (ttt.preset, ttt.total_timesteps, ttt.eval_every, ttt.eval_episodes) == ("rlgames/TicTacToe-v0", 100_000,
+                                                                                   2_500, 100)  # fmt: skip
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: auto, defaults, MinAtar/"):
         parse_muzero_config(["--preset", "nope"])
 
