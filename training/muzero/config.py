@@ -27,8 +27,8 @@ from training.run_config import (
 )
 from training.validation import range_problems
 
-# What `--resume` may change in a MuZero run: the shared list, and whether the replay is checkpointed. A longer --total-timesteps also stretches
-# the self-play temperature schedule, which follows the run's progress.
+# What `--resume` may change in a MuZero run: the shared list, and whether the replay is checkpointed. A
+# longer --total-timesteps also stretches the self-play temperature schedule, which follows the run's progress.
 MUZERO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "checkpoint_replay")
 
 
