@@ -253,20 +253,23 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     def checkpoint() -> Path | None:
         if not main:
             return None
-        return save_checkpoint(run_dir, {**checkpoint_state(), **algorithm.resume_state()}, global_step, cfg.keep_checkpoints)
+        state = {**checkpoint_state(), **algorithm.resume_state()}  # MuZero's replay too, unlike best.pt
+        return save_checkpoint(run_dir, state, global_step, cfg.keep_checkpoints)
 
-    def evaluate() -> tuple[float, bool]:
-        """A greedy evaluation, logged: its mean return, and whether it solves the env (its return reaches
-        the threshold and, on TicTacToe, the audit of every perfect line finds no losing move either)."""
-        nonlocal solved_at
+    def evaluate() -> float:
+        """A greedy evaluation, logged; its mean return. With --solved-by evaluation it also decides
+        `solved`: the return reaches the threshold and, on TicTacToe, the audit of every perfect line finds
+        no losing move either."""
+        nonlocal solved, solved_at
         with armed(f"evaluating on {cfg.env_id}", cfg.worker_timeout):
             result = evaluator.evaluate(algorithm.policy, global_step, checkpoint_state)
         seconds = seconds_before + time.perf_counter() - start
         eval_history.append((global_step, seconds, result.mean_return))
-        solves = threshold is not None and result.mean_return >= threshold and not result.losing_moves
-        if solves and cfg.solved_by == "evaluation" and solved_at is None:
-            solved_at = (global_step, seconds)
-        return result.mean_return, solves
+        if cfg.solved_by == "evaluation":
+            solved = threshold is not None and result.mean_return >= threshold and not result.losing_moves
+            if solved and solved_at is None:
+                solved_at = (global_step, seconds)
+        return result.mean_return
 
     threshold = solved_return(cfg.env_id, cfg.stop_return)
     solved_at: tuple[int, float] | None = None
@@ -325,9 +328,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
             # Periodic evaluation, videos and checkpoints; the last of each runs after the loop.
             finished = (solved and cfg.stop_when_solved) or timed_out or global_step >= cfg.total_timesteps
             if main and cfg.eval_episodes and evaluator.evaluation_due(step_before, global_step) and not finished:
-                eval_return, solves = evaluate()
-                if cfg.solved_by == "evaluation":
-                    solved = solves
+                eval_return = evaluate()
             if main and evaluator.video_due(algorithm.iteration) and not finished:
                 with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
                     evaluator.record_video(algorithm.policy, global_step)
@@ -338,9 +339,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
                 break
         # The final evaluation, unless the one that just stopped the run was at this very step.
         if main and cfg.eval_episodes and not (eval_history and eval_history[-1][0] == global_step):
-            eval_return, solves = evaluate()
-            if cfg.solved_by == "evaluation":
-                solved = solves
+            eval_return = evaluate()
         if main and cfg.capture_video:
             with armed(f"recording a video of {cfg.env_id}", cfg.worker_timeout):
                 evaluator.record_video(algorithm.policy, global_step)
@@ -357,6 +356,6 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         run_dir=run_dir, checkpoint=last_checkpoint, global_step=global_step, seconds=seconds_before + elapsed,
         solved=bool(solved), mean_return=float(np.mean(recent_returns)) if recent_returns else None,
         eval_return=eval_return, sps=(global_step - steps_at_start) / max(elapsed, 1e-9), episodes=episodes,
-        rollout_seconds=acting_seconds, update_seconds=learning_seconds, history=history, eval_history=eval_history, solved_at=solved_at,
-        env_id=cfg.env_id,
+        rollout_seconds=acting_seconds, update_seconds=learning_seconds, history=history, eval_history=eval_history,
+        solved_at=solved_at, env_id=cfg.env_id,
     )  # fmt: skip
