@@ -366,12 +366,14 @@ def muzero_report(args: BenchmarkArgs) -> list[str]:
     # Evaluations as the target measures them: 20 greedy episodes every 1,000 env steps.
     base = MuZeroConfig(eval_every=1_000, eval_episodes=20)
     cfg = dataclasses.replace(base, **_parse_overrides(args.muzero_set, MuZeroConfig))
-    rows = ["| roots x simulations | model | simulations/s |", "|---|---|---|"]
+    # The model's inference on the GPU too where there is one (the tree stays in numpy on the CPU).
+    runs = [("real", "cpu"), *([("real", "cuda")] if torch.cuda.is_available() else []), ("constant", "cpu")]
+    rows = ["| roots x simulations | model | inference on | simulations/s |", "|---|---|---|---|"]
     for roots in (16, 64, 256):
-        for model in ("real", "constant"):
-            r = search_throughput(cfg, roots, 50, model)
-            rows.append(f"| {roots} x 50 | {'CartPole model' if model == 'real' else 'constant stand-in'} | "
-                        f"{r.simulations_per_second:,.0f} |")  # fmt: skip
+        for model, device in runs:
+            r = search_throughput(cfg, roots, 50, model, device=device)
+            name = f"{cfg.env_id} model" if model == "real" else "constant stand-in"
+            rows.append(f"| {roots} x 50 | {name} | {device if model == 'real' else '-'} | {r.simulations_per_second:,.0f} |")
             print(rows[-1], flush=True)
     rows += ["", provenance_line([torch.get_num_threads()])]  # search_throughput ran here, on one thread
     # --no-stop runs each seed through the whole budget: what happens after the first solve (collapse?).

@@ -59,7 +59,7 @@ def test_the_muzero_report_tabulates_each_seeds_evaluations_and_whether_it_held(
 
     # The throughput table is search_throughput's own test; here a cheap stand-in keeps the report quick.
     monkeypatch.setattr(muzero_benchmark, "search_throughput",
-                        lambda cfg, roots, sims, model: muzero_benchmark.ThroughputResult(roots, sims, model, 1.0))  # fmt: skip
+                        lambda cfg, roots, sims, model, device: muzero_benchmark.ThroughputResult(roots, sims, model, 1.0, device))  # fmt: skip
     args = BenchmarkArgs(muzero=True, seeds=2, parallel=2, budget=320, stop=False, runs_dir=str(tmp_path),
                          muzero_set=("warmup_steps=160", "batch_size=32", "num_simulations=4", "eval_every=160",
                                      "eval_episodes=2", "stop_return=1"))  # fmt: skip

@@ -275,16 +275,20 @@ class _FusedRecurrent:
 
 def search_callback(model: MuZeroNet) -> RecurrentFn:
     """The model as the search's recurrent function: scalar rewards and values, no autograd. Build it
-    again after the weights change (the MLP's fused version reads them once)."""
-    if isinstance(model, MuZeroMLP):
+    again after the weights change (the MLP's fused version reads them once). The search keeps its
+    trees in numpy, so a model on a GPU gets each simulation's states and actions copied in and its
+    outputs copied back."""
+    device = _device_of(model)
+    if isinstance(model, MuZeroMLP) and device.type == "cpu":
         return _FusedRecurrent(model)
 
     @torch.inference_mode()
     def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
-        next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(state, action)
+        next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(
+            state.to(device, non_blocking=True), action.to(device, non_blocking=True))
         reward = support_to_scalar(reward_logits, model.reward_support_size)
         value = support_to_scalar(value_logits, model.support_size)
-        return RecurrentFnOutput(reward.double().numpy(), next_state, policy_logits.double().numpy(), value.double().numpy())
+        return RecurrentFnOutput(_numpy(reward), next_state.cpu(), _numpy(policy_logits), _numpy(value))
 
     return recurrent_fn
 
@@ -292,13 +296,22 @@ def search_callback(model: MuZeroNet) -> RecurrentFn:
 def root_inference(model: MuZeroNet, obs: np.ndarray) -> RootFnOutput:
     """The hidden states, prior logits and values of a batch of observations: the search's roots."""
     with torch.inference_mode():
-        state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs))
+        state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs).to(_device_of(model)))
         value = support_to_scalar(value_logits, model.support_size)
-    return RootFnOutput(state, policy_logits.double().numpy(), value.double().numpy())
+    return RootFnOutput(state.cpu(), _numpy(policy_logits), _numpy(value))
 
 
 def state_values(model: MuZeroNet, obs: np.ndarray) -> np.ndarray:
     """[B] the model's values v = f(h(o)) of a batch of observations, without the policy (float64)."""
     with torch.inference_mode():
-        logits = model.value_logits(model.represent(torch.as_tensor(obs)))
-        return support_to_scalar(logits, model.support_size).double().numpy()
+        logits = model.value_logits(model.represent(torch.as_tensor(obs).to(_device_of(model))))
+        return _numpy(support_to_scalar(logits, model.support_size))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """float64 numpy of a tensor on any device (the search's arithmetic is in float64)."""
+    return x.detach().cpu().double().numpy()

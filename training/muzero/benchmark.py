@@ -38,17 +38,20 @@ class ThroughputResult:
     simulations: int
     model: str
     simulations_per_second: float
+    device: str = "cpu"
 
 
 def search_throughput(
-    cfg: MuZeroConfig, roots: int, simulations: int, model: str = "real", repeats: int = 5, seed: int = 0
+    cfg: MuZeroConfig, roots: int, simulations: int, model: str = "real", repeats: int = 5, seed: int = 0,
+    device: str = "cpu",
 ) -> ThroughputResult:
     """Simulations per second of one batched search of `roots` roots x `simulations` simulations (the
     best of `repeats`, after one warm-up), with the env's model as MuZero builds it ('real', freshly
-    initialised: the cost does not depend on the weights) or the constant stand-in ('constant')."""
+    initialised: the cost does not depend on the weights) or the constant stand-in ('constant'). The
+    tree lives in numpy either way; `device` is where the real model's inference runs."""
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    net = build_model(cfg).eval()
+    net = build_model(cfg).eval().to(device)
     rng = np.random.default_rng(seed)
     obs = rng.standard_normal((roots, int(np.prod(model_spaces(cfg.env_id).obs_shape)))).astype(np.float32)
     root = root_inference(net, obs)
@@ -59,7 +62,7 @@ def search_throughput(
         start = time.perf_counter()
         run_policy(root, recurrent, search, rng)
         best = min(best, time.perf_counter() - start)
-    return ThroughputResult(roots, simulations, model, roots * simulations / best)
+    return ThroughputResult(roots, simulations, model, roots * simulations / best, str(device))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from agents.networks import is_image_space
 from envs.atari import AtariOptions, atari_problems
 from envs.board_games import board_symmetries
-from envs.factory import is_atari, is_two_player
+from envs.factory import board_grid, is_atari, is_two_player, probe_spaces
 from envs.minatar import MINATAR_GAMES
 from envs.sc2 import SC2Options, is_sc2, is_sc2_sim
 from training import presets
@@ -288,10 +288,22 @@ def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
                                       PPO_CHANGEABLE_ON_RESUME, argv)  # fmt: skip
 
 
+def learner_device(cfg: PPOConfig) -> torch.device:
+    """--device resolved; 'auto' takes the GPU for the convolutional agents alone (validation.resolve_device)."""
+    return resolve_device(cfg.device, lambda: convolutional(cfg))
+
+
+def convolutional(cfg: PPOConfig) -> bool:
+    """Whether the agent reads its observations with a CNN (frames, MinAtar grids, boards, StarCraft II)."""
+    if is_sc2(cfg.env_id) or (cfg.board_net == "cnn" and board_grid(cfg.env_id) is not None):
+        return True
+    return is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0])
+
+
 def resolve_num_learners(cfg: PPOConfig) -> int:
     if cfg.num_learners:
         return cfg.num_learners
-    return max(1, torch.cuda.device_count()) if resolve_device(cfg.device).type == "cuda" else 1
+    return max(1, torch.cuda.device_count()) if learner_device(cfg).type == "cuda" else 1
 
 
 def resolve_backend(cfg: PPOConfig) -> tuple[str, int]:
@@ -398,6 +410,10 @@ def validate(cfg: PPOConfig) -> None:
                 f"{local_envs} envs must split into --num-minibatches {cfg.num_minibatches}; choose one of "
                 f"{[d for d in range(1, local_envs + 1) if local_envs % d == 0]}"
             )
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if learners > gpus > 0 and learner_device(cfg).type == "cuda":
+            problems.append(f"--num-learners {learners} puts each learner on a GPU of its own and this machine has {gpus}: "
+                            f"use --num-learners {gpus}, or --device cpu for learners on the CPU")  # fmt: skip
         if learners > 1 and cfg.solved_by == "evaluation" and cfg.stop_when_solved:
             problems.append("--solved-by evaluation stops one learner of --num-learners > 1: use --solved-by training")
         elif learners > 1 and not problems and (cfg.num_envs // learners * cfg.num_steps) % cfg.num_minibatches:

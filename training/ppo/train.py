@@ -34,6 +34,7 @@ from training.ppo.backends import make_executor
 from training.ppo.config import (
     PPOConfig,
     env_kwargs,
+    learner_device,
     resolve_backend,
     resolve_num_learners,
     resolve_torch_threads,
@@ -43,7 +44,7 @@ from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
-from training.validation import precision_name, resolve_device, resolve_learner_precision
+from training.validation import precision_name, resolve_learner_precision
 
 
 def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> PolicyValueNet:
@@ -275,7 +276,7 @@ class PPOAlgorithm(Algorithm):
     def __init__(self, cfg: PPOConfig, context: RunContext):
         parallel, payload = context.parallel, context.payload
         self.cfg, self.parallel, self.watch = cfg, parallel, context.watch
-        device = resolve_device(cfg.device)
+        device = learner_device(cfg)
         if parallel.enabled and device.type == "cuda":
             device = torch.device("cuda", parallel.rank)  # one GPU per learner
         self.device = device
@@ -335,7 +336,7 @@ class PPOAlgorithm(Algorithm):
 
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
-                "resolved_num_learners": self.parallel.world_size,
+                "resolved_num_learners": self.parallel.world_size, "resolved_device": str(self.device),
                 "resolved_learner_precision": precision_name(self.learner.autocast_dtype)}  # fmt: skip
 
     def step(self, global_step: int) -> StepReport:
@@ -420,7 +421,7 @@ def train(cfg: PPOConfig) -> RunResult:
     validate(resolved)
     learners = resolve_num_learners(resolved)
     if learners > 1:
-        return run_data_parallel(_train, (cfg,), learners, use_cuda=resolve_device(resolved.device).type == "cuda")
+        return run_data_parallel(_train, (cfg,), learners, use_cuda=learner_device(resolved).type == "cuda")
     return _train(cfg, SINGLE)
 
 
