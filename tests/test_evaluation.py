@@ -185,25 +185,24 @@ class _TicTacToeWithOneFlaw(torch.nn.Module):
         return Acted(torch.tensor(moves), torch.zeros(len(moves)), torch.zeros(len(moves)), None)
 
 
-@pytest.mark.parametrize("flawed", [False, True])
-def test_tictactoe_is_solved_only_when_the_audit_finds_no_losing_move(tmp_path, flawed):
-    """Training's evaluation of TicTacToe: a match of 100 games against the perfect player without a loss
-    solves the run only if the audit of every perfect line finds no losing move either. A policy that
-    gives one position away that the match never reaches draws every game and is still not solved."""
-    from training.run import Algorithm, StepReport, run_training
-    from training.run_config import RunConfig
+def _idle_playing(policies: list[torch.nn.Module]) -> type:
+    """A learner for the run skeleton that plays nothing (50 env steps a round) and whose policy is
+    policies[i] after round i + 1 (the last one from then on): the tests are the skeleton's evaluations."""
+    from training.run import Algorithm, StepReport
 
-    class Idle(Algorithm):  # plays nothing: the test is the skeleton's evaluation
+    class Idle(Algorithm):
         name, dashboard = "idle", {}
 
         def __init__(self, cfg, context):
-            self.policy = _TicTacToeWithOneFlaw(flawed)
+            self.policy, self.rounds = policies[0], 0
 
         def step(self, global_step):
+            self.policy = policies[min(self.rounds, len(policies) - 1)]
+            self.rounds += 1
             return StepReport(steps=50, episode_returns=np.zeros(0), episode_lengths=np.zeros(0, np.int64))
 
         def state_dict(self):
-            return {}
+            return {"rounds": self.rounds}
 
         def faults(self):
             return {}
@@ -211,9 +210,20 @@ def test_tictactoe_is_solved_only_when_the_audit_finds_no_losing_move(tmp_path, 
         def close(self):
             pass
 
+    return Idle
+
+
+@pytest.mark.parametrize("flawed", [False, True])
+def test_tictactoe_is_solved_only_when_the_audit_finds_no_losing_move(tmp_path, flawed):
+    """Training's evaluation of TicTacToe: a match of 100 games against the perfect player without a loss
+    solves the run only if the audit of every perfect line finds no losing move either. A policy that
+    gives one position away that the match never reaches draws every game and is still not solved."""
+    from training.run import run_training
+    from training.run_config import RunConfig
+
     cfg = RunConfig(env_id="rlgames/TicTacToe-v0", total_timesteps=150, eval_every=50, eval_episodes=100,
                     solved_by="evaluation", runs_dir=str(tmp_path), progress=False)  # fmt: skip
-    result = run_training(cfg, "idle", lambda cfg: None, Idle)
+    result = run_training(cfg, "idle", lambda cfg: None, _idle_playing([_TicTacToeWithOneFlaw(flawed)]))
     assert all(r == 0 for _, _, r in result.eval_history)  # every match drawn
     acc = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -223,3 +233,20 @@ def test_tictactoe_is_solved_only_when_the_audit_finds_no_losing_move(tmp_path, 
         assert result.global_step == 150
     else:
         assert losing == [0] and result.solved and result.solved_at[0] == 50 and result.global_step == 50
+
+
+def test_the_best_tictactoe_checkpoint_is_the_one_without_a_losing_move(tmp_path):
+    """Every match against the perfect player is drawn (mean 0), so the mean alone would keep the first
+    evaluation as best.pt; the audit ranks the flawless policy of the second above it, and the flawed one
+    of the third does not take its place."""
+    from training.checkpoint import load_checkpoint
+    from training.run import run_training
+    from training.run_config import RunConfig
+
+    policies = [_TicTacToeWithOneFlaw(True), _TicTacToeWithOneFlaw(False), _TicTacToeWithOneFlaw(True)]
+    cfg = RunConfig(env_id="rlgames/TicTacToe-v0", total_timesteps=150, eval_every=50, eval_episodes=20,
+                    runs_dir=str(tmp_path), progress=False)  # fmt: skip
+    result = run_training(cfg, "idle", lambda cfg: None, _idle_playing(policies))
+    assert [r for _, _, r in result.eval_history] == [0, 0, 0]
+    best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
+    assert (best["global_step"], best["rounds"], best["eval_return"], best["eval_losing_moves"]) == (100, 2, 0, 0)

@@ -211,13 +211,14 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     torch.manual_seed(cfg.seed)
     global_step, seconds_before, episodes = 0, 0.0, 0
     recent_returns: deque[float] = deque(maxlen=100)
-    best_return = -math.inf
+    best_return, best_losing_moves = -math.inf, None
     if payload is not None:
         with reading_contents(cfg.resume):
             global_step, seconds_before = payload["global_step"], payload["elapsed_seconds"]
             episodes = int(payload.get("episodes", 0))
             recent_returns.extend(payload["recent_returns"].tolist() if "recent_returns" in payload else [])
             best_return = payload.get("best_eval_return", -math.inf)
+            best_losing_moves = payload.get("best_eval_losing_moves")
 
     def watch(what: str) -> contextlib.AbstractContextManager:
         return armed(what, cfg.worker_timeout)
@@ -234,7 +235,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         logger = _NullLogger()
     evaluator = TrainingEvaluator(
         cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
-        cfg.video_every, best_return=best_return, env_kwargs=algorithm.env_kwargs,
+        cfg.video_every, best_return=best_return, env_kwargs=algorithm.env_kwargs, best_losing_moves=best_losing_moves,
     )  # fmt: skip
 
     def checkpoint_state() -> dict:
@@ -246,6 +247,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
             "episodes": episodes,
             "recent_returns": torch.tensor(list(recent_returns), dtype=torch.float64),
             "best_eval_return": evaluator.best_return,
+            "best_eval_losing_moves": evaluator.best_losing_moves,
             "faults": algorithm.faults(),
             **algorithm.state_dict(),
         }
