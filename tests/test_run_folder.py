@@ -126,8 +126,18 @@ def _wait_for_checkpoint(runs: Path, proc: subprocess.Popen, timeout: float = 12
 def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_path, command, extra, signum):
     proc = _start([*command, "--runs-dir", str(tmp_path), *extra])
     run_dir = _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR1)  # prints the learner's stacks and goes on
+    time.sleep(0.5)
     os.killpg(proc.pid, signum)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        # Seen once in a loaded full suite (ppo-inprocess-int): the one line was printed and the process
+        # did not end. Its threads' stacks (SIGUSR1, training.cli) say where it waits.
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        pytest.fail(f"still running 120 s after {signal.Signals(signum).name}; stderr and stacks:\n{proc.communicate()[1][-6000:]}")
     assert proc.returncode == 128 + signum, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip()]
     script = Path(command[1]).name
@@ -135,6 +145,7 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
                 rf"continue with: python launch/{script} --resume {run_dir}$")  # fmt: skip
     assert re.fullmatch(expected, lines[-1]), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert re.search(r"^Current thread 0x[0-9a-f]+ \(most recent call first\):$", err, re.M), err[-3000:]
     written = Path(re.fullmatch(expected, lines[-1]).group(1))
     assert written.is_file() and written == sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))

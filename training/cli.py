@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import shlex
 import signal
 import sys
@@ -20,8 +21,12 @@ USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2
 
 def run_cli(main: Callable[[], int]) -> int:
     """Bad input exits 2 and a run that had to stop (training diverged) exits 1, each with one line;
-    SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command."""
+    SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command.
+    SIGUSR1 prints every thread's Python stack to stderr and goes on: `kill -USR1 PID` shows where a run
+    that seems stuck is."""
     previous = stop_on_signals()
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return main()
     except USER_ERRORS as e:
