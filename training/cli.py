@@ -25,8 +25,10 @@ def run_cli(main: Callable[[], int]) -> int:
     SIGUSR1 prints every thread's Python stack to stderr and goes on: `kill -USR1 PID` shows where a run
     that seems stuck is."""
     previous = stop_on_signals()
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # The process's own stderr (fd 2), not sys.stderr, which a caller may have swapped for an object with
+    # no file descriptor (pytest's capture does).
+    if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     try:
         return main()
     except USER_ERRORS as e:
