@@ -43,7 +43,7 @@ class RunConfig:
     stop_return: float | None = None
     """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
     device: str = "auto"
-    """the learner's device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    """the learner's device: 'auto' (CUDA when available and the net is convolutional: frames, grids, boards, StarCraft II, MuZero's residual net; else the CPU, where small MLPs train faster), 'cpu', 'cuda', 'cuda:1', ..."""
     learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     """the update's convolutional trunk (PPO: board CNN, GridCNN, Nature CNN; MuZero: the residual net's convolutions) under a bfloat16 autocast, everything else (memory cores, MLP bodies, policy, value and reward heads, the loss, the weights and Adam) in float32, acting always in float32 (one thread of an AMD EPYC with AVX512_BF16: Connect Four's PPO minibatch step ~1.9x faster, MuZero's MinAtar update ~1.7x); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
 
