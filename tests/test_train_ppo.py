@@ -245,6 +245,17 @@ def test_device_auto_takes_the_gpu_for_convolutional_agents_alone(monkeypatch):
     assert resolve_num_learners(apply_preset(PPOConfig(env_id="MinAtar/Breakout-v1"))) == 1
     with pytest.raises(ConfigError, match="--device cuda:1: this machine has 1 GPU"):
         resolve_device("cuda:1")
+    # Start-up asks the question several times (validation, the learner count, the device); one env is built.
+    import training.ppo.config as ppo_config
+    from envs.factory import probe_spaces
+
+    built = []
+    monkeypatch.setattr(ppo_config, "_OBSERVES_IMAGES", {})
+    monkeypatch.setattr(ppo_config, "probe_spaces", lambda *a: built.append(a) or probe_spaces(*a))
+    asterix = apply_preset(PPOConfig(env_id="MinAtar/Asterix-v1", learner_precision="bfloat16"))
+    validate(asterix)
+    assert resolve_num_learners(asterix) == 1 and learner_device(asterix).type == "cuda"
+    assert len(built) == 1
 
 
 def test_learner_precision_takes_bfloat16_only_for_a_convolutional_trunk(monkeypatch):

@@ -297,7 +297,20 @@ def convolutional(cfg: PPOConfig) -> bool:
     """Whether the agent reads its observations with a CNN (frames, MinAtar grids, boards, StarCraft II)."""
     if is_sc2(cfg.env_id) or (cfg.board_net == "cnn" and board_grid(cfg.env_id) is not None):
         return True
-    return is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0])
+    return observes_images(cfg)
+
+
+# (env id, the env's constructor options) -> whether it observes images: the device, the learner count and
+# the precision check each ask, several times in one start-up, and each answer would build an env.
+_OBSERVES_IMAGES: dict[tuple[str, str], bool] = {}
+
+
+def observes_images(cfg: PPOConfig) -> bool:
+    """Whether cfg's env observes images (frames, MinAtar grids), from one env built per process and options."""
+    key = (cfg.env_id, repr(env_kwargs(cfg)))
+    if key not in _OBSERVES_IMAGES:
+        _OBSERVES_IMAGES[key] = is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0])
+    return _OBSERVES_IMAGES[key]
 
 
 def resolve_num_learners(cfg: PPOConfig) -> int:
@@ -322,11 +335,8 @@ def precision_problems(cfg: PPOConfig) -> list[str]:
     StarCraft II's FullyConv); the env's spaces are probed for image observations only then."""
     if cfg.learner_precision != "bfloat16" or cfg.board_net == "cnn":
         return []
-    if not is_sc2(cfg.env_id):
-        from envs.factory import probe_spaces
-
-        if is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0]):
-            return []
+    if not is_sc2(cfg.env_id) and observes_images(cfg):
+        return []
     return [
         f"--learner-precision bfloat16 is for nets with a convolutional trunk (board games with --board-net cnn, "
         f"MinAtar, Atari); {cfg.env_id}'s net has none: use float32 or auto"
