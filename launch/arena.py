@@ -5,14 +5,13 @@ games, mean 1000) with each player's wins, draws and losses, and every pair's re
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Annotated
 
 import tyro
 
 from training.arena import agent_player, fit_elo, ratings_table, reference_players, round_robin
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.human_play import PLAYABLE_ENVS
 from training.trained_agent import load_trained_agent
@@ -68,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

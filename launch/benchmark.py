@@ -41,7 +41,7 @@ import tyro
 
 from envs.factory import make_env, solved_return
 from envs.sc2 import is_sc2, sc2_map_name
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.plots import plot_seed_band
 from training.ppo.config import PPOConfig, apply_preset
@@ -650,4 +650,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -3,13 +3,12 @@ and length, then the mean +- std: the figure to quote. Greedy actions unless --s
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import tyro
 
 from envs.board_games import BOARD_OPPONENTS, PERFECT_OPPONENT_ENVS
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.evaluation import audit_against_perfect_play, evaluate_policy
 from training.trained_agent import PolicyArgs
@@ -43,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

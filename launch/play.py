@@ -11,7 +11,7 @@ from typing import Literal
 
 import tyro
 
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.human_play import PLAYABLE_ENVS, TerminalMoves, WindowMoves, play_game
 from training.trained_agent import PolicyArgs
@@ -56,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

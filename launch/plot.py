@@ -5,14 +5,13 @@ draw one curve each per group, on the same axes."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Annotated
 
 import tyro
 
 from envs.factory import solved_return
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.plots import find_run_dirs, group_name, plot_seed_band, read_scalar
 
@@ -66,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

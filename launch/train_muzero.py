@@ -4,9 +4,7 @@ MinAtar/Breakout-v0` (any MinAtar game) trains the residual net with MinAtar's p
 
 from __future__ import annotations
 
-import sys
-
-from training.cli import run_cli, run_footer
+from training.cli import exit_process, run_cli, run_footer
 from training.muzero.config import parse_muzero_config
 from training.muzero.train import train_muzero
 
@@ -25,4 +23,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from training.cli import run_cli, run_footer
+from training.cli import exit_process, run_cli, run_footer
 from training.ppo.config import parse_ppo_config
 from training.ppo.train import train
 
@@ -25,4 +23,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -9,7 +9,6 @@ simulated maps (sc2-sim/) play in the same window and videos as other envs."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import tyro
 
 from envs.sc2 import is_sc2, is_sc2_sim
-from training.cli import run_cli
+from training.cli import exit_process, run_cli
 from training.errors import ConfigError
 from training.evaluation import evaluate_policy, record_episode
 from training.ppo.config import env_kwargs
@@ -105,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

@@ -151,6 +151,22 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
+def test_a_command_whose_shutdown_hangs_prints_its_stacks_and_ends():
+    """The launch scripts end through exit_process: a shutdown that hangs (an exit handler that waits
+    forever here) prints every thread's stack and ends with code 1; one that does not keeps its code."""
+    hangs = ("import atexit, time\nfrom training.cli import exit_process\n"
+             "def waits_forever_at_exit():\n    time.sleep(600)\n"
+             "atexit.register(waits_forever_at_exit)\nexit_process(130, timeout=1.0)\n")  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", hangs], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and time.monotonic() - start < 60, proc.stderr
+    assert "Timeout (0:00:01)!" in proc.stderr and "in waits_forever_at_exit" in proc.stderr, proc.stderr
+    clean = "from training.cli import exit_process\nexit_process(130, timeout=30.0)\n"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", clean], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and proc.stderr == "" and time.monotonic() - start < 25, proc.stderr
+
+
 def _short_ppo_run(runs: Path, steps: int = 2048, env: tuple[str, ...] = ()) -> Path:
     done = subprocess.run([*TRAIN_PPO, *env, "--runs-dir", str(runs), "--total-timesteps", str(steps), "--no-progress",
                            "--eval-episodes", "0", "--no-stop-when-solved", "--checkpoint-every", "2048"], cwd=ROOT,

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from envs.factory import EnvSpecError
 from envs.sc2 import SC2NotFoundError, SC2OptionsError
@@ -44,6 +45,21 @@ def run_cli(main: Callable[[], int]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+# How long the interpreter's own shutdown may take after a command's work ended and was saved.
+EXIT_TIMEOUT_SECONDS = 60.0
+
+
+def exit_process(code: int, timeout: float = EXIT_TIMEOUT_SECONDS) -> NoReturn:
+    """sys.exit(code) for a launch script, with the interpreter's shutdown bounded: if joining threads and
+    running exit handlers takes longer than `timeout`, every thread's stack is printed (header "Timeout")
+    and the process ends with code 1 instead of hanging. Seen once: a run interrupted by SIGINT printed its
+    line, its checkpoint written, and did not exit for minutes. faulthandler's watchdog is a C thread, so it
+    fires even where the shutdown no longer runs Python threads."""
+    if sys.__stderr__ is not None:
+        faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)
+    sys.exit(code)
 
 
 def interruption_line(stop: Interrupted) -> str:
