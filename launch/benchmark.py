@@ -41,8 +41,9 @@ import tyro
 
 from envs.factory import make_env, solved_return
 from envs.sc2 import is_sc2, sc2_map_name
-from training.cli import exit_process, run_cli
+from training.cli import exit_process, run_cli, run_in_child
 from training.errors import ConfigError
+from training.interrupts import children_stop_too
 from training.plots import plot_seed_band
 from training.ppo.config import PPOConfig, apply_preset
 from training.provenance import collect, describe
@@ -179,9 +180,10 @@ def _run_ours(env_id: str, seed: int, args: BenchmarkArgs, overrides: dict) -> R
         cfg = dataclasses.replace(cfg, total_timesteps=args.budget)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_run_one, args=(cfg, queue))
+    proc = ctx.Process(target=run_in_child, args=("train_ppo.py", _run_one, cfg, queue))
     proc.start()
-    proc.join()
+    with children_stop_too(lambda: [proc]):
+        proc.join()
     if proc.exitcode != 0:
         print(f"{env_id} seed {seed}: run failed (exit code {proc.exitcode})", file=sys.stderr)
         return None

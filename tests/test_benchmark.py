@@ -76,3 +76,36 @@ def test_two_benchmark_modes_in_one_command_are_refused_with_one_line():
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --muzero and --sc2-table are separate benchmarks: give one of them per command"
+
+
+def test_a_stop_of_the_benchmark_stops_its_run_with_a_checkpoint(tmp_path):
+    """`kill PID` of benchmark.py alone (not its process group): the run in its child process hears of it,
+    saves a checkpoint and ends with its one line, and the benchmark ends with 143. Before, the parent
+    printed its line and then waited at exit for a child that went on training."""
+    import os
+    import re
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "launch/benchmark.py", "--envs", "CartPole-v1", "--seeds", "1",
+                             "--budget", "50000000", "--no-stop", "--out-dir", "", "--runs-dir", str(runs),
+                             "--set", "checkpoint_every=4096", "eval_episodes=0"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(runs.glob("*/checkpoints/step_*.pt")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(runs.glob("*/checkpoints/step_*.pt")), "no checkpoint within 120 s"
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    (run_dir,) = runs.iterdir()
+    line = re.search(rf"interrupted \(SIGTERM\): checkpoint (\S+) written; continue with: "
+                     rf"python launch/train_ppo.py --resume {re.escape(str(run_dir))}\n", err)  # fmt: skip
+    assert line, err[-3000:]
+    assert Path(line.group(1)) == sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    assert "Traceback" not in err, err[-3000:]

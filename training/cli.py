@@ -62,14 +62,27 @@ def exit_process(code: int, timeout: float = EXIT_TIMEOUT_SECONDS) -> NoReturn:
     sys.exit(code)
 
 
-def interruption_line(stop: Interrupted) -> str:
+def run_in_child(script: str, work: Callable[..., None], *args: object) -> None:
+    """The body of a process that trains one run for a parent (benchmark.py's runs): SIGINT and SIGTERM
+    (the parent passes its own stop on, training.interrupts.children_stop_too) save the run's checkpoint
+    and end the child with the one line, naming `script` (train_ppo.py, train_muzero.py) to resume it."""
+    stop_on_signals()  # a spawned child starts with the default handlers: SIGTERM would end it unsaved
+    try:
+        work(*args)
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted()
+        print(interruption_line(stop, script), file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+
+
+def interruption_line(stop: Interrupted, script: str | None = None) -> str:
     """What a stopped command says: the signal, and the checkpoint with the command that resumes it."""
     name = signal.Signals(stop.signum).name
     what = (f"stopped: {stop.what} made no progress in {stop.timeout:g}s (an env whose step hangs?)"
             if isinstance(stop, EnvHung) else f"interrupted ({name})")  # fmt: skip
     if stop.run_dir is None or stop.checkpoint is None:
         return what
-    resume = shlex.join(["python", f"launch/{Path(sys.argv[0]).name}", "--resume", str(stop.run_dir)])
+    resume = shlex.join(["python", f"launch/{script or Path(sys.argv[0]).name}", "--resume", str(stop.run_dir)])
     return f"{what}: checkpoint {stop.checkpoint} written; continue with: {resume}"
 
 

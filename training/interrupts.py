@@ -22,7 +22,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -135,3 +136,27 @@ def armed(what: str, timeout: float) -> Iterator[None]:
 def note_checkpoint(path: object) -> None:
     """The last checkpoint written, for the line of a hang that cannot be stopped cleanly."""
     _WATCHDOG.last_checkpoint = None if path is None else str(path)
+
+
+@contextlib.contextmanager
+def children_stop_too(processes: Callable[[], Iterable[BaseProcess]], timeout: float = 300.0) -> Iterator[None]:
+    """A stop of this process (SIGINT, SIGTERM) is its child runs' stop too: the signal is passed on to
+    every child still running, each saves its checkpoint and ends, and this process waits up to `timeout`
+    seconds for them (then kills what is left) before the stop goes on. Without it `kill PID` of a parent
+    that runs trainings in child processes (benchmark.py) printed its line and then waited, at exit, for a
+    child that never heard of the stop. `processes` is asked at the stop (the set may change meanwhile)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        alive = [p for p in processes() if p.is_alive()]
+        for proc in alive:
+            # Another signal while a child saves is held off there (run_folder.interrupted_with_checkpoint).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+        deadline = time.monotonic() + timeout
+        for proc in alive:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+        raise

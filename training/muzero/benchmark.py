@@ -8,6 +8,7 @@ import dataclasses
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from queue import Empty
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 from agents.muzero.networks import root_inference, search_callback
 from agents.muzero.policies import run_policy
 from agents.muzero.search import RecurrentFnOutput
+from training.cli import run_in_child
+from training.interrupts import children_stop_too
 from training.muzero.config import MuZeroConfig, build_model, model_spaces, search_config
 from training.muzero.train import train_muzero
 
@@ -105,21 +108,23 @@ def time_to_solve(cfg: MuZeroConfig, seeds: int, first_seed: int = 1, parallel: 
     `parallel` at a time (one torch thread each); results in seed order."""
     ctx = mp.get_context("spawn")
     pending = list(range(first_seed, first_seed + seeds))
-    running: list[tuple[mp.Process, mp.Queue]] = []
+    running: list[tuple[BaseProcess, mp.Queue]] = []
     results = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_solve_one, args=(dataclasses.replace(cfg, seed=pending.pop(0), progress=False), queue))
-            proc.start()
-            running.append((proc, queue))
-        for proc, queue in list(running):
-            # Take the result before join: a child does not exit while its queued result is unread.
-            if queue.empty() and proc.is_alive():
-                continue
-            with contextlib.suppress(Empty):  # empty: the run failed (its error went to stderr)
-                results.append(queue.get(timeout=2.0))
-            proc.join()
-            running.remove((proc, queue))
-        time.sleep(0.2)
+    with children_stop_too(lambda: [proc for proc, _ in running]):  # a stop ends the seeds' runs too
+        while pending or running:
+            while pending and len(running) < parallel:
+                queue = ctx.Queue()
+                seed_cfg = dataclasses.replace(cfg, seed=pending.pop(0), progress=False)
+                proc = ctx.Process(target=run_in_child, args=("train_muzero.py", _solve_one, seed_cfg, queue))
+                proc.start()
+                running.append((proc, queue))
+            for proc, queue in list(running):
+                # Take the result before join: a child does not exit while its queued result is unread.
+                if queue.empty() and proc.is_alive():
+                    continue
+                with contextlib.suppress(Empty):  # empty: the run failed (its error went to stderr)
+                    results.append(queue.get(timeout=2.0))
+                proc.join()
+                running.remove((proc, queue))
+            time.sleep(0.2)
     return sorted(results, key=lambda r: r.seed)
