@@ -88,8 +88,9 @@ def test_small_grids_get_the_minatar_cnn_and_one_thread():
 
 def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
     """Random play scores 0.57 a game on MinAtar Breakout (30 games); these 98k frames of the preset
-    reached last-100 means of 2.56-3.03 in seeds 1-5 (AMD EPYC, 2026-12-03; 1.8-2.4 before the preset's
-    actor and critic bodies); it must clear 1.5. Then the run is watched into a video and evaluated."""
+    reached last-100 means of 4.2-5.0 in seeds 1-5 (AMD EPYC, 2026-12-04; 2.56-3.03 with the 128-step
+    rollouts before, 1.8-2.4 before the actor and critic bodies); it must clear 2.5. Then the run is
+    watched into a video and evaluated."""
     root = Path(__file__).resolve().parents[1]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
 
@@ -101,7 +102,7 @@ def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
                    "--eval-episodes", "0", "--no-progress", "--runs-dir", str(tmp_path / "runs"))  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     mean = float(train.stdout.split("mean return of the last 100 episodes: ")[1].split(";")[0].split()[0])
-    assert mean > 1.5, train.stdout
+    assert mean > 2.5, train.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     watched = launch("watch.py", str(run_dir), "--episodes", "1", "--save")
     assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]

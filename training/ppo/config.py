@@ -220,17 +220,26 @@ ATARI_GAMES = ("Breakout", "Pong", "BeamRider", "Enduro", "Qbert", "Seaquest", "
 PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 
 # MinAtar (v0: the paper's sticky actions and full action set): CleanRL-style settings for 64 envs (GPU
-# examples run thousands): 64 x 128 steps, 8 minibatches of 1024, 4 epochs, Adam 5e-4 annealed, entropy
-# 0.01, with the paper's 5M-frame budget. Actor and critic get 64-64 tanh bodies of their own after the
-# shared GridCNN (pgx's MinAtar layout): on Breakout-v0 linear heads on the CNN sat at 5.1-5.4 from 400k
-# frames on (seeds 1-3 at 1M; 6.5 at 2.8M), the bodies at 6.3-6.8 at 1M and 20.8 at 5M (seed 1; README,
-# "MinAtar"). Not tuned further yet.
+# examples run thousands) with short rollouts: 64 x 32 steps, 4 minibatches of 512, 4 epochs, Adam 5e-4
+# annealed, entropy 0.01, the paper's 5M-frame budget. Actor and critic get 64-64 tanh bodies of their own
+# after the shared GridCNN (pgx's MinAtar layout): on Breakout-v0 linear heads on the CNN sat at 5.1-5.4
+# from 400k frames on, the bodies reached 20.8 at 5M (seed 1; README, "MinAtar"). The 32-step rollouts
+# (128 until 2026-12-04) make four times the updates per frame at about the same cost per frame
+# (docs/benchmark/minatar5m-rollout32.md): Asterix 23.1, 19.1, 24.1 and 24.4 at 5M in seeds 1-4
+# against 12.8-17.8 with 128, Breakout 16.0, 16.0 and 24.1 in seeds 1-3 against 20.8, 14.2 and 7.9,
+# SpaceInvaders 214.5 and 279.4 against 226.1 and 157.7. Freeway keeps 128-step rollouts: its reward comes only once a crossing is found, and until then the normalised advantages are
+# noise that four times the updates turned into a policy (entropy 1.79 -> 0.8 nats) that never crossed
+# in 3.2M frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Entropy
+# 0.001 was tried too: Seaquest seeds 1-3 reached 36.5, 4.3 and 2.8 (5.3-8.9 at 0.01), Asterix and
+# Breakout lost a third.
 _MINATAR_PPO = dict(
-    num_envs=64, num_steps=128, learning_rate=5e-4, num_minibatches=8, update_epochs=4, gamma=0.99,
+    num_envs=64, num_steps=32, learning_rate=5e-4, num_minibatches=4, update_epochs=4, gamma=0.99,
     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, conv_body_sizes=(64, 64), total_timesteps=5_000_000,
     eval_every=250_000, checkpoint_every=500_000,
 )  # fmt: skip
-PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO) for game in MINATAR_GAMES for v in ("v0", "v1")})
+_MINATAR_GAME_PPO = {"Freeway": dict(num_steps=128, num_minibatches=8)}
+PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO, **_MINATAR_GAME_PPO.get(game, {}))
+                for game in MINATAR_GAMES for v in ("v0", "v1")})  # fmt: skip
 
 # StarCraft II mini-games: starting points from Reaver's published PPO settings for its FullyConv agent
 # (64 games x 16 steps per update, 3 epochs of 2 minibatches, Adam 5e-4, entropy 1e-3), with GAE
