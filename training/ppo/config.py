@@ -226,12 +226,13 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # from 400k frames on, the bodies reached 20.8 at 5M (seed 1; README, "MinAtar"). The 32-step rollouts
 # (128 until 2026-12-04) make four times the updates per frame at about the same cost per frame
 # (docs/benchmark/minatar5m-rollout32.md): Asterix 23.1, 19.1, 24.1 and 24.4 at 5M in seeds 1-4
-# against 12.8-17.8 with 128, Breakout 16.0, 16.0 and 24.1 in seeds 1-3 against 20.8, 14.2 and 7.9,
-# SpaceInvaders 214.5 and 279.4 against 226.1 and 157.7. Freeway keeps 128-step rollouts: its reward comes only once a crossing is found, and until then the normalised advantages are
-# noise that four times the updates turned into a policy (entropy 1.79 -> 0.8 nats) that never crossed
-# in 3.2M frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Entropy
-# 0.001 was tried too: Seaquest seeds 1-3 reached 36.5, 4.3 and 2.8 (5.3-8.9 at 0.01), Asterix and
-# Breakout lost a third.
+# against 12.8-17.8 with 128, Breakout 16.0, 16.0, 24.1 and 23.4 against 20.8, 14.2, 7.9 and 11.3,
+# SpaceInvaders 214.5, 279.4 and 284.4 against 226.1, 157.7 and 197.7. Freeway keeps 128-step rollouts:
+# its reward comes only once a crossing is found, and until then the normalised advantages are noise that
+# four times the updates turned into a policy (entropy 1.79 -> 0.8 nats) that never crossed in 3.2M
+# frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Entropy 0.001 was
+# tried too: Seaquest seeds 1-3 reached 36.5, 4.3 and 2.8 (5.3-8.9 at 0.01), Asterix and Breakout lost a
+# third.
 _MINATAR_PPO = dict(
     num_envs=64, num_steps=32, learning_rate=5e-4, num_minibatches=4, update_epochs=4, gamma=0.99,
     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, conv_body_sizes=(64, 64), total_timesteps=5_000_000,
