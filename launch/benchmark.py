@@ -181,8 +181,8 @@ def _run_ours(env_id: str, seed: int, args: BenchmarkArgs, overrides: dict) -> R
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=run_in_child, args=("train_ppo.py", _run_one, cfg, queue))
-    proc.start()
     with children_stop_too(lambda: [proc]):
+        proc.start()
         proc.join()
     if proc.exitcode != 0:
         print(f"{env_id} seed {seed}: run failed (exit code {proc.exitcode})", file=sys.stderr)

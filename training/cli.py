@@ -20,9 +20,10 @@ from training.interrupts import EnvHung, Interrupted, stop_on_signals
 USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)
 
 
-def run_cli(main: Callable[[], int]) -> int:
+def run_cli(main: Callable[[], int], script: str | None = None) -> int:
     """Bad input exits 2 and a run that had to stop (training diverged) exits 1, each with one line;
-    SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command.
+    SIGINT and SIGTERM exit 130 and 143 with one line naming the checkpoint written and the resume command
+    (`python launch/SCRIPT --resume RUN`; SCRIPT is the running one unless `script` names another).
     SIGUSR1 prints every thread's Python stack to stderr and goes on: `kill -USR1 PID` shows where a run
     that seems stuck is."""
     previous = stop_on_signals()
@@ -40,7 +41,7 @@ def run_cli(main: Callable[[], int]) -> int:
         return 1
     except KeyboardInterrupt as e:
         stop = e if isinstance(e, Interrupted) else Interrupted()
-        print(f"\n{interruption_line(stop)}", file=sys.stderr)
+        print(f"\n{interruption_line(stop, script)}", file=sys.stderr)
         return stop.exit_code
     finally:
         for signum, handler in previous.items():
@@ -66,13 +67,16 @@ def run_in_child(script: str, work: Callable[..., None], *args: object) -> None:
     """The body of a process that trains one run for a parent (benchmark.py's runs): SIGINT and SIGTERM
     (the parent passes its own stop on, training.interrupts.children_stop_too) save the run's checkpoint
     and end the child with the one line, naming `script` (train_ppo.py, train_muzero.py) to resume it."""
-    stop_on_signals()  # a spawned child starts with the default handlers: SIGTERM would end it unsaved
-    try:
+
+    def body() -> int:
         work(*args)
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Interrupted) else Interrupted()
-        print(interruption_line(stop, script), file=sys.stderr, flush=True)
-        sys.exit(stop.exit_code)
+        return 0
+
+    # run_cli installs the stop handlers: a spawned child starts with the default ones, and SIGTERM would
+    # end it unsaved.
+    code = run_cli(body, script)
+    if code:
+        sys.exit(code)
 
 
 def interruption_line(stop: Interrupted, script: str | None = None) -> str:

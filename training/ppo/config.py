@@ -317,9 +317,10 @@ _OBSERVES_IMAGES: dict[tuple[str, str], bool] = {}
 
 def observes_images(cfg: PPOConfig) -> bool:
     """Whether cfg's env observes images (frames, MinAtar grids), from one env built per process and options."""
-    key = (cfg.env_id, repr(env_kwargs(cfg)))
+    kwargs = env_kwargs(cfg)
+    key = (cfg.env_id, repr(kwargs))
     if key not in _OBSERVES_IMAGES:
-        _OBSERVES_IMAGES[key] = is_image_space(probe_spaces(cfg.env_id, env_kwargs(cfg))[0])
+        _OBSERVES_IMAGES[key] = is_image_space(probe_spaces(cfg.env_id, kwargs)[0])
     return _OBSERVES_IMAGES[key]
 
 
