@@ -151,6 +151,28 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
+def test_a_stop_raised_inside_compiled_code_is_still_a_stop(tmp_path):
+    """Seen in CI: SIGTERM landed while numba's policy_step ran, and the loop got a SystemError caused by the
+    stop; it was taken for a crash (a traceback, no stop line). It is a stop: checkpoint, then Interrupted."""
+    import signal as signals
+
+    from training.run_folder import loop_exit
+
+    saved = tmp_path / "step_1.pt"
+    try:
+        try:
+            raise Interrupted(signals.SIGTERM)
+        except Interrupted as stop:
+            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from stop
+    except SystemError as error:
+        raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
+    assert isinstance(raised, Interrupted) and raised.signum == signals.SIGTERM
+    assert raised.checkpoint == saved and raised.run_dir == tmp_path
+    # Any other SystemError stays the error it is.
+    other = SystemError("something else")
+    assert loop_exit(other, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is other
+
+
 def test_a_command_whose_shutdown_hangs_prints_its_stacks_and_ends():
     """The launch scripts end through exit_process: a shutdown that hangs (an exit handler that waits
     forever here) prints every thread's stack and ends with code 1; one that does not keeps its code."""
