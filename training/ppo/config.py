@@ -225,20 +225,21 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # after the shared GridCNN (pgx's MinAtar layout): on Breakout-v0 linear heads on the CNN sat at 5.1-5.4
 # from 400k frames on, the bodies reached 20.8 at 5M (seed 1; README, "MinAtar"). The 32-step rollouts
 # (128 until 2026-12-04) make four times the updates per frame at about the same cost per frame
-# (docs/benchmark/minatar5m-rollout32.md): Asterix 23.1, 19.1, 24.1 and 24.4 at 5M in seeds 1-4
-# against 12.8-17.8 with 128, Breakout 16.0, 16.0, 24.1 and 23.4 against 20.8, 14.2, 7.9 and 11.3,
-# SpaceInvaders 214.5, 279.4 and 284.4 against 226.1, 157.7 and 197.7. Freeway keeps 128-step rollouts:
+# (docs/benchmark/minatar5m-rollout32.md; last-100 means at 5M, seeds 1-5): Asterix 23.1, 19.1, 24.1,
+# 24.4, 21.0 against 12.8-17.8 with 128, Breakout 16.0, 16.0, 24.1, 23.4, 19.3 against 20.8, 14.2, 7.9,
+# 11.3, 15.7, SpaceInvaders 214.5, 279.4, 284.4, 271.0, 194.2 against 157.7-226.1. Freeway keeps 128-step rollouts:
 # its reward comes only once a crossing is found, and until then the normalised advantages are noise that
 # four times the updates turned into a policy (entropy 1.79 -> 0.8 nats) that never crossed in 3.2M
-# frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Entropy 0.001 was
-# tried too: Seaquest seeds 1-3 reached 36.5, 4.3 and 2.8 (5.3-8.9 at 0.01), Asterix and Breakout lost a
-# third.
+# frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Seaquest keeps them
+# too: 32-step rollouts reached 6.3, 4.1, 2.8, 4.3 and 3.7 on seeds 1-5 where 128 reached 7.3, 5.3, 8.9,
+# 5.3 and 5.8 (both far below the paper's ~20). Entropy 0.001 was tried too: Seaquest seeds 1-3 reached
+# 36.5, 4.3 and 2.8, Asterix and Breakout lost a third; a discount of 0.995, Seaquest seed 1 4.9.
 _MINATAR_PPO = dict(
     num_envs=64, num_steps=32, learning_rate=5e-4, num_minibatches=4, update_epochs=4, gamma=0.99,
     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, conv_body_sizes=(64, 64), total_timesteps=5_000_000,
     eval_every=250_000, checkpoint_every=500_000,
 )  # fmt: skip
-_MINATAR_GAME_PPO = {"Freeway": dict(num_steps=128, num_minibatches=8)}
+_MINATAR_GAME_PPO = {game: dict(num_steps=128, num_minibatches=8) for game in ("Freeway", "Seaquest")}
 PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO, **_MINATAR_GAME_PPO.get(game, {}))
                 for game in MINATAR_GAMES for v in ("v0", "v1")})  # fmt: skip
 
