@@ -1,5 +1,5 @@
 """Evaluate a trained run: `python launch/evaluate.py RUN_DIR --episodes 100` prints each episode's return
-and length, then the mean +- std: the figure to quote. Greedy actions unless --stochastic."""
+and length, then the mean +- std: the figure to quote. Greedy actions unless --stochastic (sampled on Atari, as in training, unless --greedy)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.num_envs < 1:
         raise ConfigError(f"--episodes and --num-envs must be >= 1 (got {args.episodes}, {args.num_envs})")
     trained, seed = args.load()
+    deterministic = args.deterministic(trained)
     print(trained.describe())
-    result = evaluate_policy(
-        trained.policy, trained.env_id, args.episodes, seed, not args.stochastic, args.num_envs, trained.env_kwargs
-    )
-    print(result.report(deterministic=not args.stochastic, per_episode=not args.quiet))
+    result = evaluate_policy(trained.policy, trained.env_id, args.episodes, seed, deterministic, args.num_envs,
+                             trained.env_kwargs)  # fmt: skip
+    print(result.report(deterministic=deterministic, per_episode=not args.quiet))
     if trained.env_id in BOARD_OPPONENTS:
         print(f"(games against {BOARD_OPPONENTS[trained.env_id].name}, half of them moving first: +1 win, 0 draw, -1 loss)")
     if trained.env_id in PERFECT_OPPONENT_ENVS:
-        print(audit_against_perfect_play(trained.policy, not args.stochastic, seed).summary())
+        print(audit_against_perfect_play(trained.policy, deterministic, seed).summary())
     return 0
 
 

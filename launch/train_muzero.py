@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = "n/a" if result.eval_return is None else f"{result.eval_return:.1f}"
     print(
         f"{status} {result.env_id} after {result.global_step} env steps ({result.episodes} self-play games) in "
-        f"{result.seconds:.1f}s; greedy evaluation: {evaluation}\n"
+        f"{result.seconds:.1f}s; {result.evaluation_name}: {evaluation}\n"
         + run_footer(result.run_dir, result.checkpoint, "train_muzero.py")
     )
     return 0

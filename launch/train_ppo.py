@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(cfg)
     status = "solved" if result.solved else "finished"
     ret = "n/a" if result.mean_return is None else f"{result.mean_return:.1f}"
-    evaluation = "" if result.eval_return is None else f"; greedy evaluation: {result.eval_return:.1f}"
+    evaluation = "" if result.eval_return is None else f"; {result.evaluation_name}: {result.eval_return:.1f}"
     print(
         f"{status} {result.env_id} after {result.global_step} env steps in {result.seconds:.1f}s "
         f"({result.sps:.0f} SPS; rollout {result.rollout_seconds:.1f}s, update {result.update_seconds:.1f}s); "

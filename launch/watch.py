@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1 (got {args.episodes})")
     trained, seed = args.load()
-    deterministic = not args.stochastic
+    deterministic = args.deterministic(trained)
     print(trained.describe())
     if not args.render:
         print(evaluate_policy(trained.policy, trained.env_id, args.episodes, seed, deterministic).report(deterministic))

@@ -9,6 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("ale_py")
 
@@ -20,6 +21,7 @@ from envs.atari import (  # noqa: E402
     make_atari_vector_env,
 )
 from envs.factory import make_env, make_vector_env, probe_spaces  # noqa: E402
+from training.evaluation import evaluate_policy, greedy_by_default  # noqa: E402
 
 # No random no-ops and no sticky actions: the emulator is deterministic, so one action sequence plays the
 # same game on both paths.
@@ -195,5 +197,43 @@ def test_train_watch_and_evaluate_on_the_fast_path(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     watched = launch("watch.py", str(run_dir), "--episodes", "1", "--save")
     assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]
+    # Atari evaluates with sampled actions unless asked for the greedy ones (training's evaluations too).
     evaluated = launch("evaluate.py", str(run_dir), "--episodes", "1", "--quiet")
+    assert evaluated.returncode == 0 and "stochastic: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+    evaluated = launch("evaluate.py", str(run_dir), "--episodes", "1", "--quiet", "--greedy")
     assert evaluated.returncode == 0 and "greedy: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+    both = launch("evaluate.py", str(run_dir), "--greedy", "--stochastic")
+    assert both.returncode == 2 and "--stochastic and --greedy contradict each other" in both.stderr
+
+
+class NoopWhenGreedy(torch.nn.Module):
+    """An untrained Breakout policy's worst case: NOOP is its most likely action everywhere, and sampling
+    gives any of the four."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def act(self, obs, generator=None, deterministic=True):
+        n = next(iter(obs.values())).shape[0]
+        action = torch.zeros(n, dtype=torch.int64) if deterministic else torch.randint(4, (n,), generator=generator)
+        return action, torch.zeros(n), torch.zeros(n)
+
+
+def test_atari_evaluations_sample_so_a_policy_that_never_fires_cannot_stall_them():
+    # Greedy, the policy waits after its first lost life: Breakout brings a new ball only on FIRE, and the
+    # episode would run to the 108,000-frame limit (~27,000 agent steps).
+    env = make_env("ALE/Breakout-v5", 0)()
+    env.reset(seed=0)
+    lives = []
+    for _ in range(1500):
+        _, reward, terminated, truncated, info = env.step(0)
+        assert reward == 0 and not (terminated or truncated)
+        lives.append(info["lives"])
+    env.close()
+    assert lives[0] == 5 and lives[-1] == 4 and lives[-300:] == [4] * 300
+    # Atari's evaluations sample by default, and the same policy's episodes end in a few thousand frames.
+    assert not greedy_by_default("ALE/Breakout-v5") and greedy_by_default("ALE/Breakout-v5", stochastic=False)
+    result = evaluate_policy(NoopWhenGreedy(), "ALE/Breakout-v5", episodes=2, seed=0,
+                             deterministic=greedy_by_default("ALE/Breakout-v5"))  # fmt: skip
+    assert result.lengths.max() < 10_000  # emulator frames

@@ -11,6 +11,7 @@ from agents.networks import ActorCritic
 from training.checkpoint import CheckpointError
 from training.evaluation import (
     evaluate_policy,
+    greedy_by_default,
     make_render_env,
     play_episode,
 )
@@ -250,3 +251,11 @@ def test_the_best_tictactoe_checkpoint_is_the_one_without_a_losing_move(tmp_path
     assert [r for _, _, r in result.eval_history] == [0, 0, 0]
     best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")
     assert (best["global_step"], best["rounds"], best["eval_return"], best["eval_losing_moves"]) == (100, 2, 0, 0)
+
+
+@pytest.mark.parametrize(("env_id", "stochastic", "greedy"), [
+    ("CartPole-v1", None, True), ("MinAtar/Breakout-v0", None, True), ("rlgames/TicTacToe-v0", None, True),
+    ("ALE/Breakout-v5", None, False), ("CartPole-v1", True, False), ("ALE/Pong-v5", False, True),
+])  # fmt: skip
+def test_evaluations_are_greedy_except_on_atari_unless_asked(env_id, stochastic, greedy):
+    assert greedy_by_default(env_id, stochastic) is greedy

@@ -120,6 +120,15 @@ def _env_action(action: torch.Tensor, space: gym.Space) -> np.ndarray:
     return np.clip(action, space.low, space.high) if isinstance(space, gym.spaces.Box) else action
 
 
+def greedy_by_default(env_id: str, stochastic: bool | None = None) -> bool:
+    """Whether an evaluation of env_id takes each state's most likely action (True) or samples from the
+    policy: `stochastic` when given, else sampled on Atari (ALE/*) and greedy everywhere else, as rl-zoo
+    evaluates. A greedy Atari policy can wait at a serve until the 108,000-frame limit (Breakout brings a
+    new ball only on FIRE after a lost life; an untrained agent whose most likely action is NOOP never
+    presses it), so each such episode costs minutes and scores nothing."""
+    return not stochastic if stochastic is not None else not is_atari(env_id)
+
+
 def evaluate_policy(
     policy: torch.nn.Module, env_id: str, episodes: int, seed: int, deterministic: bool = True, num_envs: int = 8,
     env_kwargs: Mapping[str, Any] | None = None,
@@ -350,14 +359,15 @@ def record_episode(
 
 
 class TrainingEvaluator:
-    """Training's periodic greedy evaluation (logged as eval/*), the best checkpoint it keeps
-    (checkpoints/best.pt), and the recorded evaluation episodes of --capture-video (an MP4 under
-    RUN_DIR/videos/ and a GIF in TensorBoard's Images tab). Any learner loop can use it."""
+    """Training's periodic evaluation (greedy, or sampled where `deterministic` is False; logged as eval/*),
+    the best checkpoint it keeps (checkpoints/best.pt), and the recorded evaluation episodes of
+    --capture-video (an MP4 under RUN_DIR/videos/ and a GIF in TensorBoard's Images tab). Any learner loop
+    can use it."""
 
     def __init__(
         self, env_id: str, run_dir: Path | None, logger: RunLogger, seed: int, episodes: int, eval_every: int,
         capture_video: bool, video_every: int, best_return: float = -math.inf,
-        env_kwargs: Mapping[str, Any] | None = None, best_losing_moves: int | None = None,
+        env_kwargs: Mapping[str, Any] | None = None, best_losing_moves: int | None = None, deterministic: bool = True,
     ):  # fmt: skip
         # run_dir None: a learner that does not write (data-parallel ranks other than 0).
         self.env_id, self.logger, self.env_kwargs = env_id, logger, env_kwargs
@@ -366,6 +376,7 @@ class TrainingEvaluator:
         self.episodes, self.eval_every = episodes, eval_every
         self.capture_video, self.video_every = capture_video, video_every
         self.best_return, self.best_losing_moves = best_return, best_losing_moves
+        self.deterministic = deterministic
 
     def evaluation_due(self, step_before: int, step_after: int) -> bool:
         """Whether an update that moved training from step_before to step_after crossed a multiple of
@@ -376,19 +387,18 @@ class TrainingEvaluator:
         return self.capture_video and iteration % self.video_every == 0
 
     def evaluate(self, policy: torch.nn.Module, global_step: int, checkpoint_state: Callable[[], dict]) -> EvalResult:
-        """Greedy episodes, logged; a new best score saves checkpoint_state() as checkpoints/best.pt."""
+        """Episodes, logged; a new best score saves checkpoint_state() as checkpoints/best.pt."""
         # StarCraft II games cost a process and a GB or more each: a few at a time.
         num_envs = min(self.episodes, 4 if is_sc2(self.env_id) else 16)
-        result = evaluate_policy(
-            policy, self.env_id, self.episodes, self.seed, num_envs=num_envs, env_kwargs=self.env_kwargs
-        )
+        result = evaluate_policy(policy, self.env_id, self.episodes, self.seed, self.deterministic, num_envs,
+                                 self.env_kwargs)  # fmt: skip
         self.logger.scalars({
             "eval/episodic_return": result.mean_return,
             "eval/episodic_return_std": result.std_return,
             "eval/episodic_length": float(result.lengths.mean()),
         }, global_step)  # fmt: skip
         if self.env_id in PERFECT_OPPONENT_ENVS:
-            audit = audit_against_perfect_play(policy, seed=self.seed)
+            audit = audit_against_perfect_play(policy, self.deterministic, self.seed)
             self.logger.scalars({"eval/losing_moves": len(audit.losing_moves)}, global_step)
             result = dataclasses.replace(result, losing_moves=len(audit.losing_moves))
         if self._beats_best(result):
@@ -408,7 +418,8 @@ class TrainingEvaluator:
     def record_video(self, policy: torch.nn.Module, global_step: int) -> Path:
         path = self.run_dir / "videos" / f"train_step{global_step:09d}.mp4"
         preview = PreviewFrames()
-        _, path, fps = record_episode(policy, self.env_id, self.seed, path, preview=preview, env_kwargs=self.env_kwargs)
+        _, path, fps = record_episode(policy, self.env_id, self.seed, path, self.deterministic, preview=preview,
+                                      env_kwargs=self.env_kwargs)  # fmt: skip
         frames = preview.result()
         self.logger.video("eval/video", frames, fps * len(frames) / max(1, preview.seen), global_step)
         return path

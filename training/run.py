@@ -33,7 +33,7 @@ from training.allocator import keep_freed_memory
 from training.checkpoint import load_algo_checkpoint, reading_contents, run_dir_of, save_checkpoint
 from training.distributed import SINGLE, DataParallel
 from training.errors import TrainingDiverged
-from training.evaluation import TrainingEvaluator
+from training.evaluation import TrainingEvaluator, greedy_by_default
 from training.interrupts import armed
 from training.logger import Progress, RunLogger, make_run_dir, run_name
 from training.resume import apply_resume_changes
@@ -148,7 +148,7 @@ class RunResult:
     mean_return: float | None
     """mean return of the last 100 training episodes"""
     eval_return: float | None
-    """mean return of the final greedy evaluation (None with --eval-episodes 0)"""
+    """mean return of the final evaluation (None with --eval-episodes 0)"""
     sps: float
     """env steps per second of this invocation"""
     episodes: int
@@ -160,12 +160,18 @@ class RunResult:
     history: list[tuple[int, float, float]] = field(default_factory=list)
     """(env steps, wall seconds, mean return of the last 100 training episodes) after each step"""
     eval_history: list[tuple[int, float, float]] = field(default_factory=list)
-    """(env steps, wall seconds, mean greedy evaluation return) at each evaluation"""
+    """(env steps, wall seconds, mean evaluation return) at each evaluation"""
     solved_at: tuple[int, float] | None = None
     """(env steps, wall seconds) where the run was first solved as --solved-by judges it, whether it stopped
     there or not (--no-stop-when-solved); None if never (in this invocation)"""
     env_id: str = ""
     """the run's env (a resumed run's own, whatever the command line's --env-id says)"""
+    eval_greedy: bool = True
+    """whether the evaluations took the most likely actions (False: sampled, --eval-stochastic or Atari's default)"""
+
+    @property
+    def evaluation_name(self) -> str:
+        return "greedy evaluation" if self.eval_greedy else "sampled evaluation"
 
 
 class _NullLogger:
@@ -238,6 +244,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
     evaluator = TrainingEvaluator(
         cfg.env_id, run_dir, logger, cfg.seed, cfg.eval_episodes, cfg.eval_every, cfg.capture_video,
         cfg.video_every, best_return=best_return, env_kwargs=algorithm.env_kwargs, best_losing_moves=best_losing_moves,
+        deterministic=greedy_by_default(cfg.env_id, cfg.eval_stochastic),
     )  # fmt: skip
 
     def checkpoint_state() -> dict:
@@ -261,7 +268,7 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         return save_checkpoint(run_dir, state, global_step, cfg.keep_checkpoints)
 
     def evaluate() -> float:
-        """A greedy evaluation, logged; its mean return. With --solved-by evaluation it also decides
+        """An evaluation (greedy unless --eval-stochastic), logged; its mean return. With --solved-by evaluation it also decides
         `solved`: the return reaches the threshold and, on TicTacToe, the audit of every perfect line finds
         no losing move either."""
         nonlocal solved, solved_at
@@ -361,5 +368,5 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
         solved=bool(solved), mean_return=float(np.mean(recent_returns)) if recent_returns else None,
         eval_return=eval_return, sps=(global_step - steps_at_start) / max(elapsed, 1e-9), episodes=episodes,
         rollout_seconds=acting_seconds, update_seconds=learning_seconds, history=history, eval_history=eval_history,
-        solved_at=solved_at, env_id=cfg.env_id,
+        solved_at=solved_at, env_id=cfg.env_id, eval_greedy=evaluator.deterministic,
     )  # fmt: skip

@@ -39,7 +39,7 @@ class RunConfig:
     stop_when_solved: bool = True
     """stop once the run is solved, as --solved-by judges it against --stop-return"""
     solved_by: Literal["training", "evaluation"] = "training"
-    """what counts as solved: 'training' (the mean return of the last 100 training episodes reaches --stop-return) or 'evaluation' (a greedy evaluation's mean return does)"""
+    """what counts as solved: 'training' (the mean return of the last 100 training episodes reaches --stop-return) or 'evaluation' (an evaluation's mean return does; greedy unless --eval-stochastic)"""
     stop_return: float | None = None
     """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
     device: str = "auto"
@@ -65,11 +65,13 @@ class RunConfig:
 
     # Evaluation
     eval_every: int = 25_000
-    """env steps between greedy evaluations (logged as eval/*; the best one is kept as checkpoints/best.pt); one more runs at the end; 0 = only the one at the end"""
+    """env steps between evaluations (greedy unless --eval-stochastic; logged as eval/*; the best one is kept as checkpoints/best.pt); one more runs at the end; 0 = only the one at the end"""
     eval_episodes: int = 10
     """episodes per evaluation; 0 = no evaluation at all"""
+    eval_stochastic: bool | None = None
+    """evaluate (and record videos) with actions sampled from the policy instead of its most likely ones; default: sampled on Atari (ALE/*), where a greedy policy can wait at a serve until the 108,000-frame limit (Breakout needs FIRE after each lost life), greedy everywhere else"""
     capture_video: bool = False
-    """record a greedy evaluation episode every --video-every steps of the run and at the end: an MP4 in RUN_DIR/videos/ and a GIF in TensorBoard's Images tab"""
+    """record an evaluation episode every --video-every steps of the run and at the end: an MP4 in RUN_DIR/videos/ and a GIF in TensorBoard's Images tab"""
     video_every: int = 50
     """steps of the run (PPO: rollout + update; MuZero: self-play round + updates) between recorded episodes, with --capture-video"""
 
@@ -92,7 +94,7 @@ class RunConfig:
 # evaluates, where its workers run, in which precision its update rounds. Each algorithm adds its own.
 CHANGEABLE_ON_RESUME = (
     "total_timesteps", "train_for_minutes", "device", "progress", "stop_when_solved", "stop_return", "eval_every",
-    "eval_episodes", "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
+    "eval_episodes", "eval_stochastic", "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
     "max_bad_updates", "capture_video", "video_every", "learner_precision",
 )  # fmt: skip
 

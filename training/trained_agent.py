@@ -21,6 +21,7 @@ from training.checkpoint import (
     run_dir_of,
 )
 from training.errors import ConfigError
+from training.evaluation import greedy_by_default
 from training.muzero.actor import load_muzero_actor
 from training.ppo.config import config_from_dict, env_kwargs
 from training.ppo.train import build_agent
@@ -65,7 +66,9 @@ class PolicyArgs:
     best: bool = False
     """use the run's best checkpoint by training-time evaluation (checkpoints/best.pt)"""
     stochastic: bool = False
-    """sample actions from the policy instead of taking the most likely one"""
+    """sample actions from the policy instead of taking the most likely one (default: as the run's own evaluations did: sampled on Atari, greedy elsewhere unless it set --eval-stochastic)"""
+    greedy: bool = False
+    """take the most likely actions even where the run's evaluations sampled (Atari's default)"""
     seed: int | None = None
     """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
     num_simulations: int | None = None
@@ -75,8 +78,15 @@ class PolicyArgs:
         """The trained agent and the seed of the first episode."""
         if self.num_simulations is not None and self.num_simulations < 0:
             raise ConfigError(f"--num-simulations must be >= 0 (0 = the prior alone; got {self.num_simulations})")
+        if self.stochastic and self.greedy:
+            raise ConfigError("--stochastic and --greedy contradict each other: give one (or neither: as the run evaluated)")
         trained = load_trained_agent(self.run, best=self.best, num_simulations=self.num_simulations)
         return trained, self.seed if self.seed is not None else evaluation_seed(trained.config.seed)
+
+    def deterministic(self, trained: TrainedAgent) -> bool:
+        """Whether to play the most likely actions: --greedy or --stochastic, else as the run's evaluations."""
+        choice = True if self.stochastic else False if self.greedy else getattr(trained.config, "eval_stochastic", None)
+        return greedy_by_default(trained.env_id, choice)
 
 
 def load_trained_agent(path: str | Path, best: bool = False, num_simulations: int | None = None) -> TrainedAgent:
