@@ -32,6 +32,12 @@ def test_new_games_get_the_highest_priority_and_updates_apply():
     assert replay.games[1].priorities.tolist() == [7.0] * 3
     replay.update_priorities([(1, 2)], np.array([0.25]))
     assert replay.games[1].priorities[2] == pytest.approx(0.25, abs=1e-5)
+    # A position drawn twice in one batch keeps its last new priority; sampling follows the new values.
+    replay.update_priorities([(0, 1), (1, 0), (0, 1)], np.array([3.0, 1.0, 2.0]))
+    assert replay.games[0].priorities.tolist() == pytest.approx([0.5, 2.0], abs=1e-5)
+    _, _, keys = replay.sample(60_000)
+    counts = np.bincount([sum(replay.games[g].num_starts for g in range(gi)) + pos for gi, pos in keys]) / 60_000
+    np.testing.assert_allclose(counts, np.array([0.5, 2.0, 1.0, 7.0, 0.25]) / 10.75, atol=0.01)  # alpha 1
 
 
 def test_capacity_in_positions_evicts_the_oldest_games():

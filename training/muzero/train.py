@@ -70,6 +70,7 @@ MUZERO_DASHBOARD_LAYOUT = {
 }  # fmt: skip
 
 
+PRIORITY_SPREAD_EVERY = 10
 FAULTS = ("skipped_updates", "env_restarts", "dropped_episodes", "nonfinite_steps", "worker_restarts")
 
 
@@ -180,7 +181,9 @@ class MuZeroAlgorithm(Algorithm):
         scalars.update({
             "charts/updates": self.updates,
             "charts/replay_positions": self.replay.num_positions,
-            **({f"replay/priority_{k}": v for k, v in self.replay.priority_spread().items()} if self.replay.games else {}),
+            # Percentiles over every stored position (~4 ms at 100k): every PRIORITY_SPREAD_EVERY rounds.
+            **({f"replay/priority_{k}": v for k, v in self.replay.priority_spread().items()}
+               if self.replay.games and self.iteration % PRIORITY_SPREAD_EVERY == 1 else {}),
             "charts/visit_temperature": temperature,
             **({"search/root_value": float(np.mean(played.root_values)),
                 "search/root_visit_entropy": float(np.mean(played.root_visit_entropies)),
