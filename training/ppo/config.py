@@ -233,9 +233,9 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # frames; with 128 the first crossings come at ~0.8M and all five seeds reach 59-63. Seaquest keeps them
 # too: 32-step rollouts reached 6.3, 4.1, 2.8, 4.3 and 3.7 on seeds 1-5 where 128 reached 7.3, 5.3, 8.9,
 # 5.3 and 5.8 (both far below the paper's ~20). Entropy 0.001 was tried too: Seaquest seeds 1-3 reached
-# 36.5, 4.3 and 2.8, Asterix and Breakout lost a third; a discount of 0.995, Seaquest seed 1 4.9. Every
-# Seaquest agent below ~10 dies of oxygen at ~200 frames and never surfaces with a diver (the one at 36.5
-# surfaces ~6 times a game): the plateau is a discovery problem. Breakout keeps its learning rate
+# 36.5, 4.3 and 2.8, Asterix and Breakout lost a third; a discount of 0.995, Seaquest seed 1 4.9. The
+# Seaquest agents at 3-6 die of oxygen at ~200 frames and almost never surface with a diver (the one at
+# 36.5 surfaces ~6 times a game): the plateau is a discovery problem. Breakout keeps its learning rate
 # constant: seeds 1 and 2 were still rising at 5M as the annealed rate reached 0; constant, seeds 1-5
 # reached 16.05, 20.91, 21.43, 22.07 and 22.05 (4/5 above ~17.5, median 21.4; annealed 3/5, median 19.3).
 _MINATAR_PPO = dict(
