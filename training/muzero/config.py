@@ -124,8 +124,9 @@ MUZERO_PRESETS: dict[str, dict] = {"defaults": {}}
 # MinAtar (10x10 grids, v0: sticky actions, the full action set): the residual net with 16 channels
 # (one update of batch 256 x 5 unrolled steps: 0.31 s in float32 on one thread here, 0.83 s with 32),
 # its convolutions in bfloat16 where the CPU has it (0.18 s), and 0.125 updates per env step: self-play
-# plus learning ran at 19-22 env steps/s on one core each in two hour-long Breakout runs side by side
-# (README, "MuZero on MinAtar"), so the issue's 200k steps take 2.5-3 hours here.
+# plus learning ran at 19-22 env steps/s on one core each in two hour-long Breakout runs side by side,
+# and at 28.6 once the run skeleton kept freed memory (training/allocator.py; README, "MuZero on
+# MinAtar"), so the issue's 200k steps take ~2 hours here.
 _MINATAR_MUZERO = dict(
     res_channels=16, updates_per_step=0.125, learner_precision="auto", total_timesteps=200_000, eval_every=25_000,
     eval_episodes=10, checkpoint_every=10_000,
