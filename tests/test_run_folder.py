@@ -168,9 +168,53 @@ def test_a_stop_raised_inside_compiled_code_is_still_a_stop(tmp_path):
         raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
     assert isinstance(raised, Interrupted) and raised.signum == signals.SIGTERM
     assert raised.checkpoint == saved and raised.run_dir == tmp_path
-    # Any other SystemError stays the error it is.
+    # Seen in CI next: SIGINT landed in `_numba_unpickle`, a Python helper numba's compiled code calls, and the
+    # stop came wrapped twice, a SystemError caused by a SystemError caused by the stop.
+    try:
+        try:
+            try:
+                raise Interrupted(signals.SIGINT)
+            except Interrupted as stop:
+                raise SystemError("<function _numba_unpickle> returned a result with an exception set") from stop
+        except SystemError as inner:
+            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from inner
+    except SystemError as error:
+        raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
+    assert isinstance(raised, Interrupted) and raised.signum == signals.SIGINT and raised.checkpoint == saved
+    # Any other SystemError stays the error it is, alone or caused by another error.
     other = SystemError("something else")
     assert loop_exit(other, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is other
+    try:
+        try:
+            raise ValueError("a real bug")
+        except ValueError as bug:
+            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from bug
+    except SystemError as error:
+        assert loop_exit(error, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is error
+
+
+def test_a_command_stopped_inside_compiled_code_ends_with_its_stop_line(capsys):
+    """evaluate.py and watch.py act through the same numba kernels outside any training loop: a stop that
+    reaches run_cli wrapped in SystemErrors still ends the command with the stop's line and code; a
+    SystemError with no stop behind it is raised as it is."""
+    import signal as signals
+
+    from training.cli import run_cli
+
+    def stopped_in_compiled_code() -> int:
+        try:
+            raise Interrupted(signals.SIGTERM)
+        except Interrupted as stop:
+            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from stop
+
+    assert run_cli(stopped_in_compiled_code) == 143
+    assert capsys.readouterr().err.strip() == "interrupted (SIGTERM)"
+
+    def broken() -> int:
+        raise SystemError("something else")
+
+    with pytest.raises(SystemError, match="something else"):
+        run_cli(broken)
 
 
 def test_a_command_whose_shutdown_hangs_prints_its_stacks_and_ends():

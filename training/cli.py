@@ -15,7 +15,7 @@ from envs.sc2 import SC2NotFoundError, SC2OptionsError
 from envs.sc2_compat import SC2NotInstalledError
 from training.checkpoint import CheckpointError
 from training.errors import ConfigError, TrainingDiverged
-from training.interrupts import EnvHung, Interrupted, stop_on_signals
+from training.interrupts import EnvHung, Interrupted, stop_inside_compiled_code, stop_on_signals
 
 USER_ERRORS = (EnvSpecError, ConfigError, CheckpointError, SC2NotFoundError, SC2NotInstalledError, SC2OptionsError)
 
@@ -39,8 +39,12 @@ def run_cli(main: Callable[[], int], script: str | None = None) -> int:
     except TrainingDiverged as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Interrupted) else Interrupted()
+    except (KeyboardInterrupt, SystemError) as e:
+        # Outside a training loop (evaluate.py, watch.py) a stop raised in compiled code arrives wrapped too.
+        caught = e if isinstance(e, KeyboardInterrupt) else stop_inside_compiled_code(e)
+        if caught is None:
+            raise
+        stop = caught if isinstance(caught, Interrupted) else Interrupted()
         print(f"\n{interruption_line(stop, script)}", file=sys.stderr)
         return stop.exit_code
     finally:

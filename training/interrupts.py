@@ -52,6 +52,16 @@ def stop_on_signals() -> dict[int, Any]:
     return {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
+def stop_inside_compiled_code(error: BaseException) -> KeyboardInterrupt | None:
+    """The stop behind `error` when a signal's stop was raised while compiled code ran: numba's dispatcher
+    (the rollout's act) reports it as a SystemError ("returned a result with an exception set") caused by
+    the stop, and when the signal lands in a Python helper numba calls back (`_numba_unpickle`), as a
+    SystemError caused by such a SystemError. None when `error` is anything else."""
+    while isinstance(error, SystemError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, KeyboardInterrupt) else None
+
+
 _last_beat = time.monotonic()
 # How long a main thread stuck in C code gets to take the exception before the process is ended.
 GRACE_SECONDS = 30.0

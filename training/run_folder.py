@@ -25,7 +25,7 @@ import torch
 
 from training.checkpoint import BEST_NAME, CHECKPOINT_DIR, CheckpointError, list_checkpoints, step_of
 from training.errors import ConfigError, TrainingDiverged
-from training.interrupts import Interrupted, take_fired
+from training.interrupts import Interrupted, stop_inside_compiled_code, take_fired
 
 LOCK_FILE = ".lock"
 
@@ -139,10 +139,7 @@ def loop_exit(error: BaseException, run_dir: Path | None, step: int, checkpoint:
     checkpoint; a crash between two updates (`consistent`) after saving that state and saying so in one
     line; errors that already say what happened in one line (bad input, a failed checkpoint write, a
     diverged run), as they are."""
-    # A signal's stop raised while compiled code runs (numba's kernels, in the rollout's act) reaches the
-    # loop as a SystemError ("returned a result with an exception set") caused by the stop: still a stop.
-    if isinstance(error, SystemError) and isinstance(error.__cause__, KeyboardInterrupt):
-        error = error.__cause__
+    error = stop_inside_compiled_code(error) or error
     if isinstance(error, KeyboardInterrupt):
         stop = interrupted_with_checkpoint(error, run_dir, checkpoint)
         stop.__suppress_context__ = True
