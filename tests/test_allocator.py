@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or os.conf
 
 # A training step's pattern: a small conv net's forward and backward on a MinAtar-sized batch (the
 # activations and gradients of each step, up to ~10 MiB each, allocated and freed in an interleaved
-# order), eight steps. Prints the minor page faults of the last four (after the heap's first growth).
+# order). Prints the minor page faults of each of 12 steps after the first 4 (the heap's first growth).
 FAULTS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
@@ -26,11 +27,13 @@ FAULTS_SCRIPT = textwrap.dedent("""
     net = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(16, 16, 3, padding=1),
                                                                torch.nn.GroupNorm(1, 16), torch.nn.ReLU())])
     x = torch.randn(1536, 16, 10, 10)
-    for i in range(8):
-        if i == 4:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = []
+    for i in range(16):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         net(x).square().mean().backward()
-    print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+        if i >= 4:
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"kept": kept, "faults": faults}))
 """)
 
 
@@ -46,10 +49,13 @@ def _faults(mode: str, extra_env: dict[str, str] | None = None) -> dict:
 def test_freed_tensors_are_reused_without_page_faults():
     default, kept = _faults("default"), _faults("keep")
     assert not default["kept"] and kept["kept"]
-    # glibc's defaults: freed memory goes back to the OS (measured ~90,000 faults over the four steps, 350
-    # MiB of pages zeroed again); kept in the heap, the same pages serve the next step (~2,400).
-    assert default["faults"] >= 20_000
-    assert kept["faults"] <= default["faults"] / 5
+    # glibc's defaults: freed memory goes back to the OS and every step faults it in again (measured 11,900-
+    # 38,300 a step, median ~30,000: ~120 MiB of pages zeroed again). Kept in the heap, the same pages serve
+    # the next step: 0 faults on most steps, with a step of 2,000-5,000 now and then where the heap grows
+    # (one CI run had 9,601 over four steps), hence the median per step and a margin on the sum.
+    assert statistics.median(default["faults"]) >= 10_000, default
+    assert statistics.median(kept["faults"]) <= statistics.median(default["faults"]) / 20, (kept, default)
+    assert sum(kept["faults"]) <= sum(default["faults"]) / 5, (kept, default)
 
 
 @glibc_linux
