@@ -151,6 +151,17 @@ def test_a_signal_to_the_process_group_stops_with_a_checkpoint_and_one_line(tmp_
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
 
+def _as_numba_reports(cause: BaseException, depth: int = 1) -> SystemError:
+    """`cause` as numba's dispatcher hands it on: `depth` SystemErrors ("returned a result with an exception
+    set"), each caused by the one inside it."""
+    error = cause
+    for _ in range(depth):
+        wrapper = SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set")
+        wrapper.__cause__ = error
+        error = wrapper
+    return error
+
+
 def test_a_stop_raised_inside_compiled_code_is_still_a_stop(tmp_path):
     """Seen in CI: SIGTERM landed while numba's policy_step ran, and the loop got a SystemError caused by the
     stop; it was taken for a crash (a traceback, no stop line). It is a stop: checkpoint, then Interrupted."""
@@ -159,38 +170,20 @@ def test_a_stop_raised_inside_compiled_code_is_still_a_stop(tmp_path):
     from training.run_folder import loop_exit
 
     saved = tmp_path / "step_1.pt"
-    try:
-        try:
-            raise Interrupted(signals.SIGTERM)
-        except Interrupted as stop:
-            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from stop
-    except SystemError as error:
-        raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
+    error = _as_numba_reports(Interrupted(signals.SIGTERM))
+    raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
     assert isinstance(raised, Interrupted) and raised.signum == signals.SIGTERM
     assert raised.checkpoint == saved and raised.run_dir == tmp_path
     # Seen in CI next: SIGINT landed in `_numba_unpickle`, a Python helper numba's compiled code calls, and the
     # stop came wrapped twice, a SystemError caused by a SystemError caused by the stop.
-    try:
-        try:
-            try:
-                raise Interrupted(signals.SIGINT)
-            except Interrupted as stop:
-                raise SystemError("<function _numba_unpickle> returned a result with an exception set") from stop
-        except SystemError as inner:
-            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from inner
-    except SystemError as error:
-        raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
+    error = _as_numba_reports(Interrupted(signals.SIGINT), depth=2)
+    raised = loop_exit(error, tmp_path, 1, lambda: saved, consistent=True, last_checkpoint=None)
     assert isinstance(raised, Interrupted) and raised.signum == signals.SIGINT and raised.checkpoint == saved
     # Any other SystemError stays the error it is, alone or caused by another error.
     other = SystemError("something else")
     assert loop_exit(other, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is other
-    try:
-        try:
-            raise ValueError("a real bug")
-        except ValueError as bug:
-            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from bug
-    except SystemError as error:
-        assert loop_exit(error, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is error
+    bug = _as_numba_reports(ValueError("a real bug"))
+    assert loop_exit(bug, tmp_path, 1, lambda: saved, consistent=False, last_checkpoint=None) is bug
 
 
 def test_a_command_stopped_inside_compiled_code_ends_with_its_stop_line(capsys):
@@ -202,10 +195,7 @@ def test_a_command_stopped_inside_compiled_code_ends_with_its_stop_line(capsys):
     from training.cli import run_cli
 
     def stopped_in_compiled_code() -> int:
-        try:
-            raise Interrupted(signals.SIGTERM)
-        except Interrupted as stop:
-            raise SystemError("CPUDispatcher(<function policy_step>) returned a result with an exception set") from stop
+        raise _as_numba_reports(Interrupted(signals.SIGTERM), depth=2)
 
     assert run_cli(stopped_in_compiled_code) == 143
     assert capsys.readouterr().err.strip() == "interrupted (SIGTERM)"
