@@ -83,6 +83,14 @@ class PPOConfig(RunConfig):
     """global gradient-norm clip"""
     target_kl: float | None = None
     """stop an update's epochs early once the approximate KL exceeds this (None: never)"""
+    sil_updates: int = 0
+    """self-imitation learning (Oh et al. 2018; training/ppo/self_imitation.py): minibatch steps after each PPO update on a replay of finished episodes' transitions, imitating the actions whose discounted return beat the critic's value; for games whose rare good episodes PPO forgets (MinAtar Seaquest); 0 = off"""
+    sil_batch_size: int = 512
+    """transitions in each self-imitation minibatch (the paper's 512)"""
+    sil_capacity: int = 100_000
+    """transitions the self-imitation replay keeps (the oldest leave first); they travel in the periodic checkpoints"""
+    sil_value_coef: float = 0.01
+    """weight of the self-imitation value loss (the paper's beta, 0.01)"""
     normalize_obs: bool = False
     """normalise observations with running statistics (kept in the model and the checkpoint)"""
     normalize_reward: bool = False
@@ -451,13 +459,30 @@ def validate(cfg: PPOConfig) -> None:
             problems.append(
                 f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"
             )
+    problems += self_imitation_problems(cfg)
     problems += range_problems(
-        cfg, positive=("learning_rate", "clip_coef", "max_grad_norm"),
-        non_negative=("ent_coef", "vf_coef", "torch_threads"), unit=("gamma", "gae_lambda"),
+        cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "sil_batch_size", "sil_capacity"),
+        non_negative=("ent_coef", "vf_coef", "torch_threads", "sil_updates", "sil_value_coef"), unit=("gamma", "gae_lambda"),
         optional_positive=("target_kl",),
     )  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def self_imitation_problems(cfg: PPOConfig) -> list[str]:
+    """What --sil-updates cannot be combined with: its replay stitches one learner's feed-forward episodes."""
+    if cfg.sil_updates <= 0:
+        return []
+    problems = []
+    if cfg.memory_lstm_size:
+        problems.append("--sil-updates replays single transitions, which a policy with memory cannot act on: use --policy-memory none")
+    if is_two_player(cfg.env_id):
+        problems.append(f"--sil-updates is for single-player games; {cfg.env_id}'s league self-play has opponents whose returns are not the agent's")
+    if resolve_num_learners(cfg) > 1:
+        problems.append("--sil-updates keeps its replay in one learner: use --num-learners 1")
+    if cfg.sil_capacity < cfg.sil_batch_size:
+        problems.append(f"--sil-capacity {cfg.sil_capacity} is smaller than one --sil-batch-size {cfg.sil_batch_size}")
+    return problems
 
 
 def env_kwargs(cfg: PPOConfig, run_dir: Path | None = None) -> dict[str, Any]:

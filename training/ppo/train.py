@@ -42,6 +42,7 @@ from training.ppo.config import (
 )
 from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
+from training.ppo.self_imitation import SelfImitationReplay, self_imitation_update
 from training.run import Algorithm, RunContext, RunResult, StepReport, resumed_config, run_training
 from training.seeds import Reseed, reseeded, rollout_seed
 from training.validation import precision_name, resolve_learner_precision
@@ -84,8 +85,9 @@ class PPOLearner:
         # What the update runs through: the agent itself, or its DDP wrapper with several learners.
         self.model = parallel.wrap(agent, device)
         self.hp = hyperparams(cfg)
-        # Small MLPs on the CPU with one learner: the compiled kernel (agents.ppo_kernel), else torch.
-        self.kernel = getattr(agent, "kernels", False) and device.type == "cpu" and not parallel.enabled
+        # Small MLPs on the CPU with one learner: the compiled kernel (agents.ppo_kernel), else torch
+        # (self-imitation's steps share the optimizer with PPO's: both then run through torch).
+        self.kernel = getattr(agent, "kernels", False) and device.type == "cpu" and not parallel.enabled and not cfg.sil_updates
         # Fused Adam: one kernel for all parameters instead of several small ops per tensor.
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
         local_envs = cfg.num_envs // parallel.world_size
@@ -96,6 +98,8 @@ class PPOLearner:
         self.autocast_dtype = resolve_learner_precision(cfg.learner_precision, getattr(agent, "conv_trunk", False), device)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
+        # Self-imitation's replay: data, not learner state, so an undone update does not copy it.
+        self.sil_replay = SelfImitationReplay(cfg.sil_capacity, local_envs, cfg.gamma) if cfg.sil_updates else None
 
     def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
         """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite."""
@@ -167,6 +171,15 @@ class PPOLearner:
                 self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean, self.autocast_dtype
             )
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
+        if self.sil_replay is not None:
+            # Episodes that ended in this rollout join the replay (in the rewards the critic learns), then
+            # a few steps imitate its transitions whose return beat the critic (agents.self_imitation).
+            self.sil_replay.add_rollout(rollout.obs, rollout.actions, rewards, rollout.values, terminated, truncated,
+                                        rollout.bootstrap_values)  # fmt: skip
+            stats.update(self_imitation_update(
+                self.agent, self.optimizer, self.sil_replay, self.cfg.sil_updates, self.cfg.sil_batch_size,
+                self.cfg.sil_value_coef, self.cfg.max_grad_norm, self.generator, self.device, self.autocast_dtype,
+            ))  # fmt: skip
         if self.agent.obs_normalizer is not None:
             # After the update, so the update sees the same normalisation the rollout was acted with.
             # Data-parallel learners update theirs with everybody's observations, so they stay equal.
@@ -242,6 +255,8 @@ PPO_DASHBOARD_LAYOUT = {
     "2. Losses": {
         "policy and value loss": ["Multiline", ["losses/policy_loss", "losses/value_loss"]],
         "entropy": ["Multiline", ["losses/entropy"]],
+        "self-imitation (--sil-updates): its losses, the share of replayed returns above the critic, replay size": [
+            "Multiline", ["losses/sil_.*"]],
     },
     "3. Policy statistics": {
         "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
@@ -299,6 +314,8 @@ class PPOAlgorithm(Algorithm):
                 self.learner.skipped_updates = saved.get("skipped_updates", 0)
                 self.faults_before.update({k: saved.get(k, 0) for k in self.faults_before})
                 self.learner.load_state_dict(payload["learner"])
+                if self.learner.sil_replay is not None and payload.get("sil_replay") is not None:
+                    self.learner.sil_replay.load_state_dict(payload["sil_replay"])
                 self.iteration = payload["iteration"]
                 torch.set_rng_state(payload["rng"]["torch"])
                 random.setstate(payload["rng"]["python"])
@@ -398,6 +415,11 @@ class PPOAlgorithm(Algorithm):
         if self.league is not None:
             state["league"] = self.league.state_dict()
         return state
+
+    def resume_state(self) -> dict:
+        """Self-imitation's replay, in the periodic checkpoints only (best.pt does not need it)."""
+        replay = self.learner.sil_replay
+        return {"sil_replay": replay.state_dict()} if replay is not None else {}
 
     def faults(self) -> dict[str, int]:
         return {
