@@ -104,6 +104,9 @@ def test_validate_collects_every_problem():
         (["--env-id", "rlgames/TicTacToe-v0", "--solved-by", "training"], "use --solved-by evaluation"),
         (["--env-id", "rlgames/TicTacToe-v0", "--league.max-snapshots", "0"], "--league.max-snapshots must be >= 1 (got 0)"),
         (["--board-net", "cnn"], "--board-net cnn is for board games"),
+        (["--sil-updates", "-1"], "--sil-updates must be a finite number >= 0 (got -1)"),
+        (["--sil-batch-size", "0"], "--sil-batch-size must be a finite number > 0 (got 0)"),
+        (["--sil-value-coef", "nan"], "--sil-value-coef must be a finite number >= 0 (got nan)"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
