@@ -107,6 +107,9 @@ def test_validate_collects_every_problem():
         (["--sil-updates", "-1"], "--sil-updates must be a finite number >= 0 (got -1)"),
         (["--sil-batch-size", "0"], "--sil-batch-size must be a finite number > 0 (got 0)"),
         (["--sil-value-coef", "nan"], "--sil-value-coef must be a finite number >= 0 (got nan)"),
+        (["--sil-updates", "2", "--policy-memory", "lstm"], "--sil-updates replays single transitions"),
+        (["--sil-updates", "2", "--env-id", "rlgames/TicTacToe-v0"], "--sil-updates is for single-player games"),
+        (["--sil-updates", "2", "--sil-capacity", "100"], "--sil-capacity 100 is smaller than one --sil-batch-size 512"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
