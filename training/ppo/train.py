@@ -120,6 +120,11 @@ class PPOLearner:
         rewards = rollout.rewards
         if self.reward_scaler is not None:
             rewards = self.reward_scaler(rewards, rollout.terminated, rollout.truncated)
+        if self.sil_replay is not None:
+            # The rollout's steps join their episodes (in the rewards the critic learns) before anything can
+            # undo the update: a skipped update must not leave a gap inside an episode the replay stitches.
+            self.sil_replay.add_rollout(rollout.obs, rollout.actions, rewards, rollout.values, rollout.terminated,
+                                        rollout.truncated, rollout.bootstrap_values)  # fmt: skip
 
         def flat(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(x.reshape(-1, *x.shape[2:])).to(self.device)
@@ -172,10 +177,7 @@ class PPOLearner:
             )
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
         if self.sil_replay is not None:
-            # Episodes that ended in this rollout join the replay (in the rewards the critic learns), then
-            # a few steps imitate its transitions whose return beat the critic (agents.self_imitation).
-            self.sil_replay.add_rollout(rollout.obs, rollout.actions, rewards, rollout.values, terminated, truncated,
-                                        rollout.bootstrap_values)  # fmt: skip
+            # A few steps imitate the replayed transitions whose return beat the critic (agents.self_imitation).
             stats.update(self_imitation_update(
                 self.agent, self.optimizer, self.sil_replay, self.cfg.sil_updates, self.cfg.sil_batch_size,
                 self.cfg.sil_value_coef, self.cfg.max_grad_norm, self.generator, self.device, self.autocast_dtype,
