@@ -49,12 +49,14 @@ def _faults(mode: str, extra_env: dict[str, str] | None = None) -> dict:
 def test_freed_tensors_are_reused_without_page_faults():
     default, kept = _faults("default"), _faults("keep")
     assert not default["kept"] and kept["kept"]
-    # glibc's defaults: freed memory goes back to the OS and every step faults it in again (measured 11,900-
-    # 38,300 a step, median ~30,000: ~120 MiB of pages zeroed again). Kept in the heap, the same pages serve
-    # the next step: 0 faults on most steps, with a step of 2,000-5,000 now and then where the heap grows
-    # (one CI run had 9,601 over four steps), hence the median per step and a margin on the sum.
-    assert statistics.median(default["faults"]) >= 10_000, default
-    assert statistics.median(kept["faults"]) <= statistics.median(default["faults"]) / 20, (kept, default)
+    # glibc's defaults: freed memory goes back to the OS and steps fault it in again. Alone, 11,900-38,300 a
+    # step (median ~30,000: ~120 MiB of pages zeroed again); beside another busy process (the suite runs two
+    # tests at a time) the per-step count swings more, medians of 4,800-36,000, sums over the 12 steps of
+    # 115,000-419,000 (2026-12-05). Kept in the heap, the same pages serve the next step: 0 faults on most
+    # steps, with a step of 2,400-5,000 now and then where the heap grows (sums of 2-4,802 beside a busy
+    # process; one CI run had 9,601). Hence sums with a margin, and the median only for the kept heap.
+    assert sum(default["faults"]) >= 60_000, default
+    assert statistics.median(kept["faults"]) <= 1_000, kept
     assert sum(kept["faults"]) <= sum(default["faults"]) / 5, (kept, default)
 
 
