@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agents.board_encoding import board_planes
 from agents.distributions import ActionHead, Distribution
 from agents.initialization import orthogonal_
 from agents.precision import full_precision
@@ -155,8 +156,7 @@ class BoardCNN(nn.Module):
         self.out_features = out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        board = x.float().reshape(-1, *self.grid_shape)
-        return self.net(torch.stack([(board > 0).float(), (board < 0).float()], dim=1))
+        return self.net(board_planes(x, self.grid_shape))
 
 
 # The Nature CNN's 8/4, 4/2 and 3/1 convolutions need at least 36 pixels a side; smaller grids get GridCNN.

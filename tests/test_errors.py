@@ -125,6 +125,7 @@ def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
         (["--updates-per-step", "-1"], "--updates-per-step must be a finite number > 0 (got -1.0)"),
         (["--seed", "-1"], "--seed must lie in [0, 2**32 - 1]"),
         (["--device", "cpu:x"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got 'cpu:x')"),
+        (["--board-net", "cnn"], "--board-net cnn is for board games"),
     ],
 )  # fmt: skip
 def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents.board_encoding import board_planes, move_planes
 from agents.muzero.networks import (
     MuZeroMLP,
     MuZeroResNet,
@@ -81,6 +82,43 @@ def test_the_residual_net_for_images_keeps_muzeros_interface():
     (value2.sum() + reward.sum() + policy2.sum()).backward()
     assert model.representation[0][0].weight.grad is not None  # differentiable through the unroll
     state, logits, root_value = root_inference(model, frames.numpy())
+    result = run_policy(RootFnOutput(state, logits, root_value), search_callback(model), SearchConfig(num_simulations=8),
+                        np.random.default_rng(0))  # fmt: skip
+    assert (result.visit_counts.sum(-1) == 8).all()
+
+
+def test_boards_are_two_planes_and_moves_the_cells_they_name():
+    # TicTacToe from the mover's view: own pieces +1 at cells 0 and 4, the opponent's -1 at cell 8.
+    planes = board_planes(torch.tensor([[1.0, 0, 0, 0, 1, 0, 0, 0, -1]]), (3, 3))
+    assert planes.shape == (1, 2, 3, 3) and planes.dtype == torch.float32
+    assert planes[0, 0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert planes[0, 1].tolist() == [[0, 0, 0], [0, 0, 0], [0, 0, 1]]
+    cells = move_planes(9, (3, 3))  # a move per cell
+    assert cells[5].tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]] and cells.sum().item() == 9
+    columns = move_planes(7, (6, 7))  # Connect Four: a move per column
+    assert columns.shape == (7, 6, 7) and columns[2, :, 2].eq(1).all() and columns[2].sum().item() == 6
+    with pytest.raises(ValueError, match="5 moves name neither the 42 cells nor the 7 columns"):
+        move_planes(5, (6, 7))
+
+
+def test_the_residual_net_for_boards_sees_the_planes_and_each_move_as_its_column():
+    torch.manual_seed(0)
+    model = MuZeroResNet((42,), num_actions=7, channels=8, blocks=1, support_size=5, reward_support_size=5,
+                         board_grid=(6, 7))  # fmt: skip
+    assert model.obs_shape == (2, 6, 7) and model.latent_shape == (8, 6, 7)
+    assert "move_planes" not in model.state_dict()  # derived from the game, not saved with the weights
+    seen = {}
+    model.representation.register_forward_hook(lambda m, inputs, out: seen.__setitem__("obs", inputs[0]))
+    model.dynamics_state.register_forward_hook(lambda m, inputs, out: seen.__setitem__("dyn", inputs[0]))
+    boards = torch.zeros(2, 42)
+    boards[0, 38], boards[1, 3] = 1.0, -1.0  # own piece at row 5 column 3; the opponent's at row 0 column 3
+    state, _, _ = model.initial_inference(boards)
+    assert seen["obs"][0, 0, 5, 3] == 1 and seen["obs"][0].sum() == 1
+    assert seen["obs"][1, 1, 0, 3] == 1 and seen["obs"][1].sum() == 1
+    model.recurrent_inference(state, torch.tensor([0, 6]))
+    move = seen["dyn"][:, -1]  # the plane beside the hidden state's channels
+    assert move[0, :, 0].eq(1).all() and move[0].sum() == 6 and move[1, :, 6].eq(1).all() and move[1].sum() == 6
+    state, logits, root_value = root_inference(model, boards.numpy())
     result = run_policy(RootFnOutput(state, logits, root_value), search_callback(model), SearchConfig(num_simulations=8),
                         np.random.default_rng(0))  # fmt: skip
     assert (result.visit_counts.sum(-1) == 8).all()

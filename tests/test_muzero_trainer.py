@@ -194,10 +194,12 @@ def test_tictactoe_self_play_runs(tmp_path):
                      r"positions met", proc.stdout)  # fmt: skip
 
 
-def test_connect_four_trains_and_is_evaluated_against_the_lookahead_player(tmp_path):
+@pytest.mark.parametrize("board_net", ["mlp", "cnn"])
+def test_connect_four_trains_and_is_evaluated_against_the_lookahead_player(tmp_path, board_net):
     proc = _launch("train_muzero.py", "--env-id", "rlgames/ConnectFour-v0", "--total-timesteps", "200",
                    "--warmup-steps", "100", "--batch-size", "16", "--num-simulations", "6", "--eval-every", "100",
-                   "--eval-episodes", "2", "--runs-dir", str(tmp_path), "--no-progress")  # fmt: skip
+                   "--eval-episodes", "2", "--board-net", board_net, "--res-channels", "8", "--runs-dir", str(tmp_path),
+                   "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finished rlgames/ConnectFour-v0 after 200 env steps" in proc.stdout  # no solved threshold to stop at
     (run_dir,) = tmp_path.iterdir()

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import tyro
 
+from envs.factory import is_two_player
 from training.seeds import MAX_ENVS
 from training.validation import flag, range_problems, run_problems
 
@@ -46,6 +47,8 @@ class RunConfig:
     """the learner's device: 'auto' (CUDA when available and the net is convolutional: frames, grids, boards, StarCraft II, MuZero's residual net; else the CPU, where small MLPs train faster), 'cpu', 'cuda', 'cuda:1', ..."""
     learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     """the update's convolutional trunk (PPO: board CNN, GridCNN, Nature CNN; MuZero: the residual net's convolutions) under a bfloat16 autocast, everything else (memory cores, MLP bodies, policy, value and reward heads, the loss, the weights and Adam) in float32, acting always in float32 (one thread of an AMD EPYC with AVX512_BF16: Connect Four's PPO minibatch step ~1.9x faster, MuZero's MinAtar update ~1.7x); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
+    board_net: Literal["mlp", "cnn"] = "mlp"
+    """board games: read the board with MLPs, or with convolutions over two planes (own pieces, the opponent's) that share what they learn of a line across the board (PPO: three 3x3 convolutions of 32, then 256 units; MuZero: its residual net of --res-channels and --res-blocks, moves shown to the dynamics as the cells they name)"""
 
     # Workers
     num_envs: int = 4
@@ -114,6 +117,8 @@ def run_config_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"--eval-episodes must be <= {MAX_ENVS:,} (got {cfg.eval_episodes})")
     if cfg.solved_by == "evaluation" and cfg.stop_when_solved and cfg.eval_episodes == 0:
         problems.append("--solved-by evaluation needs evaluations: --eval-episodes must be > 0")
+    if cfg.board_net == "cnn" and not is_two_player(cfg.env_id):
+        problems.append(f"--board-net cnn is for board games (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} is not one")
     problems += range_problems(cfg, positive=("worker_timeout",), non_negative=("train_for_minutes",))
     problems += run_problems(cfg)
     return problems

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agents.board_encoding import board_planes, move_planes
 from agents.muzero.search import RecurrentFn, RecurrentFnOutput, RootFnOutput
 from agents.muzero.value_transform import h_inverse, support_to_scalar
 from agents.precision import full_precision
@@ -146,13 +147,21 @@ class MuZeroResNet(MuZeroNet):
     encoding) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
     convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
     With pixels=True observations are 0-255 intensities (Atari frames) and are divided by 255; others
-    (MinAtar's 0/1 grids, boards) are used as they are.
+    (MinAtar's 0/1 grids) are used as they are. With board_grid=(rows, columns) observations are a board
+    game's flat boards from the mover's view, read as two planes [2, rows, columns] (own pieces, the
+    opponent's; obs_shape is then that), and the dynamics see a move as the plane of the cells it names
+    (a cell, or a Connect Four column), as the paper's board games encode moves, instead of one value.
     Observations may arrive flattened (the replay stores them so): they are reshaped to obs_shape."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, channels: int = 32, blocks: int = 2,
                  support_size: int = 10, reward_support_size: int = 10, max_latent_size: int = 12,
-                 pixels: bool = False):  # fmt: skip
+                 pixels: bool = False, board_grid: tuple[int, int] | None = None):  # fmt: skip
         super().__init__()
+        self.board_grid = None if board_grid is None else tuple(board_grid)
+        if self.board_grid is not None:
+            obs_shape = (2, *self.board_grid)
+            # Derived from the game, so not saved with the weights.
+            self.register_buffer("move_planes", move_planes(num_actions, self.board_grid), persistent=False)
         self.obs_shape, self.pixels = tuple(obs_shape), pixels
         self.num_actions, self.support_size, self.reward_support_size = num_actions, support_size, reward_support_size
         layers, (in_channels, height, width) = [], self.obs_shape
@@ -180,13 +189,19 @@ class MuZeroResNet(MuZeroNet):
         return self.prediction_value(self.prediction_trunk(state))
 
     def represent(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.reshape(-1, *self.obs_shape).float()
+        if self.board_grid is not None:
+            x = board_planes(obs, self.board_grid)
+        else:
+            x = obs.reshape(-1, *self.obs_shape).float()
         if self.pixels:
             x = x / 255.0
         return scale_hidden_state(self.representation(x))
 
     def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
+        if self.board_grid is not None:
+            plane = self.move_planes[action.long()].unsqueeze(1).to(state.dtype)
+        else:
+            plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
         return scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))
 
 

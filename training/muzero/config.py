@@ -14,7 +14,7 @@ import numpy as np
 
 from agents.muzero.networks import MuZeroMLP, MuZeroNet, MuZeroResNet
 from agents.muzero.search import SearchConfig
-from envs.factory import probe_spaces
+from envs.factory import board_grid, probe_spaces
 from envs.minatar import MINATAR_GAMES
 from training import presets
 from training.errors import ConfigError
@@ -111,9 +111,9 @@ class MuZeroConfig(RunConfig):
     hidden_sizes: tuple[int, ...] = (64,)
     """hidden layer widths of each of the model's MLPs"""
     res_channels: int = 32
-    """image observations: channels of the residual conv net"""
+    """image observations and --board-net cnn: channels of the residual conv net"""
     res_blocks: int = 2
-    """image observations: residual blocks in each of the representation and dynamics"""
+    """image observations and --board-net cnn: residual blocks in each of the representation and dynamics"""
     support_size: int = 20
     """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
 
@@ -216,6 +216,10 @@ def model_spaces(env_id: str) -> ModelSpaces:
 def build_model(cfg: MuZeroConfig) -> MuZeroNet:
     """MLPs for vector observations, the residual conv net for images [C, H, W]."""
     spaces = model_spaces(cfg.env_id)
+    grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
+    if grid is not None:
+        return MuZeroResNet((2, *grid), spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
+                            cfg.support_size, board_grid=grid)  # fmt: skip
     if spaces.is_image:
         return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
                             cfg.support_size, pixels=spaces.pixels)  # fmt: skip

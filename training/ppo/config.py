@@ -110,8 +110,6 @@ class PPOConfig(RunConfig):
 
     # Two-player games: league self-play
     league: LeagueOptions = field(default_factory=LeagueOptions)
-    board_net: Literal["mlp", "cnn"] = "mlp"
-    """board games: read the board with the MLPs (--hidden-sizes), or with a shared CNN (three 3x3 convolutions of 32 over the own and opponent planes, then 256 units)"""
     augment_symmetries: bool = False
     """board games: each update sees every sample through one of the board's symmetries drawn at random (Connect Four's left-right mirror, TicTacToe's 8 rotations and reflections), keeping its advantage, return, value and the rollout's log-probability (rsl_rl's symmetry augmentation)"""
 
@@ -400,8 +398,6 @@ def validate(cfg: PPOConfig) -> None:
     if is_sc2(cfg.env_id) and cfg.sc2.step_mul < 1:
         problems.append(f"--sc2.step-mul must be >= 1 (got {cfg.sc2.step_mul})")
     problems += precision_problems(cfg)
-    if cfg.board_net == "cnn" and not is_two_player(cfg.env_id):
-        problems.append(f"--board-net cnn is for board games (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} is not one")
     if cfg.augment_symmetries and board_symmetries(cfg.env_id) is None:
         problems.append(f"--augment-symmetries is for board games with symmetries (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} declares none")
     if is_two_player(cfg.env_id):
