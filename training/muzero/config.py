@@ -214,15 +214,13 @@ def model_spaces(env_id: str) -> ModelSpaces:
 
 
 def build_model(cfg: MuZeroConfig) -> MuZeroNet:
-    """MLPs for vector observations, the residual conv net for images [C, H, W]."""
+    """MLPs for vector observations, the residual conv net for images [C, H, W] and, with --board-net cnn,
+    for boards (which it reads as planes of their grid)."""
     spaces = model_spaces(cfg.env_id)
     grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
-    if grid is not None:
-        return MuZeroResNet((2, *grid), spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
-                            cfg.support_size, board_grid=grid)  # fmt: skip
-    if spaces.is_image:
+    if spaces.is_image or grid is not None:
         return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
-                            cfg.support_size, pixels=spaces.pixels)  # fmt: skip
+                            cfg.support_size, pixels=spaces.pixels, board_grid=grid)  # fmt: skip
     return MuZeroMLP(int(np.prod(spaces.obs_shape)), spaces.num_actions, cfg.hidden_state, cfg.hidden_sizes,
                      cfg.support_size, cfg.support_size)  # fmt: skip
 
