@@ -46,13 +46,14 @@ def test_the_model_drives_a_batched_search():
     assert result.tree.embeddings.shape == (16, 11, 64)
 
 
-@pytest.mark.parametrize("hidden, reward_support", [((64,), 20), ((32, 48), 20), ((32,), 5)])
-def test_the_search_callback_equals_recurrent_inference(hidden, reward_support):
+@pytest.mark.parametrize("hidden, reward_support, width", [((64,), 20, 1.0), ((32, 48), 20, 1.0), ((32,), 5, 1.0),
+                                                           ((64,), 20, 0.05)])
+def test_the_search_callback_equals_recurrent_inference(hidden, reward_support, width):
     # The fused callback (action rows instead of one-hot, the three heads batched) computes the same
     # function as the modules (up to float32 rounding, which the sharp random heads amplify); random
     # non-zero weights so that every head matters.
     torch.manual_seed(0)
-    model = MuZeroMLP(4, 3, 16, hidden, support_size=20, reward_support_size=reward_support)
+    model = MuZeroMLP(4, 3, 16, hidden, support_size=20, reward_support_size=reward_support, support_bin_width=width)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     state, action = torch.rand(7, 16), torch.tensor([0, 1, 2, 0, 1, 2, 2])
@@ -62,9 +63,10 @@ def test_the_search_callback_equals_recurrent_inference(hidden, reward_support):
     torch.testing.assert_close(next_state, expected_state)
     assert not next_state.requires_grad  # the search records no autograd graph (its weights are detached)
     np.testing.assert_allclose(logits, policy_logits.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(reward, support_to_scalar(reward_logits, reward_support).numpy(), rtol=2e-4, atol=1e-3)
-    np.testing.assert_allclose(value, support_to_scalar(value_logits, 20).numpy(), rtol=2e-4, atol=1e-3)
-    assert np.abs(value).max() > 0.1 and np.abs(reward).max() > 0.1  # not a comparison of zeros
+    np.testing.assert_allclose(reward, support_to_scalar(reward_logits, reward_support, width).numpy(), rtol=2e-4, atol=1e-3)
+    np.testing.assert_allclose(value, support_to_scalar(value_logits, 20, width).numpy(), rtol=2e-4, atol=1e-3)
+    floor = min(0.1, width)  # narrower bins give smaller values from the same random logits
+    assert np.abs(value).max() > floor and np.abs(reward).max() > floor  # not a comparison of zeros
 
 
 def test_the_residual_net_for_images_keeps_muzeros_interface():

@@ -56,3 +56,25 @@ def test_hl_gauss_targets_by_hand():
     torch.testing.assert_close((target * torch.arange(-20.0, 21.0)).sum(-1), h(x), rtol=0, atol=1e-4)
     # a narrow Gaussian puts everything on h(x)'s own bin, as two-hot does for an integer h(x)
     assert scalar_to_hl_gauss(torch.tensor([3.0]), 2, 0.01).argmax().item() == 3
+
+
+def test_a_narrower_bin_spreads_a_board_games_outcome_over_many_bins():
+    # h(1) = sqrt(2) - 1 + 0.001 = 0.41521: at bin width 1 it sits between bins 0 and 1 (0.585 / 0.415);
+    # at width 0.05 it is bin 8.304: 0.696 on bin 8 and 0.304 on bin 9 (index S + 8 and S + 9).
+    y = math.sqrt(2) - 1 + 0.001
+    wide = scalar_to_support(torch.tensor([1.0]), 20)
+    assert wide[0, 20].item() == pytest.approx(1 - y, abs=1e-6) and wide[0, 21].item() == pytest.approx(y, abs=1e-6)
+    fine = scalar_to_support(torch.tensor([1.0, -1.0]), 20, bin_width=0.05)
+    upper = y / 0.05 - 8
+    assert fine[0, 28].item() == pytest.approx(1 - upper, abs=1e-5) and fine[0, 29].item() == pytest.approx(upper, abs=1e-5)
+    assert fine[1, 12].item() == pytest.approx(1 - upper, abs=1e-5) and fine[1, 11].item() == pytest.approx(upper, abs=1e-5)
+    # the round trip holds at any width, and the support ends at S w: h(x) = 1 is x = 3.0 (+ eps terms)
+    x = torch.tensor([-1.0, -0.3, 0.0, 0.6, 1.0])
+    for width in (0.05, 0.5):
+        logits = torch.log(scalar_to_support(x, 20, width) + 1e-30)
+        torch.testing.assert_close(support_to_scalar(logits, 20, width), x, rtol=1e-4, atol=1e-4)
+    assert support_to_scalar(torch.log(scalar_to_support(torch.tensor([50.0]), 20, 0.05)), 20, 0.05).item() == pytest.approx(
+        h_inverse(torch.tensor(1.0)).item(), rel=1e-5)
+    # HL-Gauss: sigma counts in bins of the given width; the mean is h(x) in the support's units
+    target = scalar_to_hl_gauss(x, 20, 0.75, bin_width=0.05)
+    torch.testing.assert_close((target * 0.05 * torch.arange(-20.0, 21.0)).sum(-1), h(x), rtol=0, atol=1e-4)

@@ -185,8 +185,12 @@ def muzero_loss(
     # Each unrolled step's loss counts 1/K (the first one fully), masked where its target does not exist.
     step_scale = torch.full((K + 1,), 1.0 / K, device=obs.device)
     step_scale[0] = 1.0
+    width = model.support_bin_width
+
     def support(x: torch.Tensor, size: int) -> torch.Tensor:
-        return scalar_to_hl_gauss(x, size, hl_gauss_sigma) if hl_gauss_sigma > 0 else scalar_to_support(x, size)
+        if hl_gauss_sigma > 0:
+            return scalar_to_hl_gauss(x, size, hl_gauss_sigma, width)
+        return scalar_to_support(x, size, width)
 
     value_ce = cross_entropy(support(targets["value"], model.support_size), value_logits)  # [B, K+1]
     policy_ce = cross_entropy(targets["policy"], policy_logits)
@@ -200,7 +204,8 @@ def muzero_loss(
             reached = model.represent(next_obs.flatten(0, 1)).view(*next_obs.shape[:2], -1)
         similarity = F.cosine_similarity(unrolled[:, 1:].flatten(2), reached, dim=-1)  # [B, K]
         consistency_loss = -(step_scale[1:] * next_obs_mask * similarity).sum(1)
-    priorities = (support_to_scalar(value_logits[:, 0].detach(), model.support_size) - targets["value"][:, 0]).abs()
+    predicted = support_to_scalar(value_logits[:, 0].detach(), model.support_size, width)
+    priorities = (predicted - targets["value"][:, 0]).abs()
     per_sample = value_coef * value_loss + reward_loss + policy_loss + consistency_coef * consistency_loss
     loss = (weights * per_sample).mean()
     stats = {

@@ -46,6 +46,8 @@ class MuZeroNet(nn.Module):
     num_actions: int
     support_size: int
     reward_support_size: int
+    support_bin_width: float = 1.0
+    """the value's and reward's bins are this far apart in h(x) (agents.muzero.value_transform)"""
     dynamics_reward: nn.Module
     """g's reward half: reward logits of the hidden states that `dynamics` returns"""
 
@@ -81,9 +83,10 @@ class MuZeroNet(nn.Module):
 
 class MuZeroMLP(MuZeroNet):
     def __init__(self, obs_dim: int, num_actions: int, hidden_state: int = 64, hidden: Sequence[int] = (64,),
-                 support_size: int = 10, reward_support_size: int = 10):  # fmt: skip
+                 support_size: int = 10, reward_support_size: int = 10, support_bin_width: float = 1.0):  # fmt: skip
         super().__init__()
         self.num_actions, self.support_size, self.reward_support_size = num_actions, support_size, reward_support_size
+        self.support_bin_width = support_bin_width
         self.representation = _mlp([obs_dim, *hidden, hidden_state])
         self.dynamics_state = _mlp([hidden_state + num_actions, *hidden, hidden_state])
         self.dynamics_reward = _mlp([hidden_state, *hidden, 2 * reward_support_size + 1])
@@ -155,8 +158,10 @@ class MuZeroResNet(MuZeroNet):
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, channels: int = 32, blocks: int = 2,
                  support_size: int = 10, reward_support_size: int = 10, max_latent_size: int = 12,
-                 pixels: bool = False, board_grid: tuple[int, int] | None = None):  # fmt: skip
+                 pixels: bool = False, board_grid: tuple[int, int] | None = None,
+                 support_bin_width: float = 1.0):  # fmt: skip
         super().__init__()
+        self.support_bin_width = support_bin_width
         self.board_grid = None if board_grid is None else tuple(board_grid)
         if self.board_grid is not None:
             obs_shape = (2, *self.board_grid)
@@ -256,7 +261,8 @@ class _FusedRecurrent:
             if heads[0][depth][1] is not None:
                 norms = [h[depth][1] for h in heads]
                 self.head_norms.append((torch.stack([n.weight for n in norms]), torch.stack([n.bias for n in norms]), norms[0].eps))
-        self.supports = [torch.arange(-n, n + 1, dtype=torch.float32) for n in (model.reward_support_size, model.support_size)]
+        self.supports = [model.support_bin_width * torch.arange(-n, n + 1, dtype=torch.float32)
+                         for n in (model.reward_support_size, model.support_size)]  # fmt: skip
 
     def __call__(self, state: torch.Tensor, action: torch.Tensor):
         x = torch.addmm(F.embedding(action.long(), self.action_rows), state, self.state_weight)
@@ -301,8 +307,8 @@ def search_callback(model: MuZeroNet) -> RecurrentFn:
     def recurrent_fn(state: torch.Tensor, action: torch.Tensor):
         next_state, reward_logits, policy_logits, value_logits = model.recurrent_inference(
             state.to(device, non_blocking=True), action.to(device, non_blocking=True))
-        reward = support_to_scalar(reward_logits, model.reward_support_size)
-        value = support_to_scalar(value_logits, model.support_size)
+        reward = support_to_scalar(reward_logits, model.reward_support_size, model.support_bin_width)
+        value = support_to_scalar(value_logits, model.support_size, model.support_bin_width)
         return RecurrentFnOutput(_numpy(reward), next_state.cpu(), _numpy(policy_logits), _numpy(value))
 
     return recurrent_fn
@@ -312,7 +318,7 @@ def root_inference(model: MuZeroNet, obs: np.ndarray) -> RootFnOutput:
     """The hidden states, prior logits and values of a batch of observations: the search's roots."""
     with torch.inference_mode():
         state, policy_logits, value_logits = model.initial_inference(torch.as_tensor(obs).to(_device_of(model)))
-        value = support_to_scalar(value_logits, model.support_size)
+        value = support_to_scalar(value_logits, model.support_size, model.support_bin_width)
     return RootFnOutput(state.cpu(), _numpy(policy_logits), _numpy(value))
 
 
@@ -320,7 +326,7 @@ def state_values(model: MuZeroNet, obs: np.ndarray) -> np.ndarray:
     """[B] the model's values v = f(h(o)) of a batch of observations, without the policy (float64)."""
     with torch.inference_mode():
         logits = model.value_logits(model.represent(torch.as_tensor(obs).to(_device_of(model))))
-        return _numpy(support_to_scalar(logits, model.support_size))
+        return _numpy(support_to_scalar(logits, model.support_size, model.support_bin_width))
 
 
 def _device_of(model: nn.Module) -> torch.device:

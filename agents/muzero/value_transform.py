@@ -1,9 +1,11 @@
 """MuZero's value and reward representation (Schrittwieser et al. 2020, appendix F; Pohlen et al. 2018).
 
-Values and rewards are predicted as categorical distributions over an integer support [-S, S] of the
+Values and rewards are predicted as categorical distributions over the support {w i : i = -S..S} of the
 transformed scalar h(x) = sign(x)(sqrt(|x| + 1) - 1) + eps * x. The transform squashes large returns
 (a CartPole value of 100 becomes ~9) so one support of 2S + 1 bins covers them, and a cross-entropy loss on
-the bins is scale-free, unlike a squared error on raw returns.
+the bins is scale-free, unlike a squared error on raw returns. The bin width w is the paper's 1 unless
+the values are known to be small: a board game's +-1 lands at h = +-0.415, inside one bin of 0, where
+a prediction of "won" and one of "lost" differ by ~0.3 nats; bins of w = 0.05 spread [-1, 1] over 17.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ def _h_inverse_ufunc(y: float) -> float:
     return (1.0 if y > 0 else -1.0 if y < 0 else 0.0) * (root * root - 1)
 
 
-def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:
+def scalar_to_support(x: torch.Tensor, support_size: int, bin_width: float = 1.0) -> torch.Tensor:
     """Two-hot targets [..., 2S + 1] of h(x): the probability mass sits on the two bins around h(x), in
-    proportion to closeness, so that the expectation over the support is exactly h(x) (clipped to +-S)."""
-    y = h(x).clamp(-support_size, support_size)
+    proportion to closeness, so that the expectation over the support is exactly h(x) (clipped to +-S w)."""
+    y = (h(x) / bin_width).clamp(-support_size, support_size)
     low = y.floor()
     upper_weight = y - low
     out = torch.zeros(*x.shape, 2 * support_size + 1, dtype=x.dtype, device=x.device)
@@ -53,20 +55,20 @@ def scalar_to_support(x: torch.Tensor, support_size: int) -> torch.Tensor:
     return out
 
 
-def scalar_to_hl_gauss(x: torch.Tensor, support_size: int, sigma: float) -> torch.Tensor:
+def scalar_to_hl_gauss(x: torch.Tensor, support_size: int, sigma: float, bin_width: float = 1.0) -> torch.Tensor:
     """HL-Gauss targets [..., 2S + 1] of h(x) (Farebrother et al. 2024, "Stop Regressing"): the mass a
     normal N(h(x), sigma^2) puts on each bin [i - 1/2, i + 1/2] of the support, renormalised over the
     support. Where two-hot targets ask for one exact pair of bins, neighbouring bins share the credit,
-    which the paper found steadies value learning (its advice: sigma = 0.75 bin widths; bins here are 1
-    wide). h(x) is clipped to +-S first, as for two-hot."""
-    y = h(x).clamp(-support_size, support_size).unsqueeze(-1)
+    which the paper found steadies value learning (its advice: sigma = 0.75 bin widths; sigma is in bin
+    widths here too). h(x) is clipped to +-S w first, as for two-hot."""
+    y = (h(x) / bin_width).clamp(-support_size, support_size).unsqueeze(-1)
     edges = torch.arange(-support_size - 0.5, support_size + 1.0, 1.0, dtype=x.dtype, device=x.device)
     cdf = torch.special.ndtr((edges - y) / sigma)  # [..., 2S + 2]
     mass = cdf[..., 1:] - cdf[..., :-1]
     return mass / (cdf[..., -1:] - cdf[..., :1])
 
 
-def support_to_scalar(logits: torch.Tensor, support_size: int) -> torch.Tensor:
+def support_to_scalar(logits: torch.Tensor, support_size: int, bin_width: float = 1.0) -> torch.Tensor:
     """The scalar a categorical prediction [..., 2S + 1] stands for: h^-1 of its expected bin."""
-    support = torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
+    support = bin_width * torch.arange(-support_size, support_size + 1, dtype=logits.dtype, device=logits.device)
     return h_inverse((logits.softmax(-1) * support).sum(-1))

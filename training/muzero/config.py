@@ -115,7 +115,9 @@ class MuZeroConfig(RunConfig):
     res_blocks: int = 2
     """image observations and --board-net cnn: residual blocks in each of the representation and dynamics"""
     support_size: int = 20
-    """value and reward supports span h(x) in [-S, S] (S=20: |x| up to ~440)"""
+    """value and reward supports span h(x) in [-S w, S w], w the bin width (S=20, w=1: |x| up to ~440)"""
+    support_bin_width: float = 1.0
+    """w: the distance between the value's and reward's support bins in h(x); 1 = the paper's; games whose values stay in [-1, 1] (h = +-0.415) learn them at a finer one (0.05: 17 bins between a loss and a win instead of 3)"""
 
 
 # Presets (training.presets): settings that replace the field defaults for one env; flags still win.
@@ -178,7 +180,8 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
     if cfg.replay_capacity < cfg.batch_size:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     problems += range_problems(
-        cfg, positive=("learning_rate", "max_grad_norm", "value_loss_coef", "updates_per_step", "hidden_state", "support_size", "res_channels"),
+        cfg, positive=("learning_rate", "max_grad_norm", "value_loss_coef", "updates_per_step", "hidden_state", "support_size", "res_channels",
+                  "support_bin_width"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
                       "target_update_every", "hl_gauss_sigma"),
         unit=("priority_beta", "final_lr_fraction"),
@@ -220,9 +223,10 @@ def build_model(cfg: MuZeroConfig) -> MuZeroNet:
     grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
     if spaces.is_image or grid is not None:
         return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
-                            cfg.support_size, pixels=spaces.pixels, board_grid=grid)  # fmt: skip
+                            cfg.support_size, pixels=spaces.pixels, board_grid=grid,
+                            support_bin_width=cfg.support_bin_width)  # fmt: skip
     return MuZeroMLP(int(np.prod(spaces.obs_shape)), spaces.num_actions, cfg.hidden_state, cfg.hidden_sizes,
-                     cfg.support_size, cfg.support_size)  # fmt: skip
+                     cfg.support_size, cfg.support_size, cfg.support_bin_width)  # fmt: skip
 
 
 def check_replay_fits(cfg: MuZeroConfig, spaces: ModelSpaces, memory_bytes: int | None = None) -> None:
