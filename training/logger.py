@@ -135,12 +135,16 @@ class Progress:
                         disable=not (enabled and self.tty))  # fmt: skip
         self.last_step, self.last_print, self.start = initial, time.perf_counter(), time.perf_counter()
 
-    def update(self, step: int, sps: float, recent_return: float | None) -> None:
+    def update(self, step: int, sps: float, recent_return: float | None, seconds_left: float | None = None) -> None:
+        """seconds_left: what --train-for-minutes leaves, when set; the ETA is the sooner of it and the
+        steps still to go at this SPS."""
         ret = "n/a" if recent_return is None else f"{recent_return:.1f}"
         if self.bar.disable:
             now = time.perf_counter()
             if self.enabled and now - self.last_print >= self.interval:
                 eta = (self.total - step) / sps if sps > 0 else float("inf")
+                if seconds_left is not None:
+                    eta = min(eta, max(seconds_left, 0.0))
                 print(f"step {step}/{self.total}  SPS {sps:.0f}  return(100) {ret}  ETA {eta:.0f}s", file=sys.stderr)
                 self.last_print = now
         else:
