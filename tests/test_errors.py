@@ -126,6 +126,7 @@ def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
         (["--seed", "-1"], "--seed must lie in [0, 2**32 - 1]"),
         (["--device", "cpu:x"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got 'cpu:x')"),
         (["--board-net", "cnn"], "--board-net cnn is for board games"),
+        (["--support-bin-width", "0"], "--support-bin-width must be a finite number > 0 (got 0.0)"),
     ],
 )  # fmt: skip
 def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):
