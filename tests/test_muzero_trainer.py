@@ -430,3 +430,38 @@ def test_minatar_grids_reach_the_net_as_they_are_and_atari_frames_as_fractions()
     assert minatar.obs_dtype == np.uint8 and not minatar.pixels  # 0/1 cells: dividing by 255 would hide them
     assert not build_model(MuZeroConfig(env_id="MinAtar/Breakout-v0")).pixels
     assert model_spaces("ALE/Breakout-v5").pixels  # 0-255 intensities
+
+
+def test_the_residual_nets_updates_take_the_cores_and_its_search_one_thread(tmp_path, monkeypatch):
+    from training.muzero import actor, config, self_play
+    from training.muzero import train as muzero_train
+
+    monkeypatch.setattr(config, "usable_cores", lambda: 4)
+    board = MuZeroConfig(env_id="rlgames/ConnectFour-v0", board_net="cnn")
+    assert config.learner_threads(board, residual=True) == 4
+    assert config.learner_threads(MuZeroConfig(), residual=False) == 1  # the MLPs, as measured
+    assert config.learner_threads(dataclasses.replace(board, torch_threads=3), residual=True) == 3
+
+    # A real run with --torch-threads 2: every update on 2 threads, every search (self-play, evaluation) on 1.
+    seen = {"update": set(), "search": set()}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            seen[name].add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(muzero_train, "update", counted("update", muzero_train.update))
+    monkeypatch.setattr(self_play, "run_policy", counted("search", self_play.run_policy))
+    monkeypatch.setattr(actor, "run_policy", counted("search", actor.run_policy))
+    before = torch.get_num_threads()
+    try:
+        cfg = dataclasses.replace(board, total_timesteps=120, warmup_steps=40, batch_size=8, num_simulations=4,
+                                  eval_every=60, eval_episodes=2, res_channels=4, torch_threads=2,
+                                  runs_dir=str(tmp_path), progress=False)  # fmt: skip
+        result = train_muzero(cfg)
+    finally:
+        torch.set_num_threads(before)
+    assert result.global_step == 120 and seen == {"update": {2}, "search": {1}}
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["resolved_torch_threads"] == 2

@@ -45,6 +45,8 @@ class RunConfig:
     """the solved threshold; default: the env's own (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200, ...)"""
     device: str = "auto"
     """the learner's device: 'auto' (CUDA when available and the net is convolutional: frames, grids, boards, StarCraft II, MuZero's residual net; else the CPU, where small MLPs train faster), 'cpu', 'cuda', 'cuda:1', ..."""
+    torch_threads: int = 0
+    """torch intra-op threads for the learner's updates; 0 = auto: 1 for MLPs and MinAtar's small CNN (PPO), where more threads cost more than they give; every usable core for the Nature CNN, FullyConv, the board CNN and MuZero's residual net (PPO: less one per local worker process with --async-rollouts; MuZero's search always runs on one thread, its batches being small); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
     learner_precision: Literal["float32", "bfloat16", "auto"] = "float32"
     """the update's convolutional trunk (PPO: board CNN, GridCNN, Nature CNN; MuZero: the residual net's convolutions) under a bfloat16 autocast, everything else (memory cores, MLP bodies, policy, value and reward heads, the loss, the weights and Adam) in float32, acting always in float32 (one thread of an AMD EPYC with AVX512_BF16: Connect Four's PPO minibatch step ~1.9x faster, MuZero's MinAtar update ~1.7x); 'auto': bfloat16 for such a trunk where the device computes it natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU with bf16), else float32"""
     board_net: Literal["mlp", "cnn"] = "mlp"
@@ -98,7 +100,7 @@ class RunConfig:
 CHANGEABLE_ON_RESUME = (
     "total_timesteps", "train_for_minutes", "device", "progress", "stop_when_solved", "stop_return", "eval_every",
     "eval_episodes", "eval_stochastic", "checkpoint_every", "keep_checkpoints", "backend", "num_workers", "ray_address", "worker_timeout",
-    "max_bad_updates", "capture_video", "video_every", "learner_precision",
+    "max_bad_updates", "capture_video", "video_every", "learner_precision", "torch_threads",
 )  # fmt: skip
 
 
@@ -119,7 +121,7 @@ def run_config_problems(cfg: RunConfig) -> list[str]:
         problems.append("--solved-by evaluation needs evaluations: --eval-episodes must be > 0")
     if cfg.board_net == "cnn" and not is_two_player(cfg.env_id):
         problems.append(f"--board-net cnn is for board games (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0); {cfg.env_id} is not one")
-    problems += range_problems(cfg, positive=("worker_timeout",), non_negative=("train_for_minutes",))
+    problems += range_problems(cfg, positive=("worker_timeout",), non_negative=("train_for_minutes", "torch_threads"))
     problems += run_problems(cfg)
     return problems
 

@@ -47,8 +47,6 @@ class PPOConfig(RunConfig):
     """the experiment name, part of the run folder runs/{env}__{exp}__{seed}__{time}"""
     num_learners: int = 0
     """data-parallel learner processes (DDP; each with its share of the envs and its own workers): 0 = one per visible GPU when the learner runs on CUDA, else 1"""
-    torch_threads: int = 0
-    """torch intra-op threads for the learner; 0 = auto (1 for MLPs and MinAtar's small CNN, where more threads cost more than they give; all usable cores for the Nature CNN, FullyConv and the board CNN, less one per local worker process with --async-rollouts); OMP_NUM_THREADS is not read, so it cannot change a seeded run"""
 
     # Rollout workers
     num_steps: int = 128
@@ -301,7 +299,7 @@ def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
 # What `--resume` may change in a PPO run: the shared list (with the learner's precision), the learner's
 # threads and whether the compiled kernel or torch does the arithmetic (the parameters and Adam's state are
 # the same float32 tensors either way).
-PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "torch_threads", "mlp_kernel")
+PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "mlp_kernel")
 
 
 def parse_ppo_config(argv: list[str] | None = None) -> PPOConfig:
@@ -458,7 +456,7 @@ def validate(cfg: PPOConfig) -> None:
     problems += self_imitation_problems(cfg)
     problems += range_problems(
         cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "sil_batch_size", "sil_capacity"),
-        non_negative=("ent_coef", "vf_coef", "torch_threads", "sil_updates", "sil_value_coef"), unit=("gamma", "gae_lambda"),
+        non_negative=("ent_coef", "vf_coef", "sil_updates", "sil_value_coef"), unit=("gamma", "gae_lambda"),
         optional_positive=("target_kl",),
     )  # fmt: skip
     if problems:
