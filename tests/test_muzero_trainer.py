@@ -419,6 +419,10 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     ttt = parse_muzero_config(["--env-id", "rlgames/TicTacToe-v0"])  # judged every 2,500 steps by 100 games
     assert (ttt.preset, ttt.total_timesteps, ttt.eval_every, ttt.eval_episodes) == ("rlgames/TicTacToe-v0", 100_000,
                                                                                    2_500, 100)  # fmt: skip
+    c4 = parse_muzero_config(["--env-id", "rlgames/ConnectFour-v0"])  # outcome targets, the residual net on planes
+    assert (c4.td_steps, c4.discount, c4.value_loss_coef, c4.board_net, c4.res_channels, c4.updates_per_step) == (
+        42, 1.0, 1.0, "cnn", 16, 0.25)
+    assert parse_muzero_config(["--env-id", "rlgames/ConnectFour-v0", "--board-net", "mlp"]).board_net == "mlp"
     with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: auto, defaults, MinAtar/"):
         parse_muzero_config(["--preset", "nope"])
 
