@@ -328,8 +328,8 @@ def _run_in_folder(cfg: RunConfig, algo_name: str, build: Callable[[Any, RunCont
             if mean_return is not None:
                 logger.scalars({"charts/mean_return_100": mean_return}, global_step)
                 history.append((global_step, seconds_before + elapsed, mean_return))
-            minutes_left = 60 * cfg.train_for_minutes - seconds_before - elapsed if cfg.train_for_minutes else None
-            progress.update(global_step, sps, mean_return, seconds_left=minutes_left)
+            seconds_left = 60 * cfg.train_for_minutes - seconds_before - elapsed if cfg.train_for_minutes else None
+            progress.update(global_step, sps, mean_return, seconds_left=seconds_left)
 
             if cfg.solved_by == "training":
                 reached = threshold is not None and len(recent_returns) == recent_returns.maxlen and mean_return >= threshold

@@ -296,9 +296,9 @@ def apply_preset(cfg: PPOConfig, preset: str | None = None) -> PPOConfig:
     return presets.apply_preset(cfg, PRESETS, "cleanrl", preset)
 
 
-# What `--resume` may change in a PPO run: the shared list (with the learner's precision), the learner's
-# threads and whether the compiled kernel or torch does the arithmetic (the parameters and Adam's state are
-# the same float32 tensors either way).
+# What `--resume` may change in a PPO run: the shared list (with the learner's precision and threads) and
+# whether the compiled kernel or torch does the arithmetic (the parameters and Adam's state are the same
+# float32 tensors either way).
 PPO_CHANGEABLE_ON_RESUME = (*CHANGEABLE_ON_RESUME, "mlp_kernel")
 
 
