@@ -229,6 +229,19 @@ def test_self_play_temperature_defaults_to_greedier_play_outside_board_games():
         validate_muzero(MuZeroConfig(sampling_moves=-1))
 
 
+def test_root_noise_flags_reach_the_self_play_search_and_are_range_checked():
+    from training.muzero.config import search_config
+
+    search = search_config(MuZeroConfig(env_id="rlgames/ConnectFour-v0", root_dirichlet_alpha=0.5,
+                                        root_exploration_fraction=0.1))  # fmt: skip
+    assert (search.dirichlet_alpha, search.root_exploration_fraction) == (0.5, 0.1)
+    assert search_config(MuZeroConfig()).root_exploration_fraction == 0.25  # the paper's
+    with pytest.raises(ConfigError, match=r"--root-dirichlet-alpha must be > 0 \(got 0.0\)"):
+        validate_muzero(MuZeroConfig(root_dirichlet_alpha=0.0))
+    with pytest.raises(ConfigError, match="--root-exploration-fraction"):
+        validate_muzero(MuZeroConfig(root_exploration_fraction=1.5))
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="--num-simulations must be > 0.*smaller than one --batch-size"):
         validate_muzero(dataclasses.replace(MuZeroConfig(), num_simulations=0, replay_capacity=10))
