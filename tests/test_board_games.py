@@ -126,9 +126,12 @@ def test_a_symmetric_copy_of_a_game_is_a_game_with_the_same_results(env_id, env_
     start gives the turned boards, the same rewards and the same end, and the turned policy targets put
     their mass on the turned moves."""
     from envs.board_games import board_symmetries
+    from envs.symmetries import Symmetries, env_symmetries
     from training.muzero.learner import apply_symmetries
 
     obs_perms, action_perms = board_symmetries(env_id)
+    signs = env_symmetries(env_id).obs_signs
+    assert np.array_equal(env_symmetries(env_id).obs_perms, obs_perms) and (signs == 1).all()
     num_cells, num_actions = obs_perms.shape[1], action_perms.shape[1]
     assert obs_perms[0].tolist() == list(range(num_cells)) and len({tuple(p) for p in obs_perms}) == count
     assert board_symmetries("CartPole-v1") is None
@@ -151,7 +154,7 @@ def test_a_symmetric_copy_of_a_game_is_a_game_with_the_same_results(env_id, env_
         next_obs = np.stack(boards[1:])[None].repeat(T, 0)
         for g in range(count):
             turned_obs, turned_actions, turned_policy, turned_next = apply_symmetries(
-                (obs_perms[[g]], action_perms[[g]]), rng, np.stack(boards[:-1]), actions, policy, next_obs)  # fmt: skip
+                Symmetries(obs_perms[[g]], signs[[g]], action_perms[[g]]), rng, np.stack(boards[:-1]), actions, policy, next_obs)  # fmt: skip
             replay = env_class()
             replay_obs, _ = replay.reset()
             assert np.array_equal(replay_obs["obs"], turned_obs[0])

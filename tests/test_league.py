@@ -278,8 +278,14 @@ def test_board_cnn_reads_own_and_opponent_stones_as_two_planes_and_respects_the_
     assert not torch.allclose(net.get_value({"obs": moved, "action_mask": mask}), value)
 
 
+def _symmetry_tensors(env_id: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from envs.symmetries import env_symmetries
+
+    found = env_symmetries(env_id)
+    return tuple(torch.as_tensor(p) for p in (found.obs_perms, found.obs_signs, found.action_perms))
+
+
 def test_symmetric_samples_mirror_the_board_mask_and_move_and_keep_the_rollouts_odds_and_targets():
-    from envs.board_games import board_symmetries
     from training.ppo.train import symmetric_samples
 
     n = 64
@@ -293,8 +299,7 @@ def test_symmetric_samples_mirror_the_board_mask_and_move_and_keep_the_rollouts_
     actions[actions == 1] = 2
     batch = {"obs": {"obs": boards, "action_mask": mask}, "actions": actions, "log_probs": -torch.rand(n),
              "values": torch.randn(n), "advantages": torch.randn(n), "returns": torch.randn(n)}  # fmt: skip
-    out = symmetric_samples(batch, tuple(torch.as_tensor(p) for p in board_symmetries("rlgames/ConnectFour-v0")),
-                            torch.Generator().manual_seed(1))  # fmt: skip
+    out = symmetric_samples(batch, _symmetry_tensors("rlgames/ConnectFour-v0"), torch.Generator().manual_seed(1))
     grid = out["obs"]["obs"].reshape(n, 6, 7)
     mirrored = grid[:, 4, 6] == -1  # the opponent's disc over column 0 moved over column 6
     assert 0 < mirrored.sum() < n  # both kinds drawn
@@ -312,10 +317,9 @@ def test_symmetric_samples_mirror_the_board_mask_and_move_and_keep_the_rollouts_
 
 
 def test_symmetric_samples_turn_tictactoe_boards_and_moves_alike():
-    from envs.board_games import board_symmetries
     from training.ppo.train import symmetric_samples
 
-    perms = tuple(torch.as_tensor(p) for p in board_symmetries(TTT))
+    perms = _symmetry_tensors(TTT)
     boards = torch.arange(9.0).repeat(200, 1)  # cell c holds c: the transformed board names its source cells
     actions = torch.arange(200) % 9
     mask = (torch.arange(9) == actions[:, None]).to(torch.int8)  # only the move played is legal
@@ -329,8 +333,24 @@ def test_symmetric_samples_turn_tictactoe_boards_and_moves_alike():
     assert torch.equal(out["obs"]["action_mask"].argmax(1), out["actions"])
 
 
-def test_symmetry_augmentation_is_for_board_games_with_symmetries():
+def test_symmetric_samples_mirror_cartpole_states_and_pushes():
+    """A vector observation: mirrored samples are the negated states with the other push, the rest as is."""
+    from training.ppo.train import symmetric_samples
+
+    states = torch.rand(100, 4) + 0.1  # all positive: a negated row is a mirrored one
+    actions = torch.arange(100) % 2
+    batch = {"obs": states, "actions": actions, "advantages": torch.randn(100)}
+    out = symmetric_samples(batch, _symmetry_tensors("CartPole-v1"), torch.Generator().manual_seed(0))
+    mirrored = out["obs"][:, 0] < 0
+    assert 20 < mirrored.sum() < 80
+    assert torch.equal(out["obs"][mirrored], -states[mirrored]) and torch.equal(out["obs"][~mirrored], states[~mirrored])
+    assert torch.equal(out["actions"][mirrored], 1 - actions[mirrored])
+    assert torch.equal(out["actions"][~mirrored], actions[~mirrored]) and out["advantages"] is batch["advantages"]
+
+
+def test_symmetry_augmentation_is_for_games_with_symmetries():
     validate(PPOConfig(env_id="rlgames/ConnectFour-v0", augment_symmetries=True, solved_by="evaluation"))
     validate(PPOConfig(env_id=TTT, augment_symmetries=True, async_rollouts=True, backend="multiprocess", solved_by="evaluation"))
-    with pytest.raises(ConfigError, match="--augment-symmetries is for board games"):
-        validate(PPOConfig(env_id="CartPole-v1", augment_symmetries=True))
+    validate(PPOConfig(env_id="CartPole-v1", augment_symmetries=True))
+    with pytest.raises(ConfigError, match="--augment-symmetries is for games with symmetries.*MountainCar-v0 declares none"):
+        validate(PPOConfig(env_id="MountainCar-v0", augment_symmetries=True))

@@ -13,6 +13,7 @@ from agents.muzero.loss import UnrollWindows, make_batch_targets, muzero_loss, u
 from agents.muzero.networks import MuZeroNet, root_inference, search_callback, state_values
 from agents.muzero.policies import run_policy
 from agents.precision import reduced_precision
+from envs.symmetries import Symmetries
 from training.muzero.config import MuZeroConfig, search_config
 from training.muzero.replay import Game, PrioritizedReplay
 
@@ -68,30 +69,32 @@ def reanalysed_policies(model: torch.nn.Module, samples: list[tuple[Game, int]],
 
 
 def apply_symmetries(
-    symmetries: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, obs: np.ndarray, actions: np.ndarray,
+    symmetries: Symmetries, rng: np.random.Generator, obs: np.ndarray, actions: np.ndarray,
     policies: np.ndarray, next_obs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Each sampled unroll seen through one of the board's symmetries, drawn at random (the identity
-    among them): its observations [B, ...] (and next_obs [B, K, ...]), unrolled actions [B, K] and
-    policy targets [B, K + 1, A]. Values and rewards do not change under a symmetry. A small board game
-    is a few thousand positions that self-play visits unevenly; every symmetric copy of a position is a
-    position the model must also get right (AlphaGo Zero trained on Go's eight the same way)."""
-    obs_perms, action_perms = symmetries
-    g = rng.integers(len(obs_perms), size=len(obs))
+    """Each sampled unroll seen through one of the game's symmetries (envs.symmetries), drawn at random
+    (the identity among them): its observations [B, ...] (and next_obs [B, K, ...]), unrolled actions
+    [B, K] and policy targets [B, K + 1, A]. Values and rewards do not change under a symmetry. A small
+    board game is a few thousand positions that self-play visits unevenly; every symmetric copy of a
+    position is a position the model must also get right (AlphaGo Zero trained on Go's eight the same
+    way). In CartPole a run that fails by drifting to one end sees that end's states mirrored at the other."""
+    g = rng.integers(len(symmetries), size=len(obs))
+    obs_perms, signs, action_perms = symmetries.obs_perms[g], symmetries.obs_signs[g], symmetries.action_perms[g]
     inverse = np.argsort(action_perms, axis=1)  # a move on cell c becomes a move on cell inverse[c]
     flat = obs.reshape(len(obs), -1)
-    obs = np.take_along_axis(flat, obs_perms[g], 1).reshape(obs.shape)
-    actions = np.take_along_axis(inverse[g], actions, 1)
-    policies = np.take_along_axis(policies, action_perms[g][:, None, :], 2)
+    obs = (np.take_along_axis(flat, obs_perms, 1) * signs.astype(flat.dtype)).reshape(obs.shape)
+    actions = np.take_along_axis(inverse, actions, 1)
+    policies = np.take_along_axis(policies, action_perms[:, None, :], 2)
     if next_obs is not None:
         flat = next_obs.reshape(*next_obs.shape[:2], -1)
-        next_obs = np.take_along_axis(flat, obs_perms[g][:, None, :], 2).reshape(next_obs.shape)
+        turned = np.take_along_axis(flat, obs_perms[:, None, :], 2) * signs[:, None, :].astype(flat.dtype)
+        next_obs = turned.reshape(next_obs.shape)
     return obs, actions, policies, next_obs
 
 
 def update(model: MuZeroNet, optimizer: torch.optim.Optimizer, replay: PrioritizedReplay, cfg: MuZeroConfig,
             rng: np.random.Generator, two_player: bool, device: torch.device,
-            actor_model: torch.nn.Module, symmetries: tuple[np.ndarray, np.ndarray] | None = None,
+            actor_model: torch.nn.Module, symmetries: Symmetries | None = None,
             target_model: torch.nn.Module | None = None,
             autocast_dtype: torch.dtype | None = None) -> dict[str, float] | None:  # fmt: skip
     """One gradient step on a sampled batch; None when it was refused as non-finite. Bootstrap values are

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from agents.muzero.networks import MuZeroResNet
-from envs.board_games import board_symmetries
 from envs.factory import check_env_id
+from envs.symmetries import env_symmetries
 from training.errors import ConfigError
 from training.muzero.actor import MuZeroActor
 from training.muzero.config import (
@@ -86,7 +86,7 @@ class MuZeroAlgorithm(Algorithm):
         torch.set_num_threads(1)
         self.rng = np.random.default_rng(cfg.seed)
         self.two_player = is_two_player(cfg.env_id)
-        self.symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
+        self.symmetries = env_symmetries(cfg.env_id) if cfg.augment_symmetries else None
         self.model = build_model(cfg)
         # 'auto': the GPU for the residual net alone (an MLP's small kernels run faster on the CPU)
         residual = isinstance(self.model, MuZeroResNet)

@@ -24,9 +24,9 @@ from agents.ppo import (
     ppo_update,
 )
 from agents.precision import reduced_precision
-from envs.board_games import board_symmetries
 from envs.factory import board_grid, is_two_player, probe_spaces
 from envs.sc2 import is_sc2
+from envs.symmetries import env_symmetries
 from training.checkpoint import reading_contents
 from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.league import League
@@ -93,8 +93,9 @@ class PPOLearner:
         local_envs = cfg.num_envs // parallel.world_size
         self.reward_scaler = RewardScaler(local_envs, cfg.gamma, gather=parallel.gather) if cfg.normalize_reward else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        symmetries = board_symmetries(cfg.env_id) if cfg.augment_symmetries else None
-        self.symmetries = None if symmetries is None else tuple(torch.as_tensor(p).to(device) for p in symmetries)
+        symmetries = env_symmetries(cfg.env_id) if cfg.augment_symmetries else None
+        self.symmetries = None if symmetries is None else tuple(
+            torch.as_tensor(p).to(device) for p in (symmetries.obs_perms, symmetries.obs_signs, symmetries.action_perms))
         self.autocast_dtype = resolve_learner_precision(cfg.learner_precision, getattr(agent, "conv_trunk", False), device)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
@@ -207,27 +208,38 @@ class PPOLearner:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
 
 
-def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> dict:
-    """The rollout's samples, each seen through one of the board's symmetries drawn at random (the
+def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                      generator: torch.Generator) -> dict:  # fmt: skip
+    """The rollout's samples, each seen through one of the game's symmetries drawn at random (the
     identity among them), as AlphaZero trains on Go's eight: a mirrored position is one the policy must
     also play well, and its advantage and return are those of the original, since neither the rules nor
     the result change under a symmetry.
 
-    symmetries: (observation permutations [S, cells], action permutations [S, A]), envs.board_games'
-    board_symmetries; g maps the flat board o to o[obs_perms[g]], the action mask m to m[action_perms[g]]
-    and action a to argsort(action_perms[g])[a]. A transformed sample keeps the rollout's log-probability
-    and value, as if the acting policy were symmetric (rsl_rl's augmentation, Mittal et al. 2024, does the
-    same): the ratio then pulls the policy's odds in the transformed position towards those it acted with,
-    bounded like any sample's by the clip. The acting policy's own odds of the transformed move are no
-    good: where it has not become symmetric they can be ~0, and a ratio against them blew the loss up to
-    inf within 400k Connect Four steps."""
-    obs_perms, action_perms = symmetries
+    symmetries: (observation permutations [S, obs_size], observation signs [S, obs_size], action
+    permutations [S, A]), envs.symmetries' as tensors; g maps the flat observation o (a board's
+    batch["obs"]["obs"], or batch["obs"] itself) to signs[g] * o[obs_perms[g]], the action mask m to
+    m[action_perms[g]] and action a to argsort(action_perms[g])[a]. A transformed sample keeps the
+    rollout's log-probability and value, as if the acting policy were symmetric (rsl_rl's augmentation,
+    Mittal et al. 2024, does the same): the ratio then pulls the policy's odds in the transformed position
+    towards those it acted with, bounded like any sample's by the clip. The acting policy's own odds of the
+    transformed move are no good: where it has not become symmetric they can be ~0, and a ratio against
+    them blew the loss up to inf within 400k Connect Four steps. Observations are the raw ones: a
+    normalising policy (--normalize-obs) normalises the transformed copies in its model."""
+    obs_perms, obs_signs, action_perms = symmetries
     n = batch["actions"].shape[0]
     g = torch.randint(len(obs_perms), (n,), generator=generator).to(obs_perms.device)
-    obs = dict(batch["obs"])
-    obs["obs"] = torch.take_along_dim(obs["obs"], obs_perms[g], 1)
-    if "action_mask" in obs:
-        obs["action_mask"] = torch.take_along_dim(obs["action_mask"], action_perms[g], 1)
+
+    def turned(o: torch.Tensor) -> torch.Tensor:
+        flat = o.reshape(n, -1)
+        return (torch.take_along_dim(flat, obs_perms[g], 1) * obs_signs[g].to(flat.dtype)).reshape(o.shape)
+
+    if isinstance(batch["obs"], dict):
+        obs = dict(batch["obs"])
+        obs["obs"] = turned(obs["obs"])
+        if "action_mask" in obs:
+            obs["action_mask"] = torch.take_along_dim(obs["action_mask"], action_perms[g], 1)
+    else:
+        obs = turned(batch["obs"])
     actions = torch.take_along_dim(action_perms.argsort(1)[g], batch["actions"].long()[:, None], 1)[:, 0]
     return {**batch, "obs": obs, "actions": actions.to(batch["actions"].dtype)}
 

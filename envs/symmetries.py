@@ -1,0 +1,57 @@
+"""A game's symmetries: maps of observations and actions under which its rules, rewards and ends do not
+change, so a learner can train on transformed copies of what it played (AlphaGo Zero's eight Go boards,
+the left-right mirror of legged robots in rsl_rl).
+
+A symmetry g maps a flat observation o to obs_signs[g] * o[obs_perms[g]] and a distribution p over actions
+to p[action_perms[g]]; action a becomes argsort(action_perms[g])[a]. The identity comes first.
+
+- Board games (envs.board_games.board_symmetries): permutations of cells, signs all +1.
+- CartPole: the mirror x -> -x negates the whole state (x, x', theta, theta') and swaps the two pushes.
+  The dynamics are odd in the state and the force, the ends are |x| > 2.4 and |theta| > 12 degrees and the
+  start is uniform on [-0.05, 0.05]^4: the mirrored game is a game of the same law.
+- Acrobot: the mirror negates both angles (cos stays, sin and the angular velocities flip) and swaps the
+  torques -1 and +1; gravity and the goal height (-cos t1 - cos(t1 + t2)) are even in the angles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.board_games import board_symmetries
+
+
+@dataclass(frozen=True)
+class Symmetries:
+    obs_perms: np.ndarray  # [S, obs_size] int: g's observation is obs_signs[g] * o[obs_perms[g]]
+    obs_signs: np.ndarray  # [S, obs_size] float32, +-1
+    action_perms: np.ndarray  # [S, A] int: g's distribution over actions is p[action_perms[g]]
+
+    def __len__(self) -> int:
+        return len(self.obs_perms)
+
+
+def _mirror(signs: list[float], action_perm: list[int], obs_perm: list[int] | None = None) -> Symmetries:
+    """The identity and one mirror given by its signs, action permutation and (default: none) observation
+    permutation."""
+    n = len(signs)
+    perm = list(range(n)) if obs_perm is None else obs_perm
+    return Symmetries(np.array([list(range(n)), perm]), np.array([[1.0] * n, signs], np.float32),
+                      np.array([list(range(len(action_perm))), action_perm]))  # fmt: skip
+
+
+# Keyed by the Gymnasium id without its version: the versions of these games differ in limits, not dynamics.
+_MIRRORS = {
+    "CartPole": _mirror([-1, -1, -1, -1], [1, 0]),
+    "Acrobot": _mirror([1, -1, 1, -1, -1, -1], [2, 1, 0]),
+}
+
+
+def env_symmetries(env_id: str) -> Symmetries | None:
+    """The symmetries env_id declares, or None."""
+    board = board_symmetries(env_id)
+    if board is not None:
+        obs_perms, action_perms = board
+        return Symmetries(obs_perms, np.ones(obs_perms.shape, np.float32), action_perms)
+    return _MIRRORS.get(env_id.rsplit("-v", 1)[0])
