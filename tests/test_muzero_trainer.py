@@ -237,7 +237,7 @@ def test_root_noise_flags_reach_the_self_play_search_and_are_range_checked():
                                         root_exploration_fraction=0.1))  # fmt: skip
     assert (search.dirichlet_alpha, search.root_exploration_fraction) == (0.5, 0.1)
     assert search_config(MuZeroConfig()).root_exploration_fraction == 0.25  # the paper's
-    with pytest.raises(ConfigError, match=r"--root-dirichlet-alpha must be > 0 \(got 0.0\)"):
+    with pytest.raises(ConfigError, match=r"--root-dirichlet-alpha must be a finite number > 0 \(got 0.0\)"):
         validate_muzero(MuZeroConfig(root_dirichlet_alpha=0.0))
     with pytest.raises(ConfigError, match="--root-exploration-fraction"):
         validate_muzero(MuZeroConfig(root_exploration_fraction=1.5))

@@ -194,8 +194,6 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--sampling-moves must be >= 0 (0 = every move; got {cfg.sampling_moves})")
     if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
         problems.append(f"--visit-temperature must be > 0 (got {cfg.visit_temperature})")
-    if cfg.root_dirichlet_alpha <= 0:
-        problems.append(f"--root-dirichlet-alpha must be > 0 (got {cfg.root_dirichlet_alpha})")
     if not 0 < cfg.discount <= 1:
         problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
     if cfg.segment_length < 0:
@@ -209,7 +207,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--replay-capacity {cfg.replay_capacity} is smaller than one --batch-size {cfg.batch_size}")
     problems += range_problems(
         cfg, positive=("learning_rate", "max_grad_norm", "value_loss_coef", "updates_per_step", "hidden_state", "support_size", "res_channels",
-                  "support_bin_width"),
+                  "support_bin_width", "root_dirichlet_alpha"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
                       "target_update_every", "hl_gauss_sigma"),
         unit=("priority_beta", "final_lr_fraction", "root_exploration_fraction"),
