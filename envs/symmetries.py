@@ -32,13 +32,12 @@ class Symmetries:
         return len(self.obs_perms)
 
 
-def _mirror(signs: list[float], action_perm: list[int], obs_perm: list[int] | None = None) -> Symmetries:
-    """The identity and one mirror given by its signs, action permutation and (default: none) observation
-    permutation."""
-    n = len(signs)
-    perm = list(range(n)) if obs_perm is None else obs_perm
-    return Symmetries(np.array([list(range(n)), perm]), np.array([[1.0] * n, signs], np.float32),
-                      np.array([list(range(len(action_perm))), action_perm]))  # fmt: skip
+def _mirror(signs: list[float], action_perm: list[int]) -> Symmetries:
+    """The identity and one mirror that flips the signs of observation entries (none moves) and permutes
+    the actions."""
+    n, num_actions = len(signs), len(action_perm)
+    return Symmetries(np.array([range(n), range(n)]), np.array([[1.0] * n, signs], np.float32),
+                      np.array([range(num_actions), action_perm]))  # fmt: skip
 
 
 # Keyed by the Gymnasium id without its version: the versions of these games differ in limits, not dynamics.
