@@ -278,11 +278,11 @@ def test_board_cnn_reads_own_and_opponent_stones_as_two_planes_and_respects_the_
     assert not torch.allclose(net.get_value({"obs": moved, "action_mask": mask}), value)
 
 
-def _symmetry_tensors(env_id: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _symmetry_tensors(env_id: str) -> tuple[torch.Tensor, ...]:
     from envs.symmetries import env_symmetries
+    from training.ppo.train import symmetry_tensors
 
-    found = env_symmetries(env_id)
-    return tuple(torch.as_tensor(p) for p in (found.obs_perms, found.obs_signs, found.action_perms))
+    return symmetry_tensors(env_symmetries(env_id))
 
 
 def test_symmetric_samples_mirror_the_board_mask_and_move_and_keep_the_rollouts_odds_and_targets():

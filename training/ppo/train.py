@@ -26,7 +26,7 @@ from agents.ppo import (
 from agents.precision import reduced_precision
 from envs.factory import board_grid, is_two_player, probe_spaces
 from envs.sc2 import is_sc2
-from envs.symmetries import env_symmetries
+from envs.symmetries import Symmetries, env_symmetries
 from training.checkpoint import reading_contents
 from training.distributed import SINGLE, DataParallel, run_data_parallel
 from training.league import League
@@ -94,8 +94,7 @@ class PPOLearner:
         self.reward_scaler = RewardScaler(local_envs, cfg.gamma, gather=parallel.gather) if cfg.normalize_reward else None
         self.generator = torch.Generator().manual_seed(cfg.seed)
         symmetries = env_symmetries(cfg.env_id) if cfg.augment_symmetries else None
-        self.symmetries = None if symmetries is None else tuple(
-            torch.as_tensor(p).to(device) for p in (symmetries.obs_perms, symmetries.obs_signs, symmetries.action_perms))
+        self.symmetries = None if symmetries is None else symmetry_tensors(symmetries, device)
         self.autocast_dtype = resolve_learner_precision(cfg.learner_precision, getattr(agent, "conv_trunk", False), device)
         self.skipped_updates = 0
         self.skipped_in_a_row = 0
@@ -206,6 +205,13 @@ class PPOLearner:
         self.generator.set_state(state["generator"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+def symmetry_tensors(symmetries: Symmetries, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """envs.symmetries' arrays as the tensors symmetric_samples takes: (observation permutations, observation
+    signs, action permutations) on device."""
+    arrays = (symmetries.obs_perms, symmetries.obs_signs, symmetries.action_perms)
+    return tuple(torch.as_tensor(a).to(device) for a in arrays)
 
 
 def symmetric_samples(batch: dict, symmetries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
