@@ -11,6 +11,12 @@ to p[action_perms[g]]; action a becomes argsort(action_perms[g])[a]. The identit
   start is uniform on [-0.05, 0.05]^4: the mirrored game is a game of the same law.
 - Acrobot: the mirror negates both angles (cos stays, sin and the angular velocities flip) and swaps the
   torques -1 and +1; gravity and the goal height (-cos t1 - cos(t1 + t2)) are even in the angles.
+- LunarLander (discrete): the mirror about the helipad's vertical negates x, x', the angle and its rate,
+  swaps the legs' contact flags and the two side engines (actions 1 and 3). Its law is mirrored too, not
+  each game: the terrain's heights, the start's push and the engines' dispersion are random, each drawn
+  from a distribution the mirror maps onto itself (tests/test_symmetries.py mirrors the draws and steps
+  both games). Box2D solves the legs' joints one after the other, so the two games agree to ~1e-2, not
+  to the last bit.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.board_games import board_symmetries
+from envs.board_games import BOARD_OPPONENTS, board_symmetries
 
 
 @dataclass(frozen=True)
@@ -32,11 +38,11 @@ class Symmetries:
         return len(self.obs_perms)
 
 
-def _mirror(signs: list[float], action_perm: list[int]) -> Symmetries:
-    """The identity and one mirror that flips the signs of observation entries (none moves) and permutes
-    the actions."""
+def _mirror(signs: list[float], action_perm: list[int], obs_perm: list[int] | None = None) -> Symmetries:
+    """The identity and one mirror that moves observation entries (obs_perm; default: none moves), flips
+    their signs and permutes the actions."""
     n, num_actions = len(signs), len(action_perm)
-    return Symmetries(np.array([range(n), range(n)]), np.array([[1.0] * n, signs], np.float32),
+    return Symmetries(np.array([range(n), obs_perm or range(n)]), np.array([[1.0] * n, signs], np.float32),
                       np.array([range(num_actions), action_perm]))  # fmt: skip
 
 
@@ -44,7 +50,14 @@ def _mirror(signs: list[float], action_perm: list[int]) -> Symmetries:
 _MIRRORS = {
     "CartPole": _mirror([-1, -1, -1, -1], [1, 0]),
     "Acrobot": _mirror([1, -1, 1, -1, -1, -1], [2, 1, 0]),
+    # x, y, x', y', angle, its rate, the legs' contacts; noop, left engine, main engine, right engine
+    "LunarLander": _mirror([-1, 1, -1, 1, -1, -1, 1, 1], [0, 3, 2, 1], obs_perm=[0, 1, 2, 3, 4, 5, 7, 6]),
 }
+
+
+def games_with_symmetries() -> list[str]:
+    """The games env_symmetries knows, for messages: board games by id, the others by name (any version)."""
+    return [*(game for game in BOARD_OPPONENTS if board_symmetries(game) is not None), *_MIRRORS]
 
 
 def env_symmetries(env_id: str) -> Symmetries | None:

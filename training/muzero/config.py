@@ -108,7 +108,7 @@ class MuZeroConfig(RunConfig):
     visit_temperature: float | None = None
     """self-play samples moves from visits^(1/T); T halves at 50% and 75% of the run; default: 1 for board games (the paper's: self-play must explore openings or it collapses), 0.25 otherwise (LightZero's: near-greedy play learns control tasks such as CartPole several times faster)"""
     augment_symmetries: bool = True
-    """train each sampled unroll turned by a random one of the game's symmetries, for games that declare them (envs/symmetries.py: TicTacToe's 8 rotations and reflections, Connect Four's mirror, CartPole's and Acrobot's mirror; CartPole, 10 seeds: mean greedy evaluation 402 against 321 without, higher on 9 seeds, 8/10 solved either way)"""
+    """train each sampled unroll turned by a random one of the game's symmetries, for games that declare them (envs/symmetries.py: TicTacToe's 8 rotations and reflections, Connect Four's mirror, CartPole's, Acrobot's and LunarLander's mirror; CartPole, 10 seeds: mean greedy evaluation 402 against 321 without, higher on 9 seeds, 8/10 solved either way)"""
     sampling_moves: int | None = None
     """moves at the start of each self-play game sampled at the visit temperature; later moves take the most visited action (root noise still explores). 0 = every move sampled. Default: 2 for board games (AlphaZero's num_sampling_moves: openings stay varied while the rest of the game, whose outcome the value targets learn, is played as well as the search can), 0 otherwise"""
     hidden_state: int = 64

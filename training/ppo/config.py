@@ -20,7 +20,7 @@ from envs.atari import AtariOptions, atari_problems
 from envs.factory import board_grid, is_atari, is_two_player, probe_spaces
 from envs.minatar import MINATAR_GAMES
 from envs.sc2 import SC2Options, is_sc2, is_sc2_sim
-from envs.symmetries import env_symmetries
+from envs.symmetries import env_symmetries, games_with_symmetries
 from training import presets
 from training.errors import ConfigError
 from training.league import LeagueOptions, league_problems
@@ -109,7 +109,7 @@ class PPOConfig(RunConfig):
     # Two-player games: league self-play
     league: LeagueOptions = field(default_factory=LeagueOptions)
     augment_symmetries: bool = False
-    """each update sees every sample through one of the game's symmetries drawn at random (envs/symmetries.py: Connect Four's left-right mirror, TicTacToe's 8 rotations and reflections, CartPole's and Acrobot's mirror), keeping its advantage, return, value and the rollout's log-probability (rsl_rl's symmetry augmentation)"""
+    """each update sees every sample through one of the game's symmetries drawn at random (envs/symmetries.py: Connect Four's left-right mirror, TicTacToe's 8 rotations and reflections, CartPole's, Acrobot's and LunarLander's mirror), keeping its advantage, return, value and the rollout's log-probability (rsl_rl's symmetry augmentation)"""
 
     # Atari (ALE/...)
     atari: AtariOptions = field(default_factory=AtariOptions)
@@ -397,7 +397,7 @@ def validate(cfg: PPOConfig) -> None:
         problems.append(f"--sc2.step-mul must be >= 1 (got {cfg.sc2.step_mul})")
     problems += precision_problems(cfg)
     if cfg.augment_symmetries and env_symmetries(cfg.env_id) is None:
-        problems.append(f"--augment-symmetries is for games with symmetries (rlgames/TicTacToe-v0, rlgames/ConnectFour-v0, CartPole, Acrobot); {cfg.env_id} declares none")
+        problems.append(f"--augment-symmetries is for games with symmetries ({', '.join(games_with_symmetries())}); {cfg.env_id} declares none")
     if is_two_player(cfg.env_id):
         problems += league_problems(cfg.league, cfg.env_id)
         if cfg.memory_lstm_size:
