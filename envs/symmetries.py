@@ -37,6 +37,17 @@ class Symmetries:
     def __len__(self) -> int:
         return len(self.obs_perms)
 
+    def observation_copies(self, obs: np.ndarray) -> np.ndarray:
+        """[S * B, ...]: every observation of obs [B, ...] seen through every symmetry, one symmetry after
+        the other (the B observations themselves first)."""
+        flat = obs.reshape(len(obs), -1)
+        turned = flat[:, self.obs_perms] * self.obs_signs.astype(flat.dtype)  # [B, S, D]
+        return turned.swapaxes(0, 1).reshape(len(self) * len(obs), *obs.shape[1:])
+
+    def action_mask_copies(self, mask: np.ndarray) -> np.ndarray:
+        """[S * B, A]: the legal actions mask [B, A] of every copy, in observation_copies' order."""
+        return mask[:, self.action_perms].swapaxes(0, 1).reshape(-1, mask.shape[1])
+
 
 def _mirror(signs: list[float], action_perm: list[int], obs_perm: list[int] | None = None) -> Symmetries:
     """The identity and one mirror that moves observation entries (obs_perm; default: none moves), flips

@@ -170,3 +170,84 @@ def test_gumbel_never_considers_invalid_actions():
     assert (result.visit_counts[:, 1] == 0).all() and (result.action_weights[:, 1] == 0).all()
     assert ((result.visit_counts > 0).sum(-1) == 2).all()  # m = 2 considered actions
     assert legal[0, result.action].all()
+
+
+def _side_fn(embeddings, actions):
+    """A one-dimensional game whose mirror is x -> -x with the two actions swapped: action 1 moves x by +1
+    and pays 1 where x < 0, action 0 moves it by -1 and pays 1 where x > 0. Prior logits (x, -x), value 0:
+    an equivariant model."""
+    x, a = embeddings[:, 0].numpy(), actions.numpy()
+    rewards = np.where(a == 1, x < 0, x > 0).astype(np.float64)
+    moved = embeddings + torch.as_tensor(np.where(a == 1, 1.0, -1.0)).unsqueeze(-1)
+    return rewards, moved, np.stack([moved[:, 0].numpy(), -moved[:, 0].numpy()], 1), np.zeros(len(a))
+
+
+def _side_root(observations):
+    x = np.asarray(observations, np.float64)[:, 0]
+    return RootFnOutput(torch.as_tensor(x).unsqueeze(-1), np.stack([x, -x], 1), np.zeros(len(x)))
+
+
+@pytest.mark.parametrize("gumbel", [False, True], ids=["puct", "gumbel"])
+def test_an_equivariant_models_search_is_the_same_averaged_over_its_mirror(gumbel):
+    """Mirror-averaging adds nothing to a model that is already equivariant: the same weights, values and
+    actions as one search, and twice the visits (each copy's mapped back to the position's actions)."""
+    from agents.muzero.policies import run_policy_over_symmetries
+    from envs.symmetries import Symmetries
+
+    mirror = Symmetries(np.array([[0], [0]]), np.array([[1.0], [-1.0]], np.float32), np.array([[0, 1], [1, 0]]))
+    cfg = SearchConfig(num_simulations=8, discount=0.9, gumbel=gumbel, gumbel_scale=0.0, root_exploration_fraction=0.0)
+    obs = np.array([[-2.5], [-0.7], [0.3], [1.9]], np.float32)
+    alone = run_policy(_side_root(obs), _side_fn, cfg, np.random.default_rng(0), greedy=True)
+    both = run_policy_over_symmetries(_side_root, _side_fn, cfg, np.random.default_rng(0), obs, mirror, greedy=True)
+    np.testing.assert_allclose(both.action_weights, alone.action_weights, atol=1e-6)
+    np.testing.assert_allclose(both.root_value, alone.root_value, atol=1e-9)
+    np.testing.assert_array_equal(both.visit_counts, 2 * alone.visit_counts)
+    assert both.action.tolist() == alone.action.tolist() == [1, 1, 0, 0]  # towards 0, where the reward is
+
+
+def test_mirror_averaging_cancels_a_models_bias_for_one_side():
+    """A model that prefers action 0 whatever it sees (prior 0.73) and expects nothing from either action:
+    one search always plays 0; averaged over the mirror the two actions weigh 0.5 each, and the greedy
+    choice between the exact tie is drawn at random instead of always the first."""
+    from agents.muzero.policies import run_policy_over_symmetries
+    from envs.symmetries import Symmetries
+
+    def biased_fn(embeddings, actions):
+        n = len(actions)
+        return np.zeros(n), embeddings, np.tile([1.0, 0.0], (n, 1)), np.zeros(n)
+
+    def biased_root(observations):
+        n = len(observations)
+        return RootFnOutput(torch.as_tensor(observations, dtype=torch.float64), np.tile([1.0, 0.0], (n, 1)), np.zeros(n))
+
+    mirror = Symmetries(np.array([[0], [0]]), np.array([[1.0], [-1.0]], np.float32), np.array([[0, 1], [1, 0]]))
+    cfg = SearchConfig(num_simulations=16, gumbel=True, gumbel_scale=0.0)
+    obs = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
+    alone = run_policy(biased_root(obs), biased_fn, cfg, np.random.default_rng(0))
+    assert (alone.action == 0).all() and (alone.action_weights[:, 0] > 0.7).all()
+    both = run_policy_over_symmetries(biased_root, biased_fn, cfg, np.random.default_rng(0), obs, mirror)
+    np.testing.assert_allclose(both.action_weights, 0.5)
+    np.testing.assert_allclose(both.prior, 0.5)
+    assert 16 < (both.action == 0).sum() < 48
+
+
+def test_tictactoes_eight_searches_map_back_to_the_winning_cell():
+    """The win-in-one position searched through all 8 rotations and reflections (its legal moves turned
+    with it): mapped back, the visits go to cell 2, never to an occupied cell. A map that sent a rotated
+    copy's move back through the rotation instead of its inverse would scatter them (90 degrees is not
+    its own inverse)."""
+    from agents.muzero.policies import run_policy_over_symmetries
+    from envs.symmetries import env_symmetries
+
+    board = np.array([[1.0, 1.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+
+    def root_fn(observations):
+        n = len(observations)
+        embedding = torch.cat([torch.as_tensor(observations, dtype=torch.float64), torch.zeros(n, 1, dtype=torch.float64)], 1)
+        return RootFnOutput(embedding, np.zeros((n, 9)), np.zeros(n))
+
+    cfg = SearchConfig(num_simulations=200, discount=1.0, two_player=True, root_exploration_fraction=0.0)
+    result = run_policy_over_symmetries(root_fn, _tictactoe_fn, cfg, np.random.default_rng(0), board,
+                                        env_symmetries("rlgames/TicTacToe-v0"), board == 0, greedy=True)  # fmt: skip
+    assert result.visit_counts.sum() == 8 * 200 and (result.visit_counts[0, board[0] != 0] == 0).all()
+    assert result.action.tolist() == [2] and result.visit_counts[0, 2] > 0.5 * 8 * 200

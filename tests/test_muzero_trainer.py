@@ -119,6 +119,23 @@ def test_evaluate_compares_the_search_with_the_prior_it_learned(short_run):
     assert proc.returncode == 2 and "--num-simulations must be >= 0" in proc.stderr
 
 
+def test_evaluate_averages_the_search_over_the_games_symmetries_when_asked(short_run):
+    """--symmetric-search on/off overrides what the run's evaluations did (CartPole's mirror: 2 copies of
+    each search); a game that declares no symmetries is refused with a ConfigError (one line, exit 2)."""
+    _, run_dir = short_run
+    proc = _launch("evaluate.py", str(run_dir), "--episodes", "2", "--symmetric-search", "on")
+    assert proc.returncode == 0 and "averaged over the game's 2 symmetries" in proc.stdout, proc.stderr[-2000:]
+    proc = _launch("evaluate.py", str(run_dir), "--episodes", "2", "--symmetric-search", "off")
+    assert proc.returncode == 0 and "symmetries" not in proc.stdout
+    from training.checkpoint import find_checkpoint, load_checkpoint
+    from training.muzero.actor import load_muzero_actor
+
+    payload = load_checkpoint(find_checkpoint(run_dir))
+    payload["config"] = json.dumps({**json.loads(payload["config"]), "env_id": "MountainCar-v0"})
+    with pytest.raises(ConfigError, match="--symmetric-search on: MountainCar-v0 declares no symmetries"):
+        load_muzero_actor(payload, symmetric_search=True)
+
+
 def test_the_prior_alone_acts_on_the_most_likely_legal_move():
     from agents.muzero.networks import root_inference
     from training.muzero.actor import MuZeroActor
@@ -470,8 +487,8 @@ def test_the_residual_nets_updates_take_the_cores_and_its_search_one_thread(tmp_
         return wrapper
 
     monkeypatch.setattr(muzero_train, "update", counted("update", muzero_train.update))
-    monkeypatch.setattr(self_play, "run_policy", counted("search", self_play.run_policy))
-    monkeypatch.setattr(actor, "run_policy", counted("search", actor.run_policy))
+    monkeypatch.setattr(self_play, "run_policy_over_symmetries", counted("search", self_play.run_policy_over_symmetries))
+    monkeypatch.setattr(actor, "run_policy_over_symmetries", counted("search", actor.run_policy_over_symmetries))
     before = torch.get_num_threads()
     try:
         cfg = dataclasses.replace(board, total_timesteps=120, warmup_steps=40, batch_size=8, num_simulations=4,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
@@ -54,6 +54,8 @@ class TrainedAgent:
         if self.algo == "muzero":
             n = self.policy.search.num_simulations
             search = ", no search: the prior alone" if n == 0 else f", {n} simulations a move"
+            if n and self.policy.symmetries is not None:
+                search += f", averaged over the game's {len(self.policy.symmetries)} symmetries"
         return f"{self.env_id}: {self.algo.upper()} after {self.global_step} env steps{search} ({self.checkpoint})"
 
 
@@ -73,6 +75,8 @@ class PolicyArgs:
     """seed of the first episode (episode i uses seed + i); default: the run's evaluation seed, as in training"""
     num_simulations: int | None = None
     """MuZero runs: search with this many simulations a move instead of the run's own; 0 = no search, the model's prior alone (whether the search improves on the policy the model learned)"""
+    symmetric_search: Literal["as-trained", "on", "off"] = "as-trained"
+    """MuZero runs of games with symmetries (envs/symmetries.py): 'on' averages each search over the position's symmetric copies, 'off' searches the position alone, 'as-trained' does what the run's evaluations did (its --symmetric-search)"""
 
     def load(self) -> tuple[TrainedAgent, int]:
         """The trained agent and the seed of the first episode."""
@@ -80,7 +84,9 @@ class PolicyArgs:
             raise ConfigError(f"--num-simulations must be >= 0 (0 = the prior alone; got {self.num_simulations})")
         if self.stochastic and self.greedy:
             raise ConfigError("--stochastic and --greedy contradict each other: give one (or neither: as the run evaluated)")
-        trained = load_trained_agent(self.run, best=self.best, num_simulations=self.num_simulations)
+        symmetric = None if self.symmetric_search == "as-trained" else self.symmetric_search == "on"
+        trained = load_trained_agent(self.run, best=self.best, num_simulations=self.num_simulations,
+                                     symmetric_search=symmetric)  # fmt: skip
         return trained, self.seed if self.seed is not None else evaluation_seed(trained.config.seed)
 
     def deterministic(self, trained: TrainedAgent) -> bool:
@@ -89,15 +95,19 @@ class PolicyArgs:
         return greedy_by_default(trained.env_id, choice)
 
 
-def load_trained_agent(path: str | Path, best: bool = False, num_simulations: int | None = None) -> TrainedAgent:
+def load_trained_agent(path: str | Path, best: bool = False, num_simulations: int | None = None,
+                       symmetric_search: bool | None = None) -> TrainedAgent:  # fmt: skip
     """The policy of a run folder's newest checkpoint (its best with best=True) or of a checkpoint file,
     rebuilt from the run's saved config on the CPU. Observation normalisation travels with the weights.
-    num_simulations replaces a MuZero run's search simulations (refused for other agents)."""
+    num_simulations and symmetric_search (None: as the run evaluated) replace a MuZero run's search
+    settings (refused for other agents)."""
     checkpoint = find_checkpoint(path, best=best)
     payload = load_checkpoint(checkpoint)
     algo = payload.get("algo")
     if num_simulations is not None and algo != "muzero":
         raise ConfigError(f"--num-simulations is for MuZero runs; {checkpoint} holds a '{algo}' agent")
+    if symmetric_search is not None and algo != "muzero":
+        raise ConfigError(f"--symmetric-search is for MuZero runs; {checkpoint} holds a '{algo}' agent")
     if algo == "ppo":
         with reading_contents(checkpoint):
             cfg = config_from_dict(json.loads(payload["config"]))
@@ -106,7 +116,7 @@ def load_trained_agent(path: str | Path, best: bool = False, num_simulations: in
             policy.load_state_dict(payload["learner"]["model"])
     elif algo == "muzero":
         with reading_contents(checkpoint):
-            cfg, policy = load_muzero_actor(payload, num_simulations)
+            cfg, policy = load_muzero_actor(payload, num_simulations, symmetric_search)
     else:
         raise CheckpointError(f"{checkpoint} holds a '{algo}' agent, which this version cannot play")
     policy.eval()

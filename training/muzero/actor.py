@@ -4,6 +4,7 @@ loading it from a checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -11,10 +12,12 @@ import torch
 from torch import nn
 
 from agents.muzero.networks import MuZeroNet, root_inference, search_callback
-from agents.muzero.policies import run_policy
+from agents.muzero.policies import run_policy_over_symmetries
 from agents.muzero.search import SearchConfig
 from envs.factory import check_env_id
-from training.muzero.config import MuZeroConfig, build_model, search_config
+from envs.symmetries import Symmetries, env_symmetries, games_with_symmetries
+from training.errors import ConfigError
+from training.muzero.config import MuZeroConfig, build_model, search_config, search_symmetries
 from training.run_config import config_from_dict
 
 
@@ -22,9 +25,9 @@ class MuZeroActor(nn.Module):
     """The search as a policy with PPO's acting interface, for evaluation and watching: greedy (most
     visited, or Gumbel's noiseless choice) when deterministic, else sampled from the visits."""
 
-    def __init__(self, model: MuZeroNet, search: SearchConfig, seed: int = 0):
+    def __init__(self, model: MuZeroNet, search: SearchConfig, seed: int = 0, symmetries: Symmetries | None = None):
         super().__init__()
-        self.model, self.search = model, search
+        self.model, self.search, self.symmetries = model, search, symmetries
         self.rng = np.random.default_rng(seed)
         self.last_result = None
 
@@ -36,8 +39,9 @@ class MuZeroActor(nn.Module):
             return self._act_on_prior(features, None if mask is None else mask.cpu().numpy().astype(bool), deterministic)
         search = dataclasses.replace(self.search, root_exploration_fraction=0.0,
                                      gumbel_scale=0.0 if deterministic else self.search.gumbel_scale)  # fmt: skip
-        result = run_policy(root_inference(self.model, features), search_callback(self.model), search, self.rng,
-                            None if mask is None else mask.cpu().numpy().astype(bool), greedy=deterministic)  # fmt: skip
+        result = run_policy_over_symmetries(functools.partial(root_inference, self.model), search_callback(self.model),
+                                            search, self.rng, features, self.symmetries,
+                                            None if mask is None else mask.cpu().numpy().astype(bool), greedy=deterministic)  # fmt: skip
         self.last_result = result
         action = result.action
         n = len(action)
@@ -67,14 +71,21 @@ class MuZeroActor(nn.Module):
         return [f"root value {r.root_value[0]:.2f}", f"visits {visits}", f"Q {q}"]
 
 
-def load_muzero_actor(payload: dict, num_simulations: int | None = None) -> tuple[MuZeroConfig, MuZeroActor]:
+def load_muzero_actor(payload: dict, num_simulations: int | None = None,
+                      symmetric_search: bool | None = None) -> tuple[MuZeroConfig, MuZeroActor]:  # fmt: skip
     """A MuZero checkpoint's config and its search as a policy (for watch.py and evaluate.py), with the
-    run's simulations per move or num_simulations (0: the model's prior alone, no search)."""
+    run's simulations per move or num_simulations (0: the model's prior alone, no search), and averaged
+    over the game's symmetries as the run's evaluations were, or as symmetric_search says."""
     cfg = config_from_dict(MuZeroConfig, json.loads(payload["config"]))
     check_env_id(cfg.env_id)
+    if symmetric_search is not None:
+        if symmetric_search and env_symmetries(cfg.env_id) is None:
+            raise ConfigError(f"--symmetric-search on: {cfg.env_id} declares no symmetries (envs/symmetries.py: "
+                              f"{', '.join(games_with_symmetries())})")  # fmt: skip
+        cfg = dataclasses.replace(cfg, symmetric_search="evaluation" if symmetric_search else "off")
     model = build_model(cfg)
     model.load_state_dict(payload["model"])
     search = search_config(cfg)
     if num_simulations is not None:
         search = dataclasses.replace(search, num_simulations=num_simulations)
-    return cfg, MuZeroActor(model, search, seed=cfg.seed)
+    return cfg, MuZeroActor(model, search, seed=cfg.seed, symmetries=search_symmetries(cfg, self_play=False))

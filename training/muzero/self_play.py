@@ -19,10 +19,17 @@ import numpy as np
 import torch
 
 from agents.muzero.networks import root_inference, search_callback
-from agents.muzero.policies import root_prior, run_policy
+from agents.muzero.policies import run_policy_over_symmetries
 from envs.factory import episode_stats_from_info, make_vector_env
 from training.interrupts import beat
-from training.muzero.config import MuZeroConfig, build_model, resolve_self_play, sampling_moves, search_config
+from training.muzero.config import (
+    MuZeroConfig,
+    build_model,
+    resolve_self_play,
+    sampling_moves,
+    search_config,
+    search_symmetries,
+)
 from training.muzero.replay import Game
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
@@ -132,7 +139,7 @@ class SelfPlayWorker:
     """
 
     def __init__(self, cfg: MuZeroConfig, model: torch.nn.Module, num_envs: int, seed: int, rng: np.random.Generator | None = None):
-        self.model, self.search = model, search_config(cfg)
+        self.model, self.search, self.symmetries = model, search_config(cfg), search_symmetries(cfg, self_play=True)
         self.sampling_moves = sampling_moves(cfg)
         self.move_number = np.zeros(num_envs, np.int64)  # moves made in each game so far
         # Long games reach the replay in segments: a 500-move CartPole game would otherwise teach nothing
@@ -173,8 +180,8 @@ class SelfPlayWorker:
             features, mask = _features(self.obs)
             # The first sampling_moves of each game sample from the visits, later ones take the most visited.
             greedy = self.move_number >= self.sampling_moves if self.sampling_moves else False
-            root = root_inference(self.model, features)
-            result = run_policy(root, search_callback(self.model), self.search, self.rng, mask, temperature, greedy)
+            result = run_policy_over_symmetries(functools.partial(root_inference, self.model), search_callback(self.model),
+                                                self.search, self.rng, features, self.symmetries, mask, temperature, greedy)  # fmt: skip
             actions = result.action
             try:
                 next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
@@ -217,7 +224,7 @@ class SelfPlayWorker:
             root_values.append(float(result.root_value.mean()))
             weights = result.action_weights
             entropies.append(_mean_entropy(weights))
-            prior_entropies.append(_mean_entropy(root_prior(root, mask)))
+            prior_entropies.append(_mean_entropy(result.prior))
             self.obs = next_obs
         return SelfPlayRound(
             games, np.concatenate(returns) if returns else np.empty(0, np.float32),

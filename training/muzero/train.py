@@ -25,6 +25,7 @@ from training.muzero.config import (
     model_spaces,
     resolve_self_play,
     search_config,
+    search_symmetries,
     validate_muzero,
     visit_temperature,
 )
@@ -113,7 +114,8 @@ class MuZeroAlgorithm(Algorithm):
             self.target_model = build_model(cfg).eval()
             saved = payload.get("target_model") if payload is not None else None
             self.target_model.load_state_dict(saved if saved is not None else self.actor_model.state_dict())
-        self.policy = MuZeroActor(self.actor_model, search_config(cfg), seed=cfg.seed)
+        self.policy = MuZeroActor(self.actor_model, search_config(cfg), seed=cfg.seed,
+                                  symmetries=search_symmetries(cfg, self_play=False))
         self.replay = PrioritizedReplay(cfg.replay_capacity, cfg.priority_alpha, cfg.priority_beta, seed=cfg.seed)
         self.owed_updates, self.bad_in_a_row = 0.0, 0
         if payload is not None and payload.get("replay") is not None:
