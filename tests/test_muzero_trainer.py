@@ -119,6 +119,20 @@ def test_evaluate_compares_the_search_with_the_prior_it_learned(short_run):
     assert proc.returncode == 2 and "--num-simulations must be >= 0" in proc.stderr
 
 
+def test_symmetric_search_defaults_to_evaluation_for_single_player_games_and_off_for_boards(short_run):
+    from training.muzero.config import search_symmetries, symmetric_search
+
+    cartpole, board = MuZeroConfig(), MuZeroConfig(env_id="rlgames/ConnectFour-v0")
+    assert (symmetric_search(cartpole), symmetric_search(board)) == ("evaluation", "off")
+    assert len(search_symmetries(cartpole, self_play=False)) == 2 and search_symmetries(cartpole, self_play=True) is None
+    assert search_symmetries(board, self_play=False) is None
+    everywhere = dataclasses.replace(board, symmetric_search="all")
+    assert len(search_symmetries(everywhere, self_play=True)) == len(search_symmetries(everywhere, self_play=False)) == 2
+    assert search_symmetries(MuZeroConfig(env_id="MountainCar-v0", symmetric_search="all"), self_play=True) is None
+    _, run_dir = short_run  # the run's own evaluations averaged over CartPole's mirror, as its config says
+    assert json.loads((run_dir / "config.json").read_text())["resolved_symmetric_search"] == "evaluation"
+
+
 def test_evaluate_averages_the_search_over_the_games_symmetries_when_asked(short_run):
     """--symmetric-search on/off overrides what the run's evaluations did (CartPole's mirror: 2 copies of
     each search); a game that declares no symmetries is refused with a ConfigError (one line, exit 2)."""

@@ -26,6 +26,7 @@ from training.muzero.config import (
     resolve_self_play,
     search_config,
     search_symmetries,
+    symmetric_search,
     validate_muzero,
     visit_temperature,
 )
@@ -136,7 +137,8 @@ class MuZeroAlgorithm(Algorithm):
     def config_extras(self) -> dict:
         return {"resolved_backend": self.backend, "resolved_num_workers": self.num_workers,
                 "resolved_torch_threads": self.learner_threads,
-                "resolved_device": str(self.device), "resolved_learner_precision": precision_name(self.autocast_dtype)}  # fmt: skip
+                "resolved_device": str(self.device), "resolved_learner_precision": precision_name(self.autocast_dtype),
+                "resolved_symmetric_search": symmetric_search(self.cfg) if env_symmetries(self.cfg.env_id) else "off"}  # fmt: skip
 
     def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
