@@ -285,7 +285,6 @@ def test_bad_settings_are_refused():
 
 
 def test_search_summary_shows_the_root_visits_of_the_move_played(short_run):
-    import numpy as np
     import torch
 
     from training.trained_agent import load_trained_agent
@@ -293,11 +292,17 @@ def test_search_summary_shows_the_root_visits_of_the_move_played(short_run):
     _, run_dir = short_run
     actor = load_trained_agent(run_dir).policy
     assert actor.search_summary() == []
-    obs = {"obs": torch.zeros(1, 4)}
+    obs = {"obs": torch.tensor([[0.05, -0.2, 0.03, 0.1]])}
+    # CartPole's evaluations search the state and its mirror: the summary adds both searches' visits.
+    actor.act(obs, deterministic=True)
+    _, visits, _ = actor.search_summary()
+    assert visits.endswith(" (2 searches)")
+    assert sum(int(v) for v in visits.removeprefix("visits ").split()[:2]) == 2 * actor.search.num_simulations
+    actor.symmetries = None  # one search
     action, _, value = actor.act(obs, deterministic=True)
     root_value, visits, q = actor.search_summary()
     counts = [int(v) for v in visits.removeprefix("visits ").split()]
-    assert sum(counts) == actor.search.num_simulations and int(action[0]) == int(np.argmax(counts))
+    assert sum(counts) == actor.search.num_simulations and counts[int(action[0])] == max(counts)  # Gumbel: among the most visited
     assert root_value == f"root value {value[0]:.2f}" and len(q.split()) == 3  # "Q" and one value per action
 
 

@@ -67,6 +67,8 @@ class MuZeroActor(nn.Module):
             return []
         r = self.last_result
         visits = " ".join(str(int(v)) for v in r.visit_counts[0])
+        if self.symmetries is not None:  # the visits of the position's searches and its copies', summed
+            visits += f" ({len(self.symmetries)} searches)"
         q = " ".join(f"{v:.2f}" for v in r.q_values[0])
         return [f"root value {r.root_value[0]:.2f}", f"visits {visits}", f"Q {q}"]
 
