@@ -95,13 +95,7 @@ def muzero_policy(
     all_b, root_nodes = np.arange(batch), np.zeros(batch, np.int64)
     q_values, visit_counts = children_q(tree, all_b, root_nodes, cfg)
     weights = visit_counts / np.maximum(visit_counts.sum(-1, keepdims=True), 1)
-    most_visited = visit_counts.argmax(-1)
-    if greedy is True:
-        action = most_visited
-    else:
-        action = _sample_rows(visit_counts.astype(np.float64) ** (1.0 / temperature), rng)
-        if greedy is not False:
-            action = np.where(greedy, most_visited, action)
+    action = _action_from_visits(visit_counts, visit_counts.argmax(-1), temperature, greedy, rng)
     return PolicyOutput(action, weights, visit_counts, tree.value(all_b, root_nodes), q_values, tree, model_prior)
 
 
@@ -185,12 +179,19 @@ def run_policy_over_symmetries(
         best = (weights + tie_noise).argmax(-1)
         action = best if cfg.gumbel_scale == 0 else _sample_rows(weights, rng)
     else:
-        best = (visit_counts + tie_noise).argmax(-1)
-        action = best if greedy is True else _sample_rows(visit_counts.astype(np.float64) ** (1.0 / temperature), rng)
-        if greedy is not True and greedy is not False:
-            action = np.where(greedy, best, action)
+        action = _action_from_visits(visit_counts, (visit_counts + tie_noise).argmax(-1), temperature, greedy, rng)
     return PolicyOutput(action, weights, visit_counts, result.root_value.reshape(copies, batch).mean(0),
                         mapped_back(result.q_values).mean(0), result.tree, mapped_back(result.prior).mean(0))  # fmt: skip
+
+
+def _action_from_visits(visit_counts: np.ndarray, most_visited: np.ndarray, temperature: float,
+                        greedy: bool | np.ndarray, rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """pUCT's move [B]: most_visited where greedy (True, or greedy[b]), else sampled from
+    visit_counts^(1 / temperature). greedy=True draws no random numbers."""
+    if greedy is True:
+        return most_visited
+    action = _sample_rows(visit_counts.astype(np.float64) ** (1.0 / temperature), rng)
+    return action if greedy is False else np.where(greedy, most_visited, action)
 
 
 def _sample_rows(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
