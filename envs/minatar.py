@@ -18,6 +18,14 @@ import numpy as np
 # The five games, each registered by the package as MinAtar/<game>-v0 and -v1.
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 
+# MinAtar sets no time limit, and a game can last for ever: a Seaquest sub that never dives breathes at
+# the surface with nothing to hit it, which is just what an early greedy policy does, and its evaluation
+# then never returned. Episodes are truncated (not terminated: the state is no end) after as many steps
+# as ALE's v5 games allow decisions (108,000 frames at frameskip 4). Games that long are otherwise far off:
+# the 5M-frame agents' Seaquest and Breakout games last hundreds to a few thousand steps, and Freeway
+# ends itself at 2,500.
+MAX_EPISODE_STEPS = 27_000
+
 # Pixels per MinAtar cell in rendered frames: a 10x10 grid as a 160x160 video.
 RENDER_SCALE = 16
 
@@ -65,5 +73,5 @@ def make_minatar_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
         # The checker would warn about the package's float frames and missing frame rate, which ScaledFrames
         # turns into uint8 frames at 10 fps.
-        env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True)
+        env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True, max_episode_steps=MAX_EPISODE_STEPS)
     return ChannelsFirst(ScaledFrames(env))

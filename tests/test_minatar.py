@@ -13,7 +13,7 @@ import torch
 
 from agents.networks import ActorCritic, GridCNN
 from envs.factory import EnvSpecError, check_env_id, is_heavy, make_env, make_vector_env, probe_spaces
-from envs.minatar import RENDER_SCALE
+from envs.minatar import MAX_EPISODE_STEPS, RENDER_SCALE
 
 pytest.importorskip("minatar")
 
@@ -59,6 +59,22 @@ def test_the_same_seed_plays_the_same_game_and_sticky_actions_follow_it():
     np.testing.assert_array_equal(a, b)
     assert returns_a == returns_b and len(returns_a) > 0
     assert not np.array_equal(a, c)
+
+
+def test_a_seaquest_sub_that_never_dives_is_cut_by_the_time_limit_not_ended():
+    """MinAtar has no time limit of its own, and a sub that stays at the surface never dies: without the
+    factory's limit this game (and an early greedy policy's evaluation) would never end."""
+    env = make_env("MinAtar/Seaquest-v0", seed=0)()
+    env.reset(seed=0)
+    steps, total = 0, 0.0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        _, reward, terminated, truncated, info = env.step(0)  # no-op: the sub starts at the surface
+        steps, total = steps + 1, total + reward
+    env.close()
+    assert truncated and not terminated
+    assert steps == MAX_EPISODE_STEPS and total == 0.0
+    assert info["episode"]["l"] == MAX_EPISODE_STEPS
 
 
 def test_missing_minatar_names_the_pip_command(monkeypatch):
