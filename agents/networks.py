@@ -62,9 +62,14 @@ class ObsNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        # Chan et al.'s parallel combination of (mean, var, count) with a batch's moments.
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        self.update_from_moments(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+
+    @torch.no_grad()
+    def update_from_moments(self, b_mean: torch.Tensor, b_var: torch.Tensor, b_count: int) -> None:
+        """Fold in a batch's mean and (biased) variance, however they were computed: Chan et al.'s parallel
+        combination of (mean, var, count)."""
+        b_mean, b_var = b_mean.to(torch.float64), b_var.to(torch.float64)
         delta, total = b_mean - self.mean, self.count + b_count
         m2 = self.var * self.count + b_var * b_count + delta.square() * self.count * b_count / total
         self.mean += delta * b_count / total
@@ -254,6 +259,7 @@ class ActorCritic(PolicyValueNet):
         self.obs_key = feature_keys[0]
         self.masked = MASK_KEY in spaces
         space = spaces[self.obs_key]
+        self.obs_shape = tuple(space.shape)
         self.is_image = is_image_space(observation_space)
         # One shared convolutional trunk (frames, grids, boards) or MLP bodies of their own (vectors).
         self.conv_trunk = self.is_image or board_grid is not None

@@ -89,6 +89,12 @@ class PPOConfig(RunConfig):
     """transitions the self-imitation replay keeps (the oldest leave first); they travel in the periodic checkpoints"""
     sil_value_coef: float = 0.01
     """weight of the self-imitation value loss (the paper's beta, 0.01)"""
+    rnd_coef: float = 0.0
+    """random network distillation (Burda et al. 2018; agents/rnd.py): an exploration bonus, the prediction error of a trained network against a fixed random one on the states reached, with a critic of its own and a non-episodic return; PPO's advantage becomes A_extrinsic + rnd_coef * A_intrinsic (the paper's 2:1 = 0.5); for games whose reward needs a discovery (MinAtar Seaquest's surfacing); 0 = off"""
+    rnd_gamma: float = 0.99
+    """discount of the intrinsic return (the paper's 0.99)"""
+    rnd_update_proportion: float = 0.25
+    """share of each minibatch the RND predictor learns from (the paper's 0.25 at 32 envs: less keeps the bonus from fading as fast with many envs)"""
     normalize_obs: bool = False
     """normalise observations with running statistics (kept in the model and the checkpoint)"""
     normalize_reward: bool = False
@@ -454,9 +460,11 @@ def validate(cfg: PPOConfig) -> None:
                 f"--total-timesteps {cfg.total_timesteps} is less than one rollout ({cfg.batch_size} steps)"
             )
     problems += self_imitation_problems(cfg)
+    problems += exploration_problems(cfg)
     problems += range_problems(
         cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "sil_batch_size", "sil_capacity"),
-        non_negative=("ent_coef", "vf_coef", "sil_updates", "sil_value_coef"), unit=("gamma", "gae_lambda"),
+        non_negative=("ent_coef", "vf_coef", "sil_updates", "sil_value_coef", "rnd_coef"),
+        unit=("gamma", "gae_lambda", "rnd_gamma"),
         optional_positive=("target_kl",),
     )  # fmt: skip
     if problems:
@@ -476,6 +484,20 @@ def self_imitation_problems(cfg: PPOConfig) -> list[str]:
         problems.append("--sil-updates keeps its replay in one learner: use --num-learners 1")
     if cfg.sil_capacity < cfg.sil_batch_size:
         problems.append(f"--sil-capacity {cfg.sil_capacity} is smaller than one --sil-batch-size {cfg.sil_batch_size}")
+    return problems
+
+
+def exploration_problems(cfg: PPOConfig) -> list[str]:
+    """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner."""
+    if cfg.rnd_coef <= 0:
+        return []
+    problems = []
+    if is_sc2(cfg.env_id):
+        problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
+    if resolve_num_learners(cfg) > 1:
+        problems.append("--rnd-coef trains its predictor in one learner: use --num-learners 1")
+    if not 0 < cfg.rnd_update_proportion <= 1:
+        problems.append(f"--rnd-update-proportion must be in (0, 1] (got {cfg.rnd_update_proportion})")
     return problems
 
 

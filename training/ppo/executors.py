@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from agents.networks import PolicyValueNet
-from training.ppo.rollout import PER_ENV_FIELDS, Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays
+from training.ppo.rollout import Rollout, RolloutWorker, WorkerStats, allocate_rollout_arrays, is_per_env
 from training.seeds import Reseed, reseeded
 from training.workers.backends import make_backend
 from training.workers.pool import WorkerFactory, WorkerPool
@@ -43,7 +43,7 @@ def env_slices(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
 
 def slice_arrays(arrays: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Tensor]:
     """Envs lo..hi of rollout arrays ([T, N, ...]; the per-env ones [N, ...])."""
-    return {k: (v[lo:hi] if k in PER_ENV_FIELDS else v[:, lo:hi]) for k, v in arrays.items()}
+    return {k: (v[lo:hi] if is_per_env(k) else v[:, lo:hi]) for k, v in arrays.items()}
 
 
 class BufferedRolloutWorker:

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 
 # Per-step fields of a rollout, each [T, N]; observations are stored under "obs/<key>".
 STEP_FIELDS = ("log_probs", "values", "rewards", "terminated", "truncated", "bootstrap_values")
-# Fields with one row per env ([N, ...]) rather than one per step and env.
+# Fields with one row per env ([N, ...]) rather than one per step and env; the observations after the
+# rollout's last step are stored under "last_obs/<key>", per env too.
 PER_ENV_FIELDS = ("last_values", "memory")
+
+
+def is_per_env(name: str) -> bool:
+    """Whether the rollout array called name has one row per env rather than one per step and env."""
+    return name in PER_ENV_FIELDS or name.startswith("last_obs/")
 
 
 def allocate_rollout_arrays(
@@ -42,6 +48,7 @@ def allocate_rollout_arrays(
     for key, space in obs_spaces(observation_space).items():
         dtype = torch.from_numpy(np.zeros(0, dtype=space.dtype)).dtype
         arrays[f"obs/{key}"] = torch.zeros((num_steps, num_envs, *space.shape), dtype=dtype)
+        arrays[f"last_obs/{key}"] = torch.zeros((num_envs, *space.shape), dtype=dtype)
     if isinstance(action_space, gym.spaces.Box):
         arrays["actions"] = torch.zeros((num_steps, num_envs, *action_space.shape), dtype=torch.float32)
     else:
@@ -92,6 +99,7 @@ class Rollout:
     bootstrap_values: np.ndarray  # [T, N]  V(final obs) where truncated, else 0
     last_values: np.ndarray  # [N]  V(s_T)
     policy_version: int
+    last_obs: dict[str, np.ndarray] | None = None  # [N, ...]  s_T, the observations after the last step
     episode_starts: np.ndarray | None = None  # [T, N]  1.0 where step t began an episode (memory only)
     memory: np.ndarray | None = None  # [N, S]  each env's memory before step 0, prior to any reset (memory only)
     episode_returns: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
@@ -111,6 +119,7 @@ class Rollout:
         np_arrays = {k: v.numpy() for k, v in arrays.items()}
         return cls(
             obs={k[4:]: v for k, v in np_arrays.items() if k.startswith("obs/")},
+            last_obs={k[9:]: v for k, v in np_arrays.items() if k.startswith("last_obs/")},
             actions=np_arrays["actions"],
             last_values=np_arrays["last_values"],
             policy_version=version,
@@ -267,6 +276,8 @@ class RolloutWorker:
                 self.episode_starts = torch.as_tensor(terminated | truncated, dtype=torch.float32)
             t += 1
 
+        for k, v in self.obs.items():
+            a[f"last_obs/{k}"][:] = v
         with torch.inference_mode():
             obs_t = {k: torch.from_numpy(v) for k, v in self.obs.items()}
             a["last_values"][:] = policy.get_value(obs_t, self.memory, self.episode_starts).numpy()

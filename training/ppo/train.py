@@ -40,6 +40,7 @@ from training.ppo.config import (
     resolve_torch_threads,
     validate,
 )
+from training.ppo.exploration import RNDLearner
 from training.ppo.normalization import RewardScaler
 from training.ppo.rollout import Rollout
 from training.ppo.self_imitation import SelfImitationReplay, self_imitation_update
@@ -100,6 +101,11 @@ class PPOLearner:
         self.skipped_in_a_row = 0
         # Self-imitation's replay: data, not learner state, so an undone update does not copy it.
         self.sil_replay = SelfImitationReplay(cfg.sil_capacity, local_envs, cfg.gamma) if cfg.sil_updates else None
+        # Random network distillation's networks and their optimizer: learner state, undone with the update.
+        self.rnd = None
+        if cfg.rnd_coef > 0:
+            self.rnd = RNDLearner(agent.obs_shape, agent.obs_key, local_envs, cfg.rnd_gamma, cfg.gae_lambda,
+                                  cfg.rnd_update_proportion, cfg.learning_rate, device)  # fmt: skip
 
     def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
         """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite."""
@@ -155,6 +161,11 @@ class PPOLearner:
                 rewards, values, terminated, truncated, rollout.bootstrap_values, rollout.last_values,
                 self.cfg.gamma, self.cfg.gae_lambda,
             )  # fmt: skip
+        intrinsic = None
+        if self.rnd is not None:
+            # The exploration bonus enters the policy's advantage only; the critic keeps the game's returns.
+            intrinsic = self.rnd.targets(rollout)
+            advantages = advantages + self.cfg.rnd_coef * intrinsic.advantages
 
         batch = {
             "obs": obs,
@@ -176,6 +187,9 @@ class PPOLearner:
                 self.model, self.optimizer, batch, self.hp, self.generator, self.parallel.mean, self.autocast_dtype
             )
         stats["explained_variance"] = explained_variance(values.reshape(-1), returns.reshape(-1))
+        if intrinsic is not None:
+            stats.update(self.rnd.update(intrinsic, learning_rate, self.cfg.update_epochs, self.cfg.num_minibatches,
+                                         self.cfg.max_grad_norm, self.generator))  # fmt: skip
         if self.sil_replay is not None:
             # A few steps imitate the replayed transitions whose return beat the critic (agents.self_imitation).
             stats.update(self_imitation_update(
@@ -197,6 +211,7 @@ class PPOLearner:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+            "rnd": self.rnd.state_dict() if self.rnd else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -205,6 +220,8 @@ class PPOLearner:
         self.generator.set_state(state["generator"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if self.rnd is not None:
+            self.rnd.load_state_dict(state["rnd"])
 
 
 def symmetry_tensors(symmetries: Symmetries, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
@@ -277,6 +294,10 @@ PPO_DASHBOARD_LAYOUT = {
         "entropy": ["Multiline", ["losses/entropy"]],
         "self-imitation (--sil-updates): its losses, the share of replayed returns above the critic, replay size": [
             "Multiline", ["losses/sil_.*"]],
+        "exploration (--rnd-coef): predictor and intrinsic critic losses": [
+            "Multiline", ["losses/rnd_predictor_loss", "losses/rnd_value_loss"]],
+        "exploration (--rnd-coef): intrinsic reward, raw and scaled; the intrinsic critic's explained variance": [
+            "Multiline", ["losses/rnd_intrinsic_reward", "losses/rnd_scaled_intrinsic_reward", "losses/rnd_explained_variance"]],
     },
     "3. Policy statistics": {
         "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
