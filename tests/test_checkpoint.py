@@ -68,9 +68,10 @@ def _learner(cfg, seed):
     return PPOLearner(build_agent(cfg, obs_space, act_space), dataclasses.replace(cfg, seed=seed), torch.device("cpu"))
 
 
-def test_resume_gives_identical_parameters_and_the_same_next_update(tmp_path):
+@pytest.mark.parametrize("rnd_coef", [0.0, 0.5], ids=["ppo", "with-rnd"])
+def test_resume_gives_identical_parameters_and_the_same_next_update(tmp_path, rnd_coef):
     cfg = dataclasses.replace(apply_preset(PPOConfig(env_id="CartPole-v1")), normalize_obs=True, normalize_reward=True,
-                              num_minibatches=4, update_epochs=2)  # fmt: skip
+                              num_minibatches=4, update_epochs=2, rnd_coef=rnd_coef)  # fmt: skip
     learner = _learner(cfg, seed=1)
     obs_space, act_space = probe_spaces(cfg.env_id)
     with InProcessExecutor(cfg.env_id, obs_space, act_space, learner.agent, cfg.num_envs, 1, cfg.num_steps, 7) as ex:
@@ -88,6 +89,10 @@ def test_resume_gives_identical_parameters_and_the_same_next_update(tmp_path):
     for (name, a), (_, b) in zip(learner.agent.state_dict().items(), restored.agent.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert restored.reward_scaler.state_dict()["stats"].tolist() == learner.reward_scaler.state_dict()["stats"].tolist()
+    if rnd_coef:  # the predictor, intrinsic critic, whitening statistics and intrinsic scale as well
+        for (name, a), b in zip(learner.rnd.rnd.state_dict().items(), restored.rnd.rnd.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+        assert restored.rnd.reward_scaler.state_dict()["stats"].tolist() == learner.rnd.reward_scaler.state_dict()["stats"].tolist()
 
 
 def test_checkpoint_holds_observation_normalisation(tmp_path):

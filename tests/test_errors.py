@@ -110,6 +110,10 @@ def test_validate_collects_every_problem():
         (["--sil-updates", "2", "--policy-memory", "lstm"], "--sil-updates replays single transitions"),
         (["--sil-updates", "2", "--env-id", "rlgames/TicTacToe-v0"], "--sil-updates is for single-player games"),
         (["--sil-updates", "2", "--sil-capacity", "100"], "--sil-capacity 100 is smaller than one --sil-batch-size 512"),
+        (["--rnd-coef", "-0.5"], "--rnd-coef must be a finite number >= 0 (got -0.5)"),
+        (["--rnd-gamma", "1.5"], "--rnd-gamma must lie in [0, 1] (got 1.5)"),
+        (["--rnd-coef", "0.5", "--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
+        (["--rnd-coef", "0.5", "--env-id", "sc2-mock/MoveToBeacon"], "--rnd-coef reads one observation array"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

@@ -24,6 +24,7 @@ class IntrinsicTargets:
     whitened: torch.Tensor  # o_t, whitened
     next_whitened: torch.Tensor  # o_{t+1} (the next episode's first observation after an episode ended)
     target_features: torch.Tensor  # f(o_{t+1}) [T * N, F]
+    rewards: np.ndarray  # [T, N] i_t, scaled
     advantages: np.ndarray  # [T, N] A_I
     returns: torch.Tensor  # R_I, V_I's targets
     stats: dict[str, float]
@@ -68,7 +69,7 @@ class RNDLearner:
         stats = {"rnd_intrinsic_reward": float(raw.mean()), "rnd_scaled_intrinsic_reward": float(rewards.mean()),
                  "rnd_explained_variance": explained_variance(values.reshape(-1), returns.reshape(-1))}  # fmt: skip
         returns_t = torch.as_tensor(returns.reshape(-1)).to(self.device)
-        return IntrinsicTargets(whitened, next_whitened, target_features, advantages, returns_t, stats)
+        return IntrinsicTargets(whitened, next_whitened, target_features, rewards, advantages, returns_t, stats)
 
     def update(self, targets: IntrinsicTargets, learning_rate: float, epochs: int, num_minibatches: int,
                max_grad_norm: float, generator: torch.Generator) -> dict[str, float]:  # fmt: skip

@@ -1,0 +1,128 @@
+"""Random network distillation: the bonus falls where the agent has been and stays where it has not, the
+reward of each step is the novelty of the observation after it, the intrinsic return runs across episode
+ends (checked against a hand-computed sum), and the real command trains and logs with it
+(agents/rnd.py, training/ppo/exploration.py; resuming it bit-identically is in test_checkpoint.py, its
+flags' refusals in test_errors.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from training.ppo.exploration import RNDLearner
+from training.ppo.rollout import Rollout
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 8
+
+
+def _rollout(obs: np.ndarray, last_obs: np.ndarray, terminated: np.ndarray | None = None) -> Rollout:
+    """A rollout of observations [T, N, DIM] and the observations after it [N, DIM]; only what RND reads."""
+    steps, envs = obs.shape[:2]
+    zeros = np.zeros((steps, envs), np.float32)
+    return Rollout(obs={"obs": obs}, last_obs={"obs": last_obs}, actions=zeros.astype(np.int64), log_probs=zeros,
+                   values=zeros, rewards=zeros, terminated=zeros if terminated is None else terminated,
+                   truncated=zeros, bootstrap_values=zeros, last_values=zeros[0], policy_version=0)  # fmt: skip
+
+
+def _one_hots(cells: np.ndarray) -> np.ndarray:
+    return np.eye(DIM, dtype=np.float32)[cells]
+
+
+def _learner(seed: int = 0, envs: int = 4, gamma: float = 0.99, gae_lambda: float = 0.95) -> RNDLearner:
+    torch.manual_seed(seed)
+    return RNDLearner((DIM,), "obs", envs, gamma, gae_lambda, 1.0, 1e-3, torch.device("cpu"))
+
+
+def test_the_bonus_falls_on_states_visited_and_stays_on_states_never_seen():
+    learner = _learner()
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    # The agent only ever sees cells 0-3; the novelty of cells 4-7 is what must survive.
+    seen = lambda: _one_hots(rng.integers(0, 4, (16, 4)))  # noqa: E731
+    first = learner.targets(_rollout(seen(), _one_hots(rng.integers(0, 4, 4))))
+    for _ in range(60):
+        learner.update(learner.targets(_rollout(seen(), _one_hots(rng.integers(0, 4, 4)))), 1e-3, 2, 2, 0.5, generator)
+    with torch.no_grad():
+        rnd = learner.rnd
+
+        def bonus(cells):
+            x = rnd.whitened(torch.as_tensor(_one_hots(np.array(cells))))
+            return rnd.intrinsic_rewards(x, rnd.target(x))
+
+        familiar, novel = bonus([0, 1, 2, 3]), bonus([4, 5, 6, 7])
+    assert familiar.max() < 0.05 * first.stats["rnd_intrinsic_reward"]
+    assert novel.min() > 20 * familiar.max()
+
+
+def test_each_steps_bonus_is_the_novelty_of_the_observation_it_led_to():
+    learner = _learner(envs=2)
+    # Every observation of the rollout is cell 0; only the one after its last step (env 1) is new.
+    obs = _one_hots(np.zeros((5, 2), np.int64))
+    learner.targets(_rollout(obs, _one_hots(np.array([0, 0]))))  # whitening statistics: cell 0 only
+    rewards = learner.targets(_rollout(obs, _one_hots(np.array([0, 5])))).rewards
+    # The last step of env 1 led to the new cell: its bonus stands out; every other step led to cell 0.
+    others = np.delete(rewards.reshape(-1), 4 * 2 + 1)
+    assert rewards[4, 1] > 10 * others.max()
+    np.testing.assert_allclose(others, others[0], rtol=1e-6)
+
+
+def test_the_intrinsic_return_runs_on_across_episode_ends():
+    """With a critic that answers 0, GAE's advantage is sum_k (gamma lambda)^k r_{t+k}, the rewards the raw
+    prediction errors over the running std of their discounted sum: computed here by hand, and equal
+    whether or not the rollout has episode ends."""
+    gamma, lam = 0.9, 0.5
+    rng = np.random.default_rng(1)
+    obs, last = _one_hots(rng.integers(0, DIM, (6, 3))), _one_hots(rng.integers(0, DIM, 3))
+    ends = np.zeros((6, 3), np.float32)
+    ends[2, 0] = ends[4, 2] = 1.0
+    results = []
+    for terminated in (None, ends):
+        learner = _learner(seed=3, envs=3, gamma=gamma, gae_lambda=lam)
+        torch.nn.init.zeros_(learner.rnd.intrinsic_critic[-1].weight)
+        torch.nn.init.zeros_(learner.rnd.intrinsic_critic[-1].bias)
+        results.append(learner.targets(_rollout(obs, last, terminated)))
+        raw_stats = learner.reward_scaler
+    plain, ended = results
+    np.testing.assert_array_equal(plain.advantages, ended.advantages)
+
+    rnd = _learner(seed=3, envs=3).rnd  # the same networks, before any statistics
+    rnd.observe(torch.as_tensor(np.concatenate([obs[1:], last[None]]).reshape(-1, DIM)))
+    with torch.no_grad():
+        x = rnd.whitened(torch.as_tensor(np.concatenate([obs[1:], last[None]]).reshape(-1, DIM)))
+        raw = rnd.intrinsic_rewards(x, rnd.target(x)).numpy().reshape(6, 3).astype(np.float64)
+    discounted = np.zeros((6, 3))
+    running = np.zeros(3)
+    for t in range(6):  # the scaler's non-episodic discounted sums, then their variance
+        running = running * gamma + raw[t]
+        discounted[t] = running
+    assert raw_stats.var == pytest.approx(discounted.var(), rel=1e-6)
+    rewards = raw / np.sqrt(discounted.var() + 1e-8)
+    expected = np.zeros((6, 3))
+    for t in range(6):
+        expected[t] = sum((gamma * lam) ** k * rewards[t + k] for k in range(6 - t))
+    np.testing.assert_allclose(plain.advantages, expected, rtol=1e-5)
+
+
+def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
+    args = ["--rnd-coef", "0.5", "--total-timesteps", "4096", "--seed", "1", "--runs-dir", str(tmp_path),
+            "--no-progress", "--eval-episodes", "0", "--no-stop-when-solved"]  # fmt: skip
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_ppo.py"), *args], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("rnd_predictor_loss", "rnd_value_loss", "rnd_intrinsic_reward", "rnd_explained_variance"):
+        assert f"losses/{tag}" in tags
+    rewards = [e.value for e in acc.Scalars("losses/rnd_intrinsic_reward")]
+    assert all(np.isfinite(rewards)) and rewards[-1] < rewards[0]  # the predictor catches up with CartPole's states
+    # The bonus is training's business: the policy evaluates from its checkpoint like any other.
+    evaluated = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), str(run_dir), "--episodes", "2"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
