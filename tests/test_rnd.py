@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from training.ppo.config import parse_ppo_config
 from training.ppo.exploration import RNDLearner
 from training.ppo.rollout import Rollout
 
@@ -126,3 +127,9 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
     evaluated = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), str(run_dir), "--episodes", "2"],
                                capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+def test_seaquests_preset_turns_the_bonus_on_and_a_flag_turns_it_off():
+    assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0"]).rnd_coef == 0.5
+    assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--rnd-coef", "0"]).rnd_coef == 0.0
+    assert parse_ppo_config(["--env-id", "MinAtar/Breakout-v0"]).rnd_coef == 0.0
