@@ -37,12 +37,17 @@ class Symmetries:
     def __len__(self) -> int:
         return len(self.obs_perms)
 
+    def transformed(self, obs: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """[B, ...]: observation b of obs [B, ...] seen through symmetry g[b] (g [B] int)."""
+        flat = obs.reshape(len(obs), -1)
+        turned = np.take_along_axis(flat, self.obs_perms[g], 1) * self.obs_signs[g].astype(flat.dtype)
+        return turned.reshape(obs.shape)
+
     def observation_copies(self, obs: np.ndarray) -> np.ndarray:
         """[S * B, ...]: every observation of obs [B, ...] seen through every symmetry, one symmetry after
         the other (the B observations themselves first)."""
-        flat = obs.reshape(len(obs), -1)
-        turned = flat[:, self.obs_perms] * self.obs_signs.astype(flat.dtype)  # [B, S, D]
-        return turned.swapaxes(0, 1).reshape(len(self) * len(obs), *obs.shape[1:])
+        g = np.repeat(np.arange(len(self)), len(obs))
+        return self.transformed(np.tile(obs, (len(self),) + (1,) * (obs.ndim - 1)), g)
 
     def action_mask_copies(self, mask: np.ndarray) -> np.ndarray:
         """[S * B, A]: the legal actions mask [B, A] of every copy, in observation_copies' order."""

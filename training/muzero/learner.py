@@ -79,16 +79,15 @@ def apply_symmetries(
     position is a position the model must also get right (AlphaGo Zero trained on Go's eight the same
     way). In CartPole a run that fails by drifting to one end sees that end's states mirrored at the other."""
     g = rng.integers(len(symmetries), size=len(obs))
-    obs_perms, signs, action_perms = symmetries.obs_perms[g], symmetries.obs_signs[g], symmetries.action_perms[g]
+    action_perms = symmetries.action_perms[g]
     inverse = np.argsort(action_perms, axis=1)  # a move on cell c becomes a move on cell inverse[c]
-    flat = obs.reshape(len(obs), -1)
-    obs = (np.take_along_axis(flat, obs_perms, 1) * signs.astype(flat.dtype)).reshape(obs.shape)
+    obs = symmetries.transformed(obs, g)
     actions = np.take_along_axis(inverse, actions, 1)
     policies = np.take_along_axis(policies, action_perms[:, None, :], 2)
-    if next_obs is not None:
-        flat = next_obs.reshape(*next_obs.shape[:2], -1)
-        turned = np.take_along_axis(flat, obs_perms[:, None, :], 2) * signs[:, None, :].astype(flat.dtype)
-        next_obs = turned.reshape(next_obs.shape)
+    if next_obs is not None:  # [B, K, ...]: each unroll's K observations through its own symmetry
+        steps = next_obs.shape[1]
+        flat = next_obs.reshape(len(obs) * steps, *next_obs.shape[2:])
+        next_obs = symmetries.transformed(flat, np.repeat(g, steps)).reshape(next_obs.shape)
     return obs, actions, policies, next_obs
 
 
