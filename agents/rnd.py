@@ -13,11 +13,12 @@ features that barely move between states). The paper's other choices, all kept h
   - i_t is divided by the running standard deviation of its discounted sum (so one coefficient suits games
     whose errors differ by orders of magnitude);
   - the intrinsic return is non-episodic: the game's end is not the end of the novelty to be found, and
-    treating it as one would teach the agent that dying is a way out of boring states;
+    treating it as one would make the agent shy of every risk that may end the game, for the bonus it
+    would lose;
   - intrinsic and extrinsic returns have critics of their own (V_E, V_I), because the two rewards follow
     different rules (episodic or not, stationary or not): A = A_E + rnd_coef * A_I;
-  - the predictor learns on a random share of each batch (update_proportion), which keeps the bonus from
-    vanishing too fast when many envs visit the same states.
+  - the predictor learns on a random share of each batch (update_proportion): with many envs a rollout is
+    far more data than it needs, and learning all of it would shrink the bonus faster.
 
 Shapes: observations [B, *obs_shape] (a MinAtar grid [C, 10, 10], Atari frames [4, 84, 84], a vector
 [D]); features [B, F]; rewards and values [B].
