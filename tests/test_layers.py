@@ -12,8 +12,9 @@ def _in(*prefixes: str) -> set[str]:
     return {m for m in _modules() if any(m == p or m.startswith(p + ".") for p in prefixes)}
 
 
-# Each algorithm's modules: its packages, and the PPO math with the networks only PPO acts with.
-PPO_PARTS = ("training.ppo", "agents.ppo", "agents.ppo_kernel", "agents.distributions", "agents.networks", "agents.sc2_networks")
+# Each algorithm's modules: its packages, and the PPO math (its exploration bonus too) with the networks only PPO acts with.
+PPO_PARTS = ("training.ppo", "agents.ppo", "agents.ppo_kernel", "agents.distributions", "agents.networks", "agents.sc2_networks",
+             "agents.rnd")
 MUZERO_PARTS = ("training.muzero", "agents.muzero")
 # The one module that knows every algorithm: it loads any run's agent for the commands in launch/.
 EVERY_ALGORITHM = {"training.trained_agent"}
