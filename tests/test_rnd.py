@@ -36,7 +36,13 @@ def _one_hots(cells: np.ndarray) -> np.ndarray:
 
 def _learner(seed: int = 0, envs: int = 4, gamma: float = 0.99, gae_lambda: float = 0.95) -> RNDLearner:
     torch.manual_seed(seed)
-    return RNDLearner((DIM,), "obs", envs, gamma, gae_lambda, 1.0, 1e-3, torch.device("cpu"))
+    return RNDLearner((DIM,), envs, gamma, gae_lambda, 1.0, 1e-3, torch.device("cpu"))
+
+
+def _targets(learner: RNDLearner, rollout: Rollout):
+    """What the PPO learner hands RND: the rollout's observations flattened time-major, and the last ones."""
+    obs = rollout.obs["obs"]
+    return learner.targets(torch.as_tensor(obs.reshape(-1, *obs.shape[2:])), rollout.last_obs["obs"])
 
 
 def test_the_bonus_falls_on_states_visited_and_stays_on_states_never_seen():
@@ -45,9 +51,9 @@ def test_the_bonus_falls_on_states_visited_and_stays_on_states_never_seen():
     rng = np.random.default_rng(0)
     # The agent only ever sees cells 0-3; the novelty of cells 4-7 is what must survive.
     seen = lambda: _one_hots(rng.integers(0, 4, (16, 4)))  # noqa: E731
-    first = learner.targets(_rollout(seen(), _one_hots(rng.integers(0, 4, 4))))
+    first = _targets(learner, _rollout(seen(), _one_hots(rng.integers(0, 4, 4))))
     for _ in range(60):
-        learner.update(learner.targets(_rollout(seen(), _one_hots(rng.integers(0, 4, 4)))), 1e-3, 2, 2, 0.5, generator)
+        learner.update(_targets(learner, _rollout(seen(), _one_hots(rng.integers(0, 4, 4)))), 1e-3, 2, 2, 0.5, generator)
     with torch.no_grad():
         rnd = learner.rnd
 
@@ -64,8 +70,8 @@ def test_each_steps_bonus_is_the_novelty_of_the_observation_it_led_to():
     learner = _learner(envs=2)
     # Every observation of the rollout is cell 0; only the one after its last step (env 1) is new.
     obs = _one_hots(np.zeros((5, 2), np.int64))
-    learner.targets(_rollout(obs, _one_hots(np.array([0, 0]))))  # whitening statistics: cell 0 only
-    rewards = learner.targets(_rollout(obs, _one_hots(np.array([0, 5])))).rewards
+    _targets(learner, _rollout(obs, _one_hots(np.array([0, 0]))))  # whitening statistics: cell 0 only
+    rewards = _targets(learner, _rollout(obs, _one_hots(np.array([0, 5])))).rewards
     # The last step of env 1 led to the new cell: its bonus stands out; every other step led to cell 0.
     others = np.delete(rewards.reshape(-1), 4 * 2 + 1)
     assert rewards[4, 1] > 10 * others.max()
@@ -86,7 +92,7 @@ def test_the_intrinsic_return_runs_on_across_episode_ends():
         learner = _learner(seed=3, envs=3, gamma=gamma, gae_lambda=lam)
         torch.nn.init.zeros_(learner.rnd.intrinsic_critic[-1].weight)
         torch.nn.init.zeros_(learner.rnd.intrinsic_critic[-1].bias)
-        results.append(learner.targets(_rollout(obs, last, terminated)))
+        results.append(_targets(learner, _rollout(obs, last, terminated)))
         raw_stats = learner.reward_scaler
     plain, ended = results
     np.testing.assert_array_equal(plain.advantages, ended.advantages)

@@ -12,7 +12,6 @@ import torch
 from agents.ppo import NonFiniteUpdate, compute_gae, explained_variance
 from agents.rnd import RandomNetworkDistillation, rnd_loss
 from training.ppo.normalization import RewardScaler
-from training.ppo.rollout import Rollout
 
 
 @dataclass
@@ -32,12 +31,11 @@ class IntrinsicTargets:
 
 class RNDLearner:
     """The networks of agents.rnd, their own Adam (the predictor and V_I, never the target) and the running
-    scale of the intrinsic return. obs_key: which observation the networks read (a board's "obs" beside
-    its action mask)."""
+    scale of the intrinsic return."""
 
-    def __init__(self, obs_shape: tuple[int, ...], obs_key: str, num_envs: int, gamma: float, gae_lambda: float,
+    def __init__(self, obs_shape: tuple[int, ...], num_envs: int, gamma: float, gae_lambda: float,
                  update_proportion: float, learning_rate: float, device: torch.device):  # fmt: skip
-        self.obs_key, self.gamma, self.gae_lambda = obs_key, gamma, gae_lambda
+        self.gamma, self.gae_lambda = gamma, gae_lambda
         self.update_proportion, self.device = update_proportion, device
         self.rnd = RandomNetworkDistillation(obs_shape).to(device)
         trainable = [p for p in self.rnd.parameters() if p.requires_grad]
@@ -45,13 +43,14 @@ class RNDLearner:
         # The non-episodic discounted sum of intrinsic rewards, whose running std scales them.
         self.reward_scaler = RewardScaler(num_envs, gamma)
 
-    def targets(self, rollout: Rollout) -> IntrinsicTargets:
-        """The rollout's intrinsic rewards (i_t of o_{t+1}, scaled), V_I and GAE over them, with no episode
-        ends: the intrinsic return runs on across games."""
-        obs = torch.as_tensor(rollout.obs[self.obs_key]).to(self.device)
-        last = torch.as_tensor(rollout.last_obs[self.obs_key]).to(self.device)
-        steps, envs = obs.shape[:2]
-        obs = obs.reshape(steps * envs, *obs.shape[2:])
+    def targets(self, obs: torch.Tensor, last_obs: np.ndarray) -> IntrinsicTargets:
+        """A rollout's intrinsic rewards (i_t of o_{t+1}, scaled), V_I and GAE over them, with no episode
+        ends: the intrinsic return runs on across games. obs: the observations the networks read, o_0 ..
+        o_{T-1} flattened time-major [T * N, ...] on the learner's device (PPO's batch already holds them);
+        last_obs: o_T [N, ...]."""
+        last = torch.as_tensor(last_obs).to(self.device)
+        envs = len(last)
+        steps = len(obs) // envs
         # The statistics first (o_1 .. o_T), so the states rewarded are whitened like those the predictor
         # learns. Time-major: o_{t+1} of sample t * N + n is sample (t + 1) * N + n, or the last observation.
         self.rnd.observe(torch.cat([obs[envs:], last]))

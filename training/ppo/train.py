@@ -104,7 +104,7 @@ class PPOLearner:
         # Random network distillation's networks and their optimizer: learner state, undone with the update.
         self.rnd = None
         if cfg.rnd_coef > 0:
-            self.rnd = RNDLearner(agent.obs_shape, agent.obs_key, local_envs, cfg.rnd_gamma, cfg.gae_lambda,
+            self.rnd = RNDLearner(agent.obs_shape, local_envs, cfg.rnd_gamma, cfg.gae_lambda,
                                   cfg.rnd_update_proportion, cfg.learning_rate, device)  # fmt: skip
 
     def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
@@ -164,7 +164,8 @@ class PPOLearner:
         intrinsic = None
         if self.rnd is not None:
             # The exploration bonus enters the policy's advantage only; the critic keeps the game's returns.
-            intrinsic = self.rnd.targets(rollout)
+            key = self.agent.obs_key  # the observation the networks read (a board's "obs" beside its action mask)
+            intrinsic = self.rnd.targets(obs[key], rollout.last_obs[key])
             advantages = advantages + self.cfg.rnd_coef * intrinsic.advantages
 
         batch = {
