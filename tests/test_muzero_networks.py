@@ -126,6 +126,28 @@ def test_the_residual_net_for_boards_sees_the_planes_and_each_move_as_its_column
     assert (result.visit_counts.sum(-1) == 8).all()
 
 
+@pytest.mark.parametrize("action_planes", ["value", "one-hot"])
+def test_the_dynamics_see_the_action_as_one_shaded_plane_or_as_one_lit_plane_of_a(action_planes):
+    torch.manual_seed(0)
+    model = MuZeroResNet((4, 10, 10), num_actions=6, channels=8, blocks=1, support_size=5, reward_support_size=5,
+                         action_planes=action_planes)  # fmt: skip
+    seen = {}
+    model.dynamics_state.register_forward_hook(lambda m, inputs, out: seen.__setitem__("dyn", inputs[0]))
+    state, _, _ = model.initial_inference(torch.randint(0, 2, (3, 4, 10, 10)).float())
+    next_state, _, _, _ = model.recurrent_inference(state, torch.tensor([0, 3, 5]))
+    planes = seen["dyn"][:, 8:]  # beside the hidden state's 8 channels
+    assert next_state.shape == state.shape
+    if action_planes == "value":  # (a + 1) / A everywhere
+        assert planes.shape == (3, 1, 10, 10)
+        assert [len(planes[i].unique()) for i in range(3)] == [1, 1, 1]
+        torch.testing.assert_close(planes[:, 0, 0, 0], torch.tensor([1 / 6, 4 / 6, 1.0]))
+    else:  # plane a all ones, the others all zeros
+        assert planes.shape == (3, 6, 10, 10)
+        assert planes.sum((2, 3)).tolist() == [[100.0 * (a == b) for b in range(6)] for a in (0, 3, 5)]
+    with pytest.raises(ValueError, match="without a board grid, 'one-hot'"):
+        MuZeroResNet((42,), num_actions=7, board_grid=(6, 7), action_planes="one-hot")
+
+
 def test_under_a_bfloat16_autocast_the_residual_net_rounds_its_convolutions_only():
     torch.manual_seed(0)
     model = MuZeroResNet((4, 10, 10), num_actions=6, channels=16, blocks=1, support_size=10, reward_support_size=5)

@@ -345,8 +345,9 @@ def test_image_observations_train_the_residual_net(tmp_path):
     try:
         cfg = MuZeroConfig(env_id="tests/ImageCorridor-v0", runs_dir=str(tmp_path), total_timesteps=240,
                            warmup_steps=80, batch_size=16, num_simulations=4, eval_episodes=2, eval_every=0,
-                           res_channels=8, res_blocks=1, learner_precision="bfloat16", progress=False)  # fmt: skip
-        assert isinstance(build_model(cfg), MuZeroResNet)
+                           res_channels=8, res_blocks=1, learner_precision="bfloat16", action_planes="one-hot",
+                           progress=False)  # fmt: skip
+        assert isinstance(build_model(cfg), MuZeroResNet) and build_model(cfg).action_planes == "one-hot"
         result = train_muzero(cfg)
     finally:
         gym.registry.pop("tests/ImageCorridor-v0")
@@ -358,11 +359,16 @@ def test_image_observations_train_the_residual_net(tmp_path):
     assert json.loads((result.run_dir / "config.json").read_text())["resolved_learner_precision"] == "bfloat16"
 
 
-def test_bfloat16_for_an_mlp_model_is_refused_with_one_line_and_exit_2(tmp_path):
-    result = _launch("train_muzero.py", "--total-timesteps", "100", "--learner-precision", "bfloat16",
-                     "--runs-dir", str(tmp_path))  # fmt: skip
+@pytest.mark.parametrize("flags, refusal", [
+    (("--learner-precision", "bfloat16"), "--learner-precision bfloat16 is for MuZero's residual conv net"),
+    (("--action-planes", "one-hot"), "--action-planes one-hot is for image observations (MinAtar, Atari); CartPole-v1's model is an MLP"),
+    (("--env-id", "rlgames/ConnectFour-v0", "--board-net", "cnn", "--action-planes", "one-hot"),
+     "ConnectFour-v0's model sees a move as the cells it names"),
+])  # fmt: skip
+def test_image_only_settings_for_other_models_are_refused_with_one_line_and_exit_2(tmp_path, flags, refusal):
+    result = _launch("train_muzero.py", "--total-timesteps", "100", *flags, "--runs-dir", str(tmp_path))
     assert result.returncode == 2, result.stderr
-    assert "--learner-precision bfloat16 is for MuZero's residual conv net" in result.stderr
+    assert refusal in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # refused before the run folder was made
 

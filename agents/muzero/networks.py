@@ -147,7 +147,8 @@ class MuZeroResNet(MuZeroNet):
     paper's: the representation downsamples with stride-2 convolutions while the map is larger than
     `max_latent_size` (96x96 Atari frames -> 12x12 with the default), then residual blocks; the dynamics
     see the hidden state with the action as one extra plane of value (a + 1) / A (the paper's Atari
-    encoding) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
+    encoding; action_planes="value") or as A planes, the action's filled with ones (action_planes="one-hot":
+    a no-op and a move then differ by a plane, not by a shade of one) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
     convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
     With pixels=True observations are 0-255 intensities (Atari frames) and are divided by 255; others
     (MinAtar's 0/1 grids) are used as they are. With board_grid=(rows, columns) observations are a board
@@ -159,8 +160,11 @@ class MuZeroResNet(MuZeroNet):
     def __init__(self, obs_shape: Sequence[int], num_actions: int, channels: int = 32, blocks: int = 2,
                  support_size: int = 10, reward_support_size: int = 10, max_latent_size: int = 12,
                  pixels: bool = False, board_grid: tuple[int, int] | None = None,
-                 support_bin_width: float = 1.0):  # fmt: skip
+                 support_bin_width: float = 1.0, action_planes: str = "value"):  # fmt: skip
         super().__init__()
+        if action_planes not in ("value", "one-hot") or (action_planes == "one-hot" and board_grid is not None):
+            raise ValueError(f"action_planes must be 'value' or, without a board grid, 'one-hot' (got {action_planes!r})")
+        self.action_planes = action_planes
         self.support_bin_width = support_bin_width
         self.board_grid = None if board_grid is None else tuple(board_grid)
         if self.board_grid is not None:
@@ -176,7 +180,8 @@ class MuZeroResNet(MuZeroNet):
         layers.append(_conv_block(in_channels, channels))
         self.representation = nn.Sequential(*layers, *(ResidualBlock(channels) for _ in range(blocks)))
         self.latent_shape = (channels, height, width)
-        self.dynamics_state = nn.Sequential(_conv_block(channels + 1, channels), *(ResidualBlock(channels) for _ in range(blocks)))
+        action_channels = num_actions if action_planes == "one-hot" else 1
+        self.dynamics_state = nn.Sequential(_conv_block(channels + action_channels, channels), *(ResidualBlock(channels) for _ in range(blocks)))
         flat = 4 * self.latent_shape[1] * self.latent_shape[2]
         self.dynamics_reward = _Head(nn.Conv2d(channels, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(flat, 2 * reward_support_size + 1))
         self.prediction_trunk = ResidualBlock(channels)
@@ -205,6 +210,9 @@ class MuZeroResNet(MuZeroNet):
     def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         if self.board_grid is not None:
             plane = self.move_planes[action.long()].unsqueeze(1).to(state.dtype)
+        elif self.action_planes == "one-hot":
+            plane = F.one_hot(action.long(), self.num_actions).to(state.dtype)
+            plane = plane.view(-1, self.num_actions, 1, 1).expand(-1, -1, *state.shape[2:])
         else:
             plane = ((action.to(state.dtype) + 1) / self.num_actions).view(-1, 1, 1, 1).expand(-1, 1, *state.shape[2:])
         return scale_hidden_state(self.dynamics_state(torch.cat([state, plane], dim=1)))

@@ -122,6 +122,8 @@ class MuZeroConfig(RunConfig):
     """image observations and --board-net cnn: channels of the residual conv net"""
     res_blocks: int = 2
     """image observations and --board-net cnn: residual blocks in each of the representation and dynamics"""
+    action_planes: Literal["value", "one-hot"] = "value"
+    """image observations: how the dynamics see the action beside the hidden state: 'value' (one plane filled with (a + 1) / A, the paper's Atari encoding) or 'one-hot' (A planes, the action's filled with ones); boards always see a move as the cells it names"""
     support_size: int = 20
     """value and reward supports span h(x) in [-S w, S w], w the bin width (S=20, w=1: |x| up to ~440)"""
     support_bin_width: float = 1.0
@@ -253,7 +255,7 @@ def build_model(cfg: MuZeroConfig) -> MuZeroNet:
     if spaces.is_image or grid is not None:
         return MuZeroResNet(spaces.obs_shape, spaces.num_actions, cfg.res_channels, cfg.res_blocks, cfg.support_size,
                             cfg.support_size, pixels=spaces.pixels, board_grid=grid,
-                            support_bin_width=cfg.support_bin_width)  # fmt: skip
+                            support_bin_width=cfg.support_bin_width, action_planes=cfg.action_planes)  # fmt: skip
     return MuZeroMLP(int(np.prod(spaces.obs_shape)), spaces.num_actions, cfg.hidden_state, cfg.hidden_sizes,
                      cfg.support_size, cfg.support_size, cfg.support_bin_width)  # fmt: skip
 

@@ -239,6 +239,9 @@ def _validate(cfg: MuZeroConfig) -> None:
     if cfg.learner_precision == "bfloat16" and not spaces.is_image:
         raise ConfigError(f"--learner-precision bfloat16 is for MuZero's residual conv net (image observations: MinAtar, "
                           f"Atari); {cfg.env_id}'s model is an MLP: use float32 or auto")
+    if cfg.action_planes == "one-hot" and not spaces.is_image:
+        raise ConfigError(f"--action-planes one-hot is for image observations (MinAtar, Atari); {cfg.env_id}'s model "
+                          f"{'sees a move as the cells it names' if cfg.board_net == 'cnn' else 'is an MLP'}: use value")  # fmt: skip
 
 
 def train_muzero(cfg: MuZeroConfig) -> RunResult:
