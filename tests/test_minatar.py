@@ -2,6 +2,7 @@
 CNN, and PPO learning, watching and evaluating on it."""
 
 import builtins
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,31 @@ def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
     assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]
     evaluated = launch("evaluate.py", str(run_dir), "--episodes", "4", "--quiet")
     assert evaluated.returncode == 0 and "greedy: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+
+
+def test_muzero_trains_with_the_minatar_preset_and_evaluate_and_watch_play_the_run(tmp_path):
+    """The preset's residual net, one-hot action planes and consistency loss, end to end through the real
+    commands on a few hundred steps (no learning asked): the run's config carries the preset, and evaluate.py
+    and watch.py rebuild its model from it."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def launch(script, *args):
+        return subprocess.run([sys.executable, str(root / "launch" / script), *args], capture_output=True, text=True,
+                              cwd=root, timeout=300, env=env)  # fmt: skip
+
+    train = launch("train_muzero.py", "--env-id", "MinAtar/Breakout-v0", "--total-timesteps", "240", "--warmup-steps",
+                   "120", "--batch-size", "16", "--updates-per-step", "0.25", "--num-simulations", "4",
+                   "--learner-precision", "float32", "--eval-episodes", "1", "--no-progress", "--runs-dir",
+                   str(tmp_path / "runs"))  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["action_planes"], config["consistency_coef"], config["res_channels"]) == ("one-hot", 2.0, 16)
+    evaluated = launch("evaluate.py", str(run_dir), "--episodes", "2", "--quiet")
+    assert evaluated.returncode == 0 and "greedy: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+    watched = launch("watch.py", str(run_dir), "--episodes", "1", "--save")
+    assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]
 
 
 def test_conv_bodies_give_actor_and_critic_their_own_layers_after_the_shared_cnn():

@@ -469,6 +469,7 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     cfg = parse_muzero_config(["--env-id", "MinAtar/Breakout-v0"])
     assert cfg.preset == "MinAtar/Breakout-v0"
     assert (cfg.res_channels, cfg.updates_per_step, cfg.learner_precision, cfg.total_timesteps) == (16, 0.125, "auto", 200_000)
+    assert (cfg.action_planes, cfg.consistency_coef) == ("one-hot", 2.0)
     assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--res-channels", "8"]).res_channels == 8
     default = parse_muzero_config([])  # CartPole has none: the field defaults
     assert default.preset == "defaults" and default.res_channels == 32 and default.updates_per_step == 1.0

@@ -138,10 +138,15 @@ MUZERO_PRESETS: dict[str, dict] = {"defaults": {}}
 # its convolutions in bfloat16 where the CPU has it (0.18 s), and 0.125 updates per env step: self-play
 # plus learning ran at 19-22 env steps/s on one core each in two hour-long Breakout runs side by side,
 # and at 28.6 once the run skeleton kept freed memory (training/allocator.py; README, "MuZero on
-# MinAtar"), so the issue's 200k steps take ~2 hours here.
+# MinAtar"). The dynamics see the action as one-hot planes (v0's six actions, four of them no-ops in
+# Breakout, were shades of one plane, with left and right on either side of a no-op) and EfficientZero's
+# consistency loss (weight 2, its paper's) ties them to the observations reached: Breakout seed 1 then
+# scored 15.5 (last 100 games) and 18.9 (greedy) at 100k env steps, where it had 3.4 at 80k; one-hot
+# planes alone 7.5 at 100k (docs/benchmark/muzero-minatar-action-planes.md). Both cost: 22.7 env
+# steps/s side by side instead of 28.6.
 _MINATAR_MUZERO = dict(
     res_channels=16, updates_per_step=0.125, learner_precision="auto", total_timesteps=200_000, eval_every=25_000,
-    eval_episodes=10, checkpoint_every=10_000,
+    eval_episodes=10, checkpoint_every=10_000, action_planes="one-hot", consistency_coef=2.0,
 )  # fmt: skip
 MUZERO_PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_MUZERO) for game in MINATAR_GAMES for v in ("v0", "v1")})
 
