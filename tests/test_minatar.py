@@ -2,6 +2,7 @@
 CNN, and PPO learning, watching and evaluating on it."""
 
 import builtins
+import functools
 import json
 import subprocess
 import sys
@@ -103,18 +104,19 @@ def test_small_grids_get_the_minatar_cnn_and_one_thread():
     assert acted.memory.shape == (3, 64)
 
 
+def _launch(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """One of the real commands, as a fresh user runs it (a home of its own)."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "launch" / script), *args], capture_output=True, text=True,
+                          cwd=root, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
+
+
 def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
     """Random play scores 0.57 a game on MinAtar Breakout (30 games); these 98k frames of the preset
     reached last-100 means of 4.2-5.0 in seeds 1-5 (AMD EPYC, 2026-12-04; 2.56-3.03 with the 128-step
     rollouts before, 1.8-2.4 before the actor and critic bodies); it must clear 2.5. Then the run is
     watched into a video and evaluated."""
-    root = Path(__file__).resolve().parents[1]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-
-    def launch(script, *args):
-        return subprocess.run([sys.executable, str(root / "launch" / script), *args], capture_output=True, text=True,
-                              cwd=root, timeout=300, env=env)  # fmt: skip
-
+    launch = functools.partial(_launch, tmp_path)
     train = launch("train_ppo.py", "--env-id", "MinAtar/Breakout-v0", "--total-timesteps", "98304",
                    "--eval-episodes", "0", "--no-progress", "--runs-dir", str(tmp_path / "runs"))  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
@@ -131,13 +133,7 @@ def test_muzero_trains_with_the_minatar_preset_and_evaluate_and_watch_play_the_r
     """The preset's residual net, one-hot action planes and consistency loss, end to end through the real
     commands on a few hundred steps (no learning asked): the run's config carries the preset, and evaluate.py
     and watch.py rebuild its model from it."""
-    root = Path(__file__).resolve().parents[1]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-
-    def launch(script, *args):
-        return subprocess.run([sys.executable, str(root / "launch" / script), *args], capture_output=True, text=True,
-                              cwd=root, timeout=300, env=env)  # fmt: skip
-
+    launch = functools.partial(_launch, tmp_path)
     train = launch("train_muzero.py", "--env-id", "MinAtar/Breakout-v0", "--total-timesteps", "240", "--warmup-steps",
                    "120", "--batch-size", "16", "--updates-per-step", "0.25", "--num-simulations", "4",
                    "--learner-precision", "float32", "--eval-episodes", "1", "--no-progress", "--runs-dir",
