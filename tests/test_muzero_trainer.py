@@ -347,7 +347,8 @@ def test_image_observations_train_the_residual_net(tmp_path):
                            warmup_steps=80, batch_size=16, num_simulations=4, eval_episodes=2, eval_every=0,
                            res_channels=8, res_blocks=1, learner_precision="bfloat16", action_planes="one-hot",
                            progress=False)  # fmt: skip
-        assert isinstance(build_model(cfg), MuZeroResNet) and build_model(cfg).action_planes == "one-hot"
+        model = build_model(cfg)
+        assert isinstance(model, MuZeroResNet) and model.action_planes == "one-hot"
         result = train_muzero(cfg)
     finally:
         gym.registry.pop("tests/ImageCorridor-v0")

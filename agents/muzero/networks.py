@@ -148,8 +148,8 @@ class MuZeroResNet(MuZeroNet):
     `max_latent_size` (96x96 Atari frames -> 12x12 with the default), then residual blocks; the dynamics
     see the hidden state with the action as one extra plane of value (a + 1) / A (the paper's Atari
     encoding; action_planes="value") or as A planes, the action's filled with ones (action_planes="one-hot":
-    a no-op and a move then differ by a plane, not by a shade of one) and predict the reward from a 1x1-convolution summary; the prediction heads are 1x1
-    convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
+    a no-op and a move then differ by a plane, not by a shade of one), and predict the reward from a
+    1x1-convolution summary; the prediction heads are 1x1 convolutions followed by a linear layer. Hidden states are min-max scaled per sample, as for the MLP.
     With pixels=True observations are 0-255 intensities (Atari frames) and are divided by 255; others
     (MinAtar's 0/1 grids) are used as they are. With board_grid=(rows, columns) observations are a board
     game's flat boards from the mover's view, read as two planes [2, rows, columns] (own pieces, the
