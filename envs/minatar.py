@@ -15,6 +15,8 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
+from envs.seed_folding import LEGACY_NUMPY_SEEDS, fold_seed
+
 # The five games, each registered by the package as MinAtar/<game>-v0 and -v1.
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 
@@ -57,6 +59,16 @@ class ScaledFrames(gym.Wrapper):
         return frame.repeat(RENDER_SCALE, axis=0).repeat(RENDER_SCALE, axis=1)
 
 
+class FoldedSeeds(gym.Wrapper):
+    """Reset seeds the package's numpy RandomState cannot take (>= 2**32: a resumed run's, a replaced
+    worker's) folded into its range; smaller seeds pass unchanged."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        return self.env.reset(
+            seed=None if seed is None else fold_seed(seed, LEGACY_NUMPY_SEEDS), options=options
+        )
+
+
 def register_minatar() -> None:
     """The package's ids, registered once (importing minatar registers nothing by itself)."""
     if "MinAtar/Breakout-v0" not in gym.registry:
@@ -72,5 +84,7 @@ def make_minatar_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
         # The checker would warn about the package's float frames and missing frame rate, which ScaledFrames
         # turns into uint8 frames at 10 fps.
-        env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True, max_episode_steps=MAX_EPISODE_STEPS)
-    return ChannelsFirst(ScaledFrames(env))
+        env = gym.make(
+            env_id, render_mode=render_mode, disable_env_checker=True, max_episode_steps=MAX_EPISODE_STEPS
+        )
+    return ChannelsFirst(ScaledFrames(FoldedSeeds(env)))

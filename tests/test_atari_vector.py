@@ -21,7 +21,9 @@ from envs.atari import (  # noqa: E402
     make_atari_vector_env,
 )
 from envs.factory import make_env, make_vector_env, probe_spaces  # noqa: E402
+from envs.seed_folding import C_INT_SEEDS, fold_seeds  # noqa: E402
 from training.evaluation import evaluate_policy, greedy_by_default  # noqa: E402
+from training.seeds import Reseed, reseeded, rollout_seed  # noqa: E402
 
 # No random no-ops and no sticky actions: the emulator is deterministic, so one action sequence plays the
 # same game on both paths.
@@ -167,6 +169,20 @@ def test_seeds_decide_the_game():
     assert np.array_equal(first, frames([5, 6]))
     assert not np.array_equal(first[:, 0], first[:, 1])
     assert not np.array_equal(first, frames([7, 8]))
+
+
+def test_seeds_beyond_a_c_int_are_folded_into_one_as_ale_py_needs():
+    """ale-py's vector env takes C ints and refused a resumed run's seeds (2**36 and above): they are
+    folded below 2**31, the same way each time; an int seed still seeds the envs being reset in turn."""
+    seed = reseeded(rollout_seed(1), Reseed.RESUME, 128)
+    envs = make_vector_env("ALE/Breakout-v5", 2, seed=0)
+    big, _ = envs.reset(seed=[seed, seed + 1])
+    folded, _ = envs.reset(seed=list(fold_seeds([seed, seed + 1], C_INT_SEEDS)))
+    counted, _ = envs.reset(seed=seed)
+    envs.reset(seed=seed, options={"reset_mask": np.array([False, True])})  # one seed for the one env reset
+    envs.close()
+    np.testing.assert_array_equal(big, folded)
+    np.testing.assert_array_equal(big, counted)
 
 
 def test_single_env_builds_follow_the_run_options():

@@ -16,6 +16,8 @@ import torch
 from agents.networks import ActorCritic, GridCNN
 from envs.factory import EnvSpecError, check_env_id, is_heavy, make_env, make_vector_env, probe_spaces
 from envs.minatar import MAX_EPISODE_STEPS, RENDER_SCALE
+from envs.seed_folding import LEGACY_NUMPY_SEEDS, fold_seed
+from training.seeds import Reseed, reseeded, self_play_seed
 
 pytest.importorskip("minatar")
 
@@ -61,6 +63,21 @@ def test_the_same_seed_plays_the_same_game_and_sticky_actions_follow_it():
     np.testing.assert_array_equal(a, b)
     assert returns_a == returns_b and len(returns_a) > 0
     assert not np.array_equal(a, c)
+
+
+def test_a_restarted_envs_seed_beyond_numpys_legacy_range_plays_its_own_game():
+    """A resumed run starts its envs on seeds from 2**36 (training.seeds), which MinAtar's RandomState
+    refused, so no MinAtar run could resume: such a seed is folded below 2**32, the same way each time."""
+    seed = reseeded(self_play_seed(1), Reseed.RESUME, 44_784)
+    assert seed >= LEGACY_NUMPY_SEEDS
+    actions = np.random.default_rng(0).integers(0, 6, 300)
+    a, _ = _play("MinAtar/Breakout-v0", seed, actions)
+    b, _ = _play("MinAtar/Breakout-v0", seed, actions)
+    folded, _ = _play("MinAtar/Breakout-v0", fold_seed(seed, LEGACY_NUMPY_SEEDS), actions)
+    first, _ = _play("MinAtar/Breakout-v0", self_play_seed(1), actions)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[:, 0], folded[:, 0])  # env 0's seed is `seed`; env 1's is seed + 1
+    assert not np.array_equal(a, first)
 
 
 def test_a_seaquest_sub_that_never_dives_is_cut_by_the_time_limit_not_ended():
@@ -146,6 +163,10 @@ def test_muzero_trains_with_the_minatar_preset_and_evaluate_and_watch_play_the_r
     assert evaluated.returncode == 0 and "greedy: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
     watched = launch("watch.py", str(run_dir), "--episodes", "1", "--save")
     assert watched.returncode == 0 and ".mp4" in watched.stdout, watched.stderr[-3000:]
+    # A resumed run's envs start on seeds past numpy's legacy range, which MinAtar once refused.
+    resumed = launch("train_muzero.py", "--resume", str(run_dir), "--total-timesteps", "320", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_000000000320.pt" in {p.name for p in (run_dir / "checkpoints").iterdir()}
 
 
 def test_conv_bodies_give_actor_and_critic_their_own_layers_after_the_shared_cnn():

@@ -11,6 +11,9 @@ rebuilt after an env raised or gave NaN. Their seeds are drawn from a hash of th
 and how many times, into a range that no experiment seed (numpy's [0, 2**32)) plus any other role's
 offset reaches: a restarted env never replays an evaluation's starts, nor another env's. The offsets of
 the first three roles are the ones runs have always used, so fresh runs keep their trajectories.
+
+A simulator with a narrower seed type (MinAtar's numpy RandomState, ale-py's vector env and StarCraft II
+take 32- or 31-bit seeds) folds a larger seed into its range at the env (envs/seed_folding.py).
 """
 
 from __future__ import annotations
