@@ -140,12 +140,12 @@ MUZERO_PRESETS: dict[str, dict] = {"defaults": {}}
 # and at 28.6 once the run skeleton kept freed memory (training/allocator.py; README, "MuZero on
 # MinAtar"). The dynamics see the action as one-hot planes (v0's six actions, four of them no-ops in
 # Breakout, were shades of one plane, with left and right on either side of a no-op) and EfficientZero's
-# consistency loss (weight 2, its paper's) ties them to the observations reached: Breakout seed 1 then
-# scored 15.5 (last 100 games) and 18.9 (greedy) at 100k env steps, where it had 3.4 at 80k; one-hot
-# planes alone 7.5 at 100k; seeds 2 and 3, stopped unfinished, 11.0 at 119k and 6.5 at 45k: 1 of 3 past
-# 17.5 so far (docs/benchmark/muzero-minatar-action-planes.md). The cost: an update takes 0.32 s against
-# 0.27-0.28 with one-hot planes alone beside it (one core each); two such runs side by side made 22-23
-# env steps/s.
+# consistency loss (weight 2, its paper's) ties them to the observations reached. Breakout, 3 seeds: seed 1
+# passed 17.5 (last 100 games) at 111k env steps and 84 minutes, seed 3 at 176k and 92 minutes (greedy
+# 27.7 at 200k, in 104 minutes), seed 2 was at 11.0 when stopped at 119k: 2 of 3, where the old preset
+# had 3.4 at 80k and one-hot planes alone 7.5 at 100k (docs/benchmark/muzero-minatar-action-planes.md).
+# An update takes 0.32 s on one thread (0.27-0.28 with one-hot planes alone beside it) and 0.18-0.19 s
+# with both cores: 37 env steps/s alone, 22-23 with two runs side by side.
 _MINATAR_MUZERO = dict(
     res_channels=16, updates_per_step=0.125, learner_precision="auto", total_timesteps=200_000, eval_every=25_000,
     eval_episodes=10, checkpoint_every=10_000, action_planes="one-hot", consistency_coef=2.0,
