@@ -10,12 +10,4 @@ from envs.factory import (
     solved_return,
 )
 
-__all__ = [
-    "SOLVED_RETURN",
-    "EnvSpecError",
-    "check_env_id",
-    "make_env",
-    "make_vector_env",
-    "probe_spaces",
-    "solved_return",
-]
+__all__ = ["SOLVED_RETURN", "EnvSpecError", "check_env_id", "make_env", "make_vector_env", "probe_spaces", "solved_return"]

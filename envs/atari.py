@@ -48,16 +48,12 @@ class AtariOptions:
 def atari_problems(options: AtariOptions) -> list[str]:
     problems = []
     if options.num_threads < 0:
-        problems.append(
-            f"--atari.num-threads must be >= 0 (0 = one per usable core), got {options.num_threads}"
-        )
+        problems.append(f"--atari.num-threads must be >= 0 (0 = one per usable core), got {options.num_threads}")
     if options.noop_max < 0:
         problems.append(f"--atari.noop-max must be >= 0, got {options.noop_max}")
     p = options.repeat_action_probability
     if p is not None and not 0.0 <= p < 1.0:
-        problems.append(
-            f"--atari.repeat-action-probability must be in [0, 1) (or None for the env id's own), got {p}"
-        )
+        problems.append(f"--atari.repeat-action-probability must be in [0, 1) (or None for the env id's own), got {p}")
     return problems
 
 
@@ -72,9 +68,7 @@ def _game_settings(env_id: str, options: AtariOptions) -> dict[str, Any]:
         "game": kwargs["game"],
         "full_action_space": kwargs.get("full_action_space", False),
         "max_num_frames_per_episode": kwargs.get("max_num_frames_per_episode", 108_000),
-        "repeat_action_probability": sticky
-        if options.repeat_action_probability is None
-        else options.repeat_action_probability,
+        "repeat_action_probability": sticky if options.repeat_action_probability is None else options.repeat_action_probability,
     }
 
 
@@ -102,19 +96,14 @@ class NoopsThenFire(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, info
 
 
-def make_atari_env(
-    env_id: str, render_mode: str | None = None, options: AtariOptions | None = None
-) -> gym.Env:
+def make_atari_env(env_id: str, render_mode: str | None = None, options: AtariOptions | None = None) -> gym.Env:
     """One game behind gymnasium's wrappers (the rendering path, and `--atari.vector wrappers`)."""
     options = options or AtariOptions()
     settings = _game_settings(env_id, options)
     # frameskip=1 in the emulator: AtariPreprocessing does the skipping with a max over the last two
     # frames, which removes the flicker of sprites drawn on alternate frames.
     env = gym.make(
-        env_id,
-        frameskip=1,
-        render_mode=render_mode,
-        repeat_action_probability=settings["repeat_action_probability"],
+        env_id, frameskip=1, render_mode=render_mode, repeat_action_probability=settings["repeat_action_probability"]
     )
     # Episode statistics before reward clipping, so that the logged return is the game score; counted in
     # emulator frames, below the frame skip.
@@ -149,9 +138,7 @@ class AtariVectorEpisodes(gym.vector.VectorWrapper):
 
     def reset(self, *, seed: int | list[int] | np.ndarray | None = None, options: dict | None = None):
         if isinstance(seed, (int, np.integer)):  # consecutive seeds for the envs being reset, as ale-py does
-            seed = int(seed) + np.arange(
-                np.count_nonzero((options or {}).get("reset_mask", np.ones(self.num_envs)))
-            )
+            seed = int(seed) + np.arange(np.count_nonzero((options or {}).get("reset_mask", np.ones(self.num_envs))))
         if seed is not None:  # ale-py takes C ints: a larger seed (a resumed run's) is folded into them
             seed = fold_seeds(seed, C_INT_SEEDS)
         obs, info = self.env.reset(seed=seed, options=options)
@@ -178,9 +165,7 @@ class AtariVectorEpisodes(gym.vector.VectorWrapper):
         return obs, np.sign(reward).astype(np.float32), terminated, truncated, info
 
 
-def make_atari_vector_env(
-    env_id: str, num_envs: int, options: AtariOptions | None = None
-) -> AtariVectorEpisodes:
+def make_atari_vector_env(env_id: str, num_envs: int, options: AtariOptions | None = None) -> AtariVectorEpisodes:
     """`num_envs` games of `env_id` in one AtariVectorEnv, not reset yet (see make_vector_env)."""
     from ale_py.vector_env import AtariVectorEnv
 

@@ -116,10 +116,7 @@ class TwoPlayerBoardEnv(gym.Env):
         raise NotImplementedError
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {
-            "obs": self.board.ravel().astype(np.float32),
-            "action_mask": self.legal_moves().astype(np.int8),
-        }
+        return {"obs": self.board.ravel().astype(np.float32), "action_mask": self.legal_moves().astype(np.int8)}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -264,10 +261,7 @@ def lookahead_moves(board: np.ndarray, plies: int = 4) -> list[int]:
     from envs.connect_four_lookahead import lookahead_value
 
     children = _children(*_bitboards(np.asarray(board).reshape(ROWS, COLUMNS)))
-    values = {
-        c: 1 if won else -lookahead_value(theirs, after, plies - 1)
-        for c, (theirs, after, won) in children.items()
-    }
+    values = {c: 1 if won else -lookahead_value(theirs, after, plies - 1) for c, (theirs, after, won) in children.items()}
     best = max(values.values())
     return [c for c, v in values.items() if v == best]
 

@@ -42,3 +42,5 @@ def lookahead_value(mine: int, occupied: int, plies: int) -> int:
             if best == 1:
                 break
     return best
+
+

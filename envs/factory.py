@@ -34,7 +34,6 @@ SOLVED_RETURN: dict[str, float] = {
     "MountainCarContinuous-v0": 90.0,
 }
 
-
 def solved_return(env_id: str, stop_return: float | None = None) -> float | None:
     """The score at which a run on env_id counts as solved: `stop_return` when one is given (--stop-return),
     else the env's own: SOLVED_RETURN, or for a board game whose fixed opponent is perfect a mean result
@@ -95,9 +94,7 @@ def _env_class(env_id: str) -> Any:
     if env_id not in gym.registry:
         return None
     entry_point = gym.spec(env_id).entry_point
-    return (
-        gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
-    )
+    return gym.envs.registration.load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
 
 
 def is_two_player(env_id: str) -> bool:
@@ -145,14 +142,10 @@ def check_env_id(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise EnvSpecError(
-        f"unknown env id '{env_id}'.{hint} (`python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them)"
-    )
+    raise EnvSpecError(f"unknown env id '{env_id}'.{hint} (`python -c \"import gymnasium; gymnasium.pprint_registry()\"` lists them)")
 
 
-def _build_env(
-    env_id: str, seed: int, render_mode: str | None, env_kwargs: Mapping[str, Any] | None = None
-) -> gym.Env:
+def _build_env(env_id: str, seed: int, render_mode: str | None, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
     check_env_id(env_id)
     try:
         if is_atari(env_id):

@@ -64,9 +64,7 @@ class FoldedSeeds(gym.Wrapper):
     worker's) folded into its range; smaller seeds pass unchanged."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        return self.env.reset(
-            seed=None if seed is None else fold_seed(seed, LEGACY_NUMPY_SEEDS), options=options
-        )
+        return self.env.reset(seed=None if seed is None else fold_seed(seed, LEGACY_NUMPY_SEEDS), options=options)
 
 
 def register_minatar() -> None:
@@ -84,7 +82,5 @@ def make_minatar_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         warnings.filterwarnings("ignore", message=".*is out of date", category=DeprecationWarning)
         # The checker would warn about the package's float frames and missing frame rate, which ScaledFrames
         # turns into uint8 frames at 10 fps.
-        env = gym.make(
-            env_id, render_mode=render_mode, disable_env_checker=True, max_episode_steps=MAX_EPISODE_STEPS
-        )
+        env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True, max_episode_steps=MAX_EPISODE_STEPS)
     return ChannelsFirst(ScaledFrames(FoldedSeeds(env)))

@@ -21,9 +21,7 @@ class MaskVelocity(gym.ObservationWrapper):
         super().__init__(env)
         self.keep = np.array(keep)
         space = env.observation_space
-        self.observation_space = gym.spaces.Box(
-            space.low[self.keep], space.high[self.keep], dtype=space.dtype
-        )
+        self.observation_space = gym.spaces.Box(space.low[self.keep], space.high[self.keep], dtype=space.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return observation[self.keep]

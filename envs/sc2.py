@@ -72,13 +72,7 @@ class SC2Options:
     """feature-minimap resolution (M x M)"""
     step_mul: int = 8
     """game steps per agent step (8 is ~180 actions per minute at normal speed)"""
-    screen_features: tuple[str, ...] = (
-        "player_relative",
-        "unit_type",
-        "selected",
-        "unit_hit_points_ratio",
-        "unit_density",
-    )
+    screen_features: tuple[str, ...] = ("player_relative", "unit_type", "selected", "unit_hit_points_ratio", "unit_density")
     """feature-screen layers the agent sees, by pysc2 name ('all' for all 27)"""
     minimap_features: tuple[str, ...] = ("player_relative", "selected", "visibility_map", "camera")
     """feature-minimap layers the agent sees, by pysc2 name ('all' for all 11)"""
@@ -140,11 +134,7 @@ def check_game_installed(map_name: str | None) -> None:
     folder = "mini_games" if map_name in MINI_GAMES else "Melee"
     map_file = base / "Maps" / folder / f"{map_name}.SC2Map"
     if not map_file.is_file():
-        source = (
-            MINI_GAMES_URL
-            if map_name in MINI_GAMES
-            else "the Melee map pack (https://github.com/Blizzard/s2client-proto#map-packs)"
-        )
+        source = MINI_GAMES_URL if map_name in MINI_GAMES else "the Melee map pack (https://github.com/Blizzard/s2client-proto#map-packs)"
         raise SC2NotFoundError(f"map {map_name} not found at {map_file}: unzip {source} into {base / 'Maps'}")
 
 
@@ -184,12 +174,8 @@ class SC2Interface:
             unknown = [n for n in options.functions if n not in by_name]
             if unknown:
                 hint = difflib.get_close_matches(unknown[0], by_name, n=3)
-                raise SC2OptionsError(
-                    f"--sc2.functions: unknown pysc2 functions {unknown}{f' (did you mean {hint}?)' if hint else ''}"
-                )
-            names = list(
-                dict.fromkeys(("no_op", *options.functions))
-            )  # no_op stands in for unavailable calls
+                raise SC2OptionsError(f"--sc2.functions: unknown pysc2 functions {unknown}{f' (did you mean {hint}?)' if hint else ''}")
+            names = list(dict.fromkeys(("no_op", *options.functions)))  # no_op stands in for unavailable calls
             self.functions = [by_name[n] for n in names]
         else:
             self.functions = list(all_functions)
@@ -224,9 +210,7 @@ class SC2Interface:
     def _layer_box(self, layers: list, size: int) -> gym.spaces.Box:
         # Categorical layers are ids below their scale; numeric ones (hit points, energy) can exceed theirs.
         categorical = self.sc.features.FeatureType.CATEGORICAL
-        high = np.array(
-            [layer.scale - 1 if layer.type == categorical else np.iinfo(np.int32).max for layer in layers]
-        )
+        high = np.array([layer.scale - 1 if layer.type == categorical else np.iinfo(np.int32).max for layer in layers])
         high = np.broadcast_to(high[:, None, None], (len(layers), size, size)).astype(np.int32)
         return gym.spaces.Box(0, high, dtype=np.int32)
 
@@ -387,19 +371,12 @@ class StarCraft2Env(gym.Env):
             screen = np.zeros((o.screen_size, o.screen_size), dtype=np.int32)
             minimap = np.zeros((o.minimap_size, o.minimap_size), dtype=np.int32)
         else:
-            screen = np.asarray(self._last_obs["feature_screen"])[
-                features.SCREEN_FEATURES.player_relative.index
-            ]
-            minimap = np.asarray(self._last_obs["feature_minimap"])[
-                features.MINIMAP_FEATURES.player_relative.index
-            ]
+            screen = np.asarray(self._last_obs["feature_screen"])[features.SCREEN_FEATURES.player_relative.index]
+            minimap = np.asarray(self._last_obs["feature_minimap"])[features.MINIMAP_FEATURES.player_relative.index]
         # Upscale both to a common height of at least 256 pixels (nearest neighbour keeps the cells sharp).
         height = max(256, o.screen_size, o.minimap_size)
         panels = []
-        for layer, grid in (
-            (features.SCREEN_FEATURES.player_relative, screen),
-            (features.MINIMAP_FEATURES.player_relative, minimap),
-        ):
+        for layer, grid in ((features.SCREEN_FEATURES.player_relative, screen), (features.MINIMAP_FEATURES.player_relative, minimap)):
             rgb = np.asarray(layer.color(grid), dtype=np.uint8)
             k = math.ceil(height / grid.shape[0])
             panels.append(np.kron(rgb, np.ones((k, k, 1), dtype=np.uint8))[:height, :height])
@@ -421,9 +398,7 @@ def register_sc2_envs() -> None:
         for prefix, mock in ((SC2_PREFIX, False), (MOCK_PREFIX, True)):
             env_id = prefix + map_name
             if env_id not in gym.registry:
-                gym.register(
-                    env_id, entry_point="envs.sc2:StarCraft2Env", kwargs={"map_name": map_name, "mock": mock}
-                )
+                gym.register(env_id, entry_point="envs.sc2:StarCraft2Env", kwargs={"map_name": map_name, "mock": mock})
     for map_name in SIM_MAPS:
         if SIM_PREFIX + map_name not in gym.registry:
             gym.register(SIM_PREFIX + map_name, entry_point="envs.sc2:StarCraft2Env",

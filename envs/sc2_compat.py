@@ -79,9 +79,7 @@ class _S2ClientProtocolFinder(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.origin is None:
             return None
-        return importlib.util.spec_from_file_location(
-            fullname, spec.origin, loader=_DescriptorPoolLoader(spec.origin)
-        )
+        return importlib.util.spec_from_file_location(fullname, spec.origin, loader=_DescriptorPoolLoader(spec.origin))
 
 
 def _fixed_shuffled_hue(scale: int):
@@ -111,9 +109,7 @@ def apply() -> None:
             f"StarCraft II envs need pysc2, which is not installed ({e}): run pip install -e '.[sc2]'"
         ) from None
     if "pysc2.lib.features" in sys.modules and colors.shuffled_hue is not _fixed_shuffled_hue:
-        raise ImportError(
-            "pysc2.lib.features was imported before envs.sc2_compat.apply(); import pysc2 through it"
-        )
+        raise ImportError("pysc2.lib.features was imported before envs.sc2_compat.apply(); import pysc2 through it")
     colors.shuffled_hue = _fixed_shuffled_hue
     _applied = True
 

@@ -97,9 +97,7 @@ class UnitType:
 
 
 # 3.15 per second at Faster is 2.25 per game second at Normal, 16 loops: 0.140625 per loop, exactly.
-MARINE = UnitType(
-    48, 45.0, 0.375, speed=2.25 / 16, damage=6.0, weapon_range=5.0, cooldown=0.61 * 22.4, sight=9.0
-)
+MARINE = UnitType(48, 45.0, 0.375, speed=2.25 / 16, damage=6.0, weapon_range=5.0, cooldown=0.61 * 22.4, sight=9.0)
 ROACH = UnitType(110, 145.0, 0.625, speed=2.25 / 16, armour=1.0, damage=16.0, weapon_range=4.0,
                  cooldown=1.43 * 22.4, sight=9.0)  # fmt: skip
 BEACON = UnitType(317, 0.0, 1.0)
@@ -124,9 +122,7 @@ class Unit:
     cooldown: float = 0.0
     orders: list[Order] = field(default_factory=list)
     alive: bool = True
-    target: Unit | None = (
-        None  # the enemy it acquired by itself (idle, held, attack-moving); kept while it can
-    )
+    target: Unit | None = None  # the enemy it acquired by itself (idle, held, attack-moving); kept while it can
 
     def __post_init__(self):
         self.hp = self.hp or self.kind.hit_points
@@ -468,9 +464,7 @@ class SimulatedSC2Env:
     def _timestep(self, step_type, reward: float, discount: float):
         self._proto = self._render()
         obs = self._features.transform_obs(self._proto)  # available_actions included, from the abilities
-        return self.sc.environment.TimeStep(
-            step_type=step_type, reward=reward, discount=discount, observation=obs
-        )
+        return self.sc.environment.TimeStep(step_type=step_type, reward=reward, discount=discount, observation=obs)
 
     # --- coordinates --------------------------------------------------------------------------------------
     def _screen_scale(self) -> float:
@@ -513,11 +507,7 @@ class SimulatedSC2Env:
             own = unit if unit is not None and unit.alliance == SELF else None
             kind = select.type  # 1 select, 2 toggle, 3 all of the type, 4 add all of the type (sc_pb's enum)
             if kind == 2 and own is not None:
-                self.selection = (
-                    [u for u in self.selection if u is not own]
-                    if own in self.selection
-                    else [*self.selection, own]
-                )
+                self.selection = [u for u in self.selection if u is not own] if own in self.selection else [*self.selection, own]
             elif kind in (3, 4) and own is not None:
                 same = [u for u in self.game.own() if u.kind is own.kind and self._on_screen(u)]
                 self._select(same, add=kind == 4)
@@ -636,9 +626,7 @@ class SimulatedSC2Env:
         # Terrain: the playable area is pathable, visible (fog is off on these maps) and flat.
         xs = self.camera[0] + (np.arange(w) + 0.5 - w / 2) / k
         ys = self.camera[1] - (np.arange(h) + 0.5 - h / 2) / k
-        inside = ((ys >= self.game.bottom) & (ys <= self.game.top))[:, None] & (
-            (xs >= self.game.left) & (xs <= self.game.right)
-        )[None, :]
+        inside = ((ys >= self.game.bottom) & (ys <= self.game.top))[:, None] & ((xs >= self.game.left) & (xs <= self.game.right))[None, :]
         selected = set(map(id, self.selection))
         for unit in self.game.units:
             if not unit.alive:
@@ -677,10 +665,7 @@ class SimulatedSC2Env:
 
     def _draw_minimap(self, renders) -> None:
         w, h = self.minimap_size
-        layers = {
-            name: np.zeros((h, w), np.int32)
-            for name in ("player_relative", "player_id", "selected", "camera")
-        }
+        layers = {name: np.zeros((h, w), np.int32) for name in ("player_relative", "player_id", "selected", "camera")}
         sx, sy = w / MAP_SIZE, h / MAP_SIZE
 
         def box(x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
@@ -692,9 +677,7 @@ class SimulatedSC2Env:
         inside = np.zeros((h, w), np.int32)
         inside[playable] = 1
         half = CAMERA_WIDTH / 2
-        layers["camera"][
-            box(self.camera[0] - half, self.camera[0] + half, self.camera[1] - half, self.camera[1] + half)
-        ] = 1
+        layers["camera"][box(self.camera[0] - half, self.camera[0] + half, self.camera[1] - half, self.camera[1] + half)] = 1
         selected = set(map(id, self.selection))
         for unit in game.units:
             if unit.alive:
