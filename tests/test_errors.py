@@ -114,6 +114,7 @@ def test_validate_collects_every_problem():
         (["--rnd-gamma", "1.5"], "--rnd-gamma must lie in [0, 1] (got 1.5)"),
         (["--rnd-coef", "0.5", "--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
         (["--rnd-coef", "0.5", "--env-id", "sc2-mock/MoveToBeacon"], "--rnd-coef reads one observation array"),
+        (["--anneal-rnd"], "--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

@@ -4,6 +4,7 @@ ends (checked against a hand-computed sum), and the real command trains and logs
 (agents/rnd.py, training/ppo/exploration.py; resuming it bit-identically is in test_checkpoint.py, its
 flags' refusals in test_errors.py)."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from training.ppo.config import parse_ppo_config
+from envs import probe_spaces
+from training.ppo.config import PPOConfig, apply_preset, parse_ppo_config
+from training.ppo.executors import InProcessExecutor
 from training.ppo.exploration import RNDLearner
 from training.ppo.rollout import Rollout
+from training.ppo.train import PPOLearner, build_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -115,8 +119,34 @@ def test_the_intrinsic_return_runs_on_across_episode_ends():
     np.testing.assert_allclose(plain.advantages, expected, rtol=1e-5)
 
 
+def test_at_a_bonus_weight_of_zero_the_policy_learns_what_plain_ppo_learns():
+    """--anneal-rnd's last updates weigh the bonus by ~0: the policy's step is then plain PPO's, bit for bit,
+    while the predictor and the intrinsic critic go on learning."""
+    cfg = dataclasses.replace(apply_preset(PPOConfig(env_id="CartPole-v1")), num_minibatches=4, update_epochs=2)
+    obs_space, act_space = probe_spaces(cfg.env_id)
+    learners = []
+    for rnd_coef in (0.0, 0.5):
+        torch.manual_seed(1)
+        learners.append(PPOLearner(build_agent(cfg, obs_space, act_space), dataclasses.replace(cfg, rnd_coef=rnd_coef),
+                                   torch.device("cpu")))  # fmt: skip
+    plain, bonus = learners
+    with InProcessExecutor(cfg.env_id, obs_space, act_space, plain.agent, cfg.num_envs, 1, cfg.num_steps, 7) as ex:
+        rollout = ex.collect()
+    predictor_before = [p.clone() for p in bonus.rnd.rnd.predictor.parameters()]
+    plain.update(rollout, 1e-3)
+    bonus.update(rollout, 1e-3, rnd_coef=0.0)
+    for (name, a), b in zip(plain.agent.state_dict().items(), bonus.agent.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(predictor_before, bonus.rnd.rnd.predictor.parameters(), strict=True))
+    # At its full weight the bonus moves the policy elsewhere.
+    torch.manual_seed(1)
+    weighted = PPOLearner(build_agent(cfg, obs_space, act_space), dataclasses.replace(cfg, rnd_coef=0.5), torch.device("cpu"))
+    weighted.update(rollout, 1e-3)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.agent.parameters(), weighted.agent.parameters(), strict=True))
+
+
 def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
-    args = ["--rnd-coef", "0.5", "--total-timesteps", "4096", "--seed", "1", "--runs-dir", str(tmp_path),
+    args = ["--rnd-coef", "0.5", "--anneal-rnd", "--total-timesteps", "4096", "--seed", "1", "--runs-dir", str(tmp_path),
             "--no-progress", "--eval-episodes", "0", "--no-stop-when-solved"]  # fmt: skip
     result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_ppo.py"), *args], capture_output=True,
                             text=True, cwd=ROOT, timeout=300)  # fmt: skip
@@ -129,6 +159,11 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
         assert f"losses/{tag}" in tags
     rewards = [e.value for e in acc.Scalars("losses/rnd_intrinsic_reward")]
     assert all(np.isfinite(rewards)) and rewards[-1] < rewards[0]  # the predictor catches up with CartPole's states
+    # --anneal-rnd: the bonus's weight falls linearly from 0.5 at the first update to 0 at the end.
+    coefs = [e.value for e in acc.Scalars("charts/rnd_coef")]
+    updates = len(coefs)
+    assert updates > 2
+    np.testing.assert_allclose(coefs, [0.5 * (1 - i / updates) for i in range(updates)], rtol=1e-6)
     # The bonus is training's business: the policy evaluates from its checkpoint like any other.
     evaluated = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), str(run_dir), "--episodes", "2"],
                                capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip

@@ -91,6 +91,8 @@ class PPOConfig(RunConfig):
     """weight of the self-imitation value loss (the paper's beta, 0.01)"""
     rnd_coef: float = 0.0
     """random network distillation (Burda et al. 2018; agents/rnd.py): an exploration bonus, the prediction error of a trained network against a fixed random one on the states reached, with a critic of its own and a non-episodic return; PPO's advantage becomes A_extrinsic + rnd_coef * A_intrinsic (the paper's 2:1 = 0.5); for games whose reward needs a discovery (MinAtar Seaquest's surfacing); 0 = off"""
+    anneal_rnd: bool = False
+    """decay rnd_coef linearly to 0 over total_timesteps, as anneal_lr does the learning rate: the bonus drives the search for what the reward needs early, and the policy plays for the score alone by the end (a constant bonus strong enough to find Seaquest's surfacing kept the policy exploring instead of scoring)"""
     rnd_gamma: float = 0.99
     """discount of the intrinsic return (the paper's 0.99)"""
     rnd_update_proportion: float = 0.25
@@ -494,7 +496,8 @@ def self_imitation_problems(cfg: PPOConfig) -> list[str]:
 def exploration_problems(cfg: PPOConfig) -> list[str]:
     """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner."""
     if cfg.rnd_coef <= 0:
-        return []
+        return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"
+                ] if cfg.anneal_rnd else []
     problems = []
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")

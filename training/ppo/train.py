@@ -107,11 +107,12 @@ class PPOLearner:
             self.rnd = RNDLearner(agent.obs_shape, local_envs, cfg.rnd_gamma, cfg.gae_lambda,
                                   cfg.rnd_update_proportion, cfg.learning_rate, device)  # fmt: skip
 
-    def update(self, rollout: Rollout, learning_rate: float) -> dict[str, float] | None:
-        """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite."""
+    def update(self, rollout: Rollout, learning_rate: float, rnd_coef: float | None = None) -> dict[str, float] | None:
+        """One PPO update on a rollout; its statistics, or None when it was skipped as non-finite. rnd_coef:
+        this update's weight of the exploration bonus (None: the config's rnd_coef)."""
         before = _cloned(self.state_dict())
         try:
-            stats = self._update(rollout, learning_rate)
+            stats = self._update(rollout, learning_rate, self.cfg.rnd_coef if rnd_coef is None else rnd_coef)
         except NonFiniteUpdate:
             self.load_state_dict(before)
             self.skipped_updates += 1
@@ -120,7 +121,7 @@ class PPOLearner:
         self.skipped_in_a_row = 0
         return stats
 
-    def _update(self, rollout: Rollout, learning_rate: float) -> dict[str, float]:
+    def _update(self, rollout: Rollout, learning_rate: float, rnd_coef: float) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         rewards = rollout.rewards
@@ -166,7 +167,7 @@ class PPOLearner:
             # The exploration bonus enters the policy's advantage only; the critic keeps the game's returns.
             key = self.agent.obs_key  # the observation the networks read (a board's "obs" beside its action mask)
             intrinsic = self.rnd.targets(obs[key], rollout.last_obs[key])
-            advantages = advantages + self.cfg.rnd_coef * intrinsic.advantages
+            advantages = advantages + rnd_coef * intrinsic.advantages
 
         batch = {
             "obs": obs,
@@ -299,6 +300,8 @@ PPO_DASHBOARD_LAYOUT = {
             "Multiline", ["losses/rnd_predictor_loss", "losses/rnd_value_loss"]],
         "exploration (--rnd-coef): intrinsic reward, raw and scaled; the intrinsic critic's explained variance": [
             "Multiline", ["losses/rnd_intrinsic_reward", "losses/rnd_scaled_intrinsic_reward", "losses/rnd_explained_variance"]],
+        "exploration (--rnd-coef): the bonus's weight in the advantage (falls to 0 with --anneal-rnd)": [
+            "Multiline", ["charts/rnd_coef"]],
     },
     "3. Policy statistics": {
         "KL to the acting policy": ["Multiline", ["losses/approx_kl", "losses/old_approx_kl"]],
@@ -400,9 +403,12 @@ class PPOAlgorithm(Algorithm):
 
     def step(self, global_step: int) -> StepReport:
         cfg = self.cfg
-        lr = cfg.learning_rate
+        lr, rnd_coef = cfg.learning_rate, cfg.rnd_coef
+        remaining = 1.0 - self.iteration / cfg.num_iterations
         if cfg.anneal_lr:
-            lr *= 1.0 - self.iteration / cfg.num_iterations
+            lr *= remaining
+        if cfg.anneal_rnd:
+            rnd_coef *= remaining
         t0 = time.perf_counter()
         with self.watching(f"collecting a rollout of {cfg.env_id} in this process"):
             rollout = self.executor.collect_next() if cfg.async_rollouts else self.executor.collect()
@@ -410,7 +416,7 @@ class PPOAlgorithm(Algorithm):
         policy_lag = self.iteration - rollout.policy_version
         self.consistent = False  # from here to the new weights, a crash leaves the learner half-updated
         self.iteration += 1
-        stats = self.learner.update(rollout, lr)
+        stats = self.learner.update(rollout, lr, rnd_coef)
         self.executor.set_weights(self.agent.state_dict(), self.iteration)
         self.consistent = True
         t2 = time.perf_counter()
@@ -421,6 +427,7 @@ class PPOAlgorithm(Algorithm):
         # Every learner sees every learner's episodes, so all take the same stop decision.
         episodes = self.parallel.gather_objects((rollout.episode_returns, rollout.episode_lengths))
         scalars = {"charts/learning_rate": lr, "charts/policy_lag": policy_lag,
+                   **({"charts/rnd_coef": rnd_coef} if cfg.rnd_coef > 0 else {}),
                    "time/rollout_seconds": t1 - t0, "time/update_seconds": t2 - t1}  # fmt: skip
         if stats is not None:
             scalars.update({f"losses/{k}": v for k, v in stats.items() if k not in ("epochs", "grad_norm")})
