@@ -171,6 +171,7 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
 
 
 def test_seaquests_preset_turns_the_bonus_on_and_a_flag_turns_it_off():
-    assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0"]).rnd_coef == 0.5
+    seaquest = parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0"])
+    assert (seaquest.rnd_coef, seaquest.anneal_rnd) == (2.0, True)
     assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--rnd-coef", "0"]).rnd_coef == 0.0
     assert parse_ppo_config(["--env-id", "MinAtar/Breakout-v0"]).rnd_coef == 0.0

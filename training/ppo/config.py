@@ -250,7 +250,10 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # 36.5 surfaces ~6 times a game): the plateau is a discovery problem. So Seaquest adds random network
 # distillation's exploration bonus (--rnd-coef 0.5, since 2026-12-05; docs/benchmark/minatar5m-seaquest-rnd.md):
 # seeds 1-5 reached 44.1, 12.9, 4.7, 3.8 and 11.2 (median 11.2, 1/5 above ~20; three of the five agents
-# surface with a diver 1.4-5.2 times a game) at 0.58x the preset's frames a second. Breakout keeps its learning rate
+# surface with a diver 1.4-5.2 times a game) at 0.58x the preset's frames a second. Since 2026-12-06 the bonus
+# starts at 2.0 and decays linearly to 0 (--anneal-rnd; docs/benchmark/minatar5m-seaquest-1206.md): seeds 1-5
+# reached 11.9, 8.9, 38.0, 22.6 and 5.2 (median 11.9, 2/5 above ~20) and all five agents surface with a diver,
+# where the constant 0.5 left seeds 3 and 4 never surfacing (a constant 1.0 surfaced but scored 5-12). Breakout keeps its learning rate
 # constant: seeds 1 and 2 were still rising at 5M as the annealed rate reached 0; constant, seeds 1-5
 # reached 16.05, 20.91, 21.43, 22.07 and 22.05 (4/5 above ~17.5, median 21.4; annealed 3/5, median 19.3).
 _MINATAR_PPO = dict(
@@ -260,7 +263,7 @@ _MINATAR_PPO = dict(
 )  # fmt: skip
 _MINATAR_GAME_PPO = {game: dict(num_steps=128, num_minibatches=8) for game in ("Freeway", "Seaquest")}
 _MINATAR_GAME_PPO["Breakout"] = dict(anneal_lr=False)
-_MINATAR_GAME_PPO["Seaquest"]["rnd_coef"] = 0.5
+_MINATAR_GAME_PPO["Seaquest"].update(rnd_coef=2.0, anneal_rnd=True)
 PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO, **_MINATAR_GAME_PPO.get(game, {}))
                 for game in MINATAR_GAMES for v in ("v0", "v1")})  # fmt: skip
 
@@ -502,7 +505,7 @@ def exploration_problems(cfg: PPOConfig) -> list[str]:
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
     if resolve_num_learners(cfg) > 1:
-        problems.append("--rnd-coef trains its predictor in one learner: use --num-learners 1 (or --rnd-coef 0; MinAtar Seaquest's preset sets 0.5)")
+        problems.append("--rnd-coef trains its predictor in one learner: use --num-learners 1 (or --rnd-coef 0; MinAtar Seaquest's preset sets 2.0, annealed)")
     if not 0 < cfg.rnd_update_proportion <= 1:
         problems.append(f"--rnd-update-proportion must be in (0, 1] (got {cfg.rnd_update_proportion})")
     return problems
