@@ -497,10 +497,12 @@ def self_imitation_problems(cfg: PPOConfig) -> list[str]:
 
 
 def exploration_problems(cfg: PPOConfig) -> list[str]:
-    """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner."""
+    """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner;
+    and --anneal-rnd without a bonus to decay."""
     if cfg.rnd_coef <= 0:
-        return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"
-                ] if cfg.anneal_rnd else []
+        if cfg.anneal_rnd:
+            return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"]
+        return []
     problems = []
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
