@@ -115,6 +115,8 @@ def test_validate_collects_every_problem():
         (["--rnd-coef", "0.5", "--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
         (["--rnd-coef", "0.5", "--env-id", "sc2-mock/MoveToBeacon"], "--rnd-coef reads one observation array"),
         (["--anneal-rnd"], "--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0"),
+        (["--rnd-coef", "0.5", "--anneal-rnd", "--rnd-anneal-fraction", "0"], "--rnd-anneal-fraction must be in (0, 1] (got 0.0)"),
+        (["--rnd-coef", "0.5", "--rnd-anneal-fraction", "0.5"], "--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

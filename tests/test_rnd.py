@@ -144,7 +144,7 @@ def test_at_a_bonus_weight_of_zero_the_policy_learns_what_plain_ppo_learns():
 
 
 def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
-    args = ["--rnd-coef", "0.5", "--anneal-rnd", "--total-timesteps", "4096", "--seed", "1", "--runs-dir", str(tmp_path),
+    args = ["--rnd-coef", "0.5", "--anneal-rnd", "--rnd-anneal-fraction", "0.5", "--total-timesteps", "4096", "--seed", "1", "--runs-dir", str(tmp_path),
             "--no-progress", "--eval-episodes", "0", "--no-stop-when-solved"]  # fmt: skip
     result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_ppo.py"), *args], capture_output=True,
                             text=True, cwd=ROOT, timeout=300)  # fmt: skip
@@ -157,11 +157,13 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
         assert f"losses/{tag}" in tags
     rewards = [e.value for e in acc.Scalars("losses/rnd_intrinsic_reward")]
     assert all(np.isfinite(rewards)) and rewards[-1] < rewards[0]  # the predictor catches up with CartPole's states
-    # --anneal-rnd: the bonus's weight falls linearly from 0.5 at the first update to 0 at the end.
+    # --anneal-rnd: the bonus's weight falls linearly from 0.5 at the first update to 0 halfway
+    # (--rnd-anneal-fraction 0.5), and stays 0 for the second half.
     coefs = [e.value for e in acc.Scalars("charts/rnd_coef")]
     updates = len(coefs)
-    assert updates > 2
-    np.testing.assert_allclose(coefs, [0.5 * (1 - i / updates) for i in range(updates)], rtol=1e-6)
+    assert updates >= 8 and updates % 2 == 0
+    expected = [0.5 * (1 - i / (updates / 2)) for i in range(updates // 2)] + [0.0] * (updates // 2)
+    np.testing.assert_allclose(coefs, expected, rtol=1e-6, atol=1e-9)
     # The bonus is training's business: the policy evaluates from its checkpoint like any other.
     evaluated = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), str(run_dir), "--episodes", "2"],
                                capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip

@@ -93,6 +93,8 @@ class PPOConfig(RunConfig):
     """random network distillation (Burda et al. 2018; agents/rnd.py): an exploration bonus, the prediction error of a trained network against a fixed random one on the states reached, with a critic of its own and a non-episodic return; PPO's advantage becomes A_extrinsic + rnd_coef * A_intrinsic (the paper's 2:1 = 0.5); for games whose reward needs a discovery (MinAtar Seaquest's surfacing); 0 = off"""
     anneal_rnd: bool = False
     """decay rnd_coef linearly to 0 over total_timesteps, as anneal_lr does the learning rate: the bonus drives the search for what the reward needs early, and the policy plays for the score alone by the end (a constant bonus strong enough to find Seaquest's surfacing kept the policy exploring instead of scoring)"""
+    rnd_anneal_fraction: float = 1.0
+    """with --anneal-rnd: the share of total_timesteps over which the weight falls to 0, staying 0 for the rest (1 = the whole run; 0.5: the second half plays for the score alone)"""
     rnd_gamma: float = 0.99
     """discount of the intrinsic return (the paper's 0.99)"""
     rnd_update_proportion: float = 0.25
@@ -504,6 +506,10 @@ def exploration_problems(cfg: PPOConfig) -> list[str]:
             return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"]
         return []
     problems = []
+    if not 0 < cfg.rnd_anneal_fraction <= 1:
+        problems.append(f"--rnd-anneal-fraction must be in (0, 1] (got {cfg.rnd_anneal_fraction})")
+    elif cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
+        problems.append("--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus: add --anneal-rnd, or leave the fraction at 1")
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
     if resolve_num_learners(cfg) > 1:

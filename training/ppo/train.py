@@ -407,8 +407,8 @@ class PPOAlgorithm(Algorithm):
         remaining = 1.0 - self.iteration / cfg.num_iterations
         if cfg.anneal_lr:
             lr *= remaining
-        if cfg.anneal_rnd:
-            rnd_coef *= remaining
+        if cfg.anneal_rnd:  # reaches 0 at rnd_anneal_fraction of the run and stays there
+            rnd_coef *= max(0.0, 1.0 - self.iteration / (cfg.num_iterations * cfg.rnd_anneal_fraction))
         t0 = time.perf_counter()
         with self.watching(f"collecting a rollout of {cfg.env_id} in this process"):
             rollout = self.executor.collect_next() if cfg.async_rollouts else self.executor.collect()
