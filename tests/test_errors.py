@@ -117,6 +117,9 @@ def test_validate_collects_every_problem():
         (["--anneal-rnd"], "--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0"),
         (["--rnd-coef", "0.5", "--anneal-rnd", "--rnd-anneal-fraction", "0"], "--rnd-anneal-fraction must be in (0, 1] (got 0.0)"),
         (["--rnd-coef", "0.5", "--rnd-anneal-fraction", "0.5"], "--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus"),
+        # the bonus's ranges are checked with the bonus off too: a typo never passes silently
+        (["--rnd-anneal-fraction", "5"], "--rnd-anneal-fraction must be in (0, 1] (got 5.0)"),
+        (["--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):

@@ -499,23 +499,24 @@ def self_imitation_problems(cfg: PPOConfig) -> list[str]:
 
 
 def exploration_problems(cfg: PPOConfig) -> list[str]:
-    """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner;
+    """The bonus's ranges (checked with the bonus off too, so that a typo never passes silently), and what
+    --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner;
     and --anneal-rnd without a bonus to decay."""
-    if cfg.rnd_coef <= 0:
-        if cfg.anneal_rnd:
-            return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"]
-        return []
     problems = []
     if not 0 < cfg.rnd_anneal_fraction <= 1:
         problems.append(f"--rnd-anneal-fraction must be in (0, 1] (got {cfg.rnd_anneal_fraction})")
-    elif cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
+    if not 0 < cfg.rnd_update_proportion <= 1:
+        problems.append(f"--rnd-update-proportion must be in (0, 1] (got {cfg.rnd_update_proportion})")
+    if cfg.rnd_coef <= 0:
+        if cfg.anneal_rnd:
+            problems.append("--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)")
+        return problems
+    if cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
         problems.append("--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus: add --anneal-rnd, or leave the fraction at 1")
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
     if resolve_num_learners(cfg) > 1:
         problems.append("--rnd-coef trains its predictor in one learner: use --num-learners 1 (or --rnd-coef 0; MinAtar Seaquest's preset sets 2.0, annealed)")
-    if not 0 < cfg.rnd_update_proportion <= 1:
-        problems.append(f"--rnd-update-proportion must be in (0, 1] (got {cfg.rnd_update_proportion})")
     return problems
 
 
