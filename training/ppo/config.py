@@ -511,7 +511,7 @@ def exploration_problems(cfg: PPOConfig) -> list[str]:
         if cfg.anneal_rnd:
             problems.append("--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)")
         return problems
-    if cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
+    if 0 < cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
         problems.append("--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus: add --anneal-rnd, or leave the fraction at 1")
     if is_sc2(cfg.env_id):
         problems.append(f"--rnd-coef reads one observation array; {cfg.env_id}'s screen, minimap and player features are several: use 0")
