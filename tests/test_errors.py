@@ -112,14 +112,14 @@ def test_validate_collects_every_problem():
         (["--sil-updates", "2", "--sil-capacity", "100"], "--sil-capacity 100 is smaller than one --sil-batch-size 512"),
         (["--rnd-coef", "-0.5"], "--rnd-coef must be a finite number >= 0 (got -0.5)"),
         (["--rnd-gamma", "1.5"], "--rnd-gamma must lie in [0, 1] (got 1.5)"),
-        (["--rnd-coef", "0.5", "--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
+        (["--rnd-coef", "0.5", "--rnd-update-proportion", "0"], "--rnd-update-proportion must lie in (0, 1] (got 0.0)"),
         (["--rnd-coef", "0.5", "--env-id", "sc2-mock/MoveToBeacon"], "--rnd-coef reads one observation array"),
         (["--anneal-rnd"], "--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0"),
-        (["--rnd-coef", "0.5", "--anneal-rnd", "--rnd-anneal-fraction", "0"], "--rnd-anneal-fraction must be in (0, 1] (got 0.0)"),
+        (["--rnd-coef", "0.5", "--anneal-rnd", "--rnd-anneal-fraction", "0"], "--rnd-anneal-fraction must lie in (0, 1] (got 0.0)"),
         (["--rnd-coef", "0.5", "--rnd-anneal-fraction", "0.5"], "--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus"),
         # the bonus's ranges are checked with the bonus off too: a typo never passes silently
-        (["--rnd-anneal-fraction", "5"], "--rnd-anneal-fraction must be in (0, 1] (got 5.0)"),
-        (["--rnd-update-proportion", "0"], "--rnd-update-proportion must be in (0, 1] (got 0.0)"),
+        (["--rnd-anneal-fraction", "5"], "--rnd-anneal-fraction must lie in (0, 1] (got 5.0)"),
+        (["--rnd-update-proportion", "0"], "--rnd-update-proportion must lie in (0, 1] (got 0.0)"),
     ],
 )  # fmt: skip
 def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
@@ -137,6 +137,8 @@ def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
         (["--device", "cpu:x"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got 'cpu:x')"),
         (["--board-net", "cnn"], "--board-net cnn is for board games"),
         (["--support-bin-width", "0"], "--support-bin-width must be a finite number > 0 (got 0.0)"),
+        (["--discount", "0"], "--discount must lie in (0, 1] (got 0.0)"),
+        (["--discount", "nan"], "--discount must lie in (0, 1] (got nan)"),
     ],
 )  # fmt: skip
 def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):

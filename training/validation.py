@@ -28,9 +28,11 @@ def _number(value: Any) -> bool:
 
 
 def range_problems(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
-                   unit: Iterable[str] = (), optional_positive: Iterable[str] = ()) -> list[str]:  # fmt: skip
+                   unit: Iterable[str] = (), positive_unit: Iterable[str] = (),
+                   optional_positive: Iterable[str] = ()) -> list[str]:  # fmt: skip
     """The fields of cfg outside their range: positive (finite, > 0), non_negative (finite, >= 0), unit
-    (in [0, 1]), optional_positive (None, or finite and > 0)."""
+    (in [0, 1]), positive_unit (in (0, 1]: a fraction or a discount that 0 would make meaningless),
+    optional_positive (None, or finite and > 0)."""
     problems = []
     for name in positive:
         value = getattr(cfg, name)
@@ -44,6 +46,10 @@ def range_problems(cfg: Any, positive: Iterable[str] = (), non_negative: Iterabl
         value = getattr(cfg, name)
         if not (_number(value) and 0 <= value <= 1):
             problems.append(f"{flag(name)} must lie in [0, 1] (got {value})")
+    for name in positive_unit:
+        value = getattr(cfg, name)
+        if not (_number(value) and 0 < value <= 1):
+            problems.append(f"{flag(name)} must lie in (0, 1] (got {value})")
     for name in optional_positive:
         value = getattr(cfg, name)
         if value is not None and not (_number(value) and value > 0):

@@ -206,8 +206,6 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
         problems.append(f"--sampling-moves must be >= 0 (0 = every move; got {cfg.sampling_moves})")
     if cfg.visit_temperature is not None and cfg.visit_temperature <= 0:
         problems.append(f"--visit-temperature must be > 0 (got {cfg.visit_temperature})")
-    if not 0 < cfg.discount <= 1:
-        problems.append(f"--discount must lie in (0, 1] (got {cfg.discount})")
     if cfg.segment_length < 0:
         problems.append(f"--segment-length must be >= 0 (0 = whole games; got {cfg.segment_length})")
     backend, workers = resolve_self_play(cfg)
@@ -222,7 +220,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
                   "support_bin_width", "root_dirichlet_alpha"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
                       "target_update_every", "hl_gauss_sigma"),
-        unit=("priority_beta", "final_lr_fraction", "root_exploration_fraction"),
+        unit=("priority_beta", "final_lr_fraction", "root_exploration_fraction"), positive_unit=("discount",),
     )  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))

@@ -475,7 +475,7 @@ def validate(cfg: PPOConfig) -> None:
     problems += range_problems(
         cfg, positive=("learning_rate", "clip_coef", "max_grad_norm", "sil_batch_size", "sil_capacity"),
         non_negative=("ent_coef", "vf_coef", "sil_updates", "sil_value_coef", "rnd_coef"),
-        unit=("gamma", "gae_lambda", "rnd_gamma"),
+        unit=("gamma", "gae_lambda", "rnd_gamma"), positive_unit=("rnd_anneal_fraction", "rnd_update_proportion"),
         optional_positive=("target_kl",),
     )  # fmt: skip
     if problems:
@@ -499,18 +499,14 @@ def self_imitation_problems(cfg: PPOConfig) -> list[str]:
 
 
 def exploration_problems(cfg: PPOConfig) -> list[str]:
-    """The bonus's ranges (checked with the bonus off too, so that a typo never passes silently), and what
-    --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner;
-    and --anneal-rnd without a bonus to decay."""
-    problems = []
-    if not 0 < cfg.rnd_anneal_fraction <= 1:
-        problems.append(f"--rnd-anneal-fraction must be in (0, 1] (got {cfg.rnd_anneal_fraction})")
-    if not 0 < cfg.rnd_update_proportion <= 1:
-        problems.append(f"--rnd-update-proportion must be in (0, 1] (got {cfg.rnd_update_proportion})")
+    """What --rnd-coef cannot be combined with: its networks read one observation array and learn in one learner;
+    and --anneal-rnd without a bonus to decay. (The bonus's ranges are validate's range_problems, checked
+    with the bonus off too, so that a typo never passes silently.)"""
     if cfg.rnd_coef <= 0:
         if cfg.anneal_rnd:
-            problems.append("--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)")
-        return problems
+            return ["--anneal-rnd decays the exploration bonus, which is off: set --rnd-coef above 0 (0.5 is the paper's)"]
+        return []
+    problems = []
     if 0 < cfg.rnd_anneal_fraction < 1 and not cfg.anneal_rnd:
         problems.append("--rnd-anneal-fraction sets how fast --anneal-rnd decays the bonus: add --anneal-rnd, or leave the fraction at 1")
     if is_sc2(cfg.env_id):
