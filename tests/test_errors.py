@@ -139,6 +139,7 @@ def test_every_flag_is_checked_against_its_range(capsys, argv, expected):
         (["--support-bin-width", "0"], "--support-bin-width must be a finite number > 0 (got 0.0)"),
         (["--discount", "0"], "--discount must lie in (0, 1] (got 0.0)"),
         (["--discount", "nan"], "--discount must lie in (0, 1] (got nan)"),
+        (["--root-value-mix", "1.5"], "--root-value-mix must lie in [0, 1] (got 1.5)"),
     ],
 )  # fmt: skip
 def test_every_muzero_flag_is_checked_against_its_range(capsys, argv, expected):

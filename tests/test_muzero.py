@@ -49,6 +49,18 @@ def test_two_player_targets_alternate_sign():
     np.testing.assert_allclose(t.value, [1.0, -1.0, 1.0])
 
 
+def test_root_value_mix_blends_the_return_with_the_search_value_of_each_position():
+    # A real end: z = [3.5, 3.0, 0, 0] (above), v_{2..4} = 30, 40, 0. lambda = 0.25: 0.75 z + 0.25 v inside the
+    # game and at the state after the last move (both 0 there); the absorbing step past the end stays 0.
+    t = _targets(0.0, terminated=True, root_value_mix=0.25)
+    np.testing.assert_allclose(t.value, [0.75 * 3.5 + 0.25 * 30.0, 0.75 * 3.0 + 0.25 * 40.0, 0.0, 0.0])
+    # Two players, outcome targets: the winner's positions' z = +1 and the loser's -1 meet their own root values.
+    t = make_targets(np.array([0.0, 0.0, 1.0]), np.array([0.2, -0.6, 0.8, 0.0]), np.full((3, 9), 1 / 9),
+                     np.array([4, 0, 8]), True, start=0, unroll_steps=2, td_steps=9, discount=1.0,
+                     rng=np.random.default_rng(0), two_player=True, root_value_mix=0.5)  # fmt: skip
+    np.testing.assert_allclose(t.value, [0.5 * 1.0 + 0.5 * 0.2, 0.5 * -1.0 + 0.5 * -0.6, 0.5 * 1.0 + 0.5 * 0.8])
+
+
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
     ts = [_targets(0.0, True), _targets(8.0, False, start=1)]

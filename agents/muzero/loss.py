@@ -77,8 +77,13 @@ def unroll_windows(games: list, starts: list[int], unroll_steps: int, td_steps: 
 
 
 def make_batch_targets(w: UnrollWindows, td_steps: int, discount: float, rng: np.random.Generator,
-                       two_player: bool = False) -> UnrollTargets:  # fmt: skip
-    """Targets for B unrolls of K steps from their windows, all at once (the loop runs over k only)."""
+                       two_player: bool = False, root_value_mix: float = 0.0) -> UnrollTargets:  # fmt: skip
+    """Targets for B unrolls of K steps from their windows, all at once (the loop runs over k only).
+
+    root_value_mix (lambda) blends each value target with the search's root value at that position:
+    (1 - lambda) z_{t+k} + lambda v_{t+k}. With outcome targets (n past the game's end) z is a win or a
+    loss that exploring moves late in the game decide as much as the position; v is what a search
+    thought of the position itself (Oracle's AlphaZero on Connect Four trained on the average of the two)."""
     B, K1, A = w.policies.shape
     K, n = K1 - 1, td_steps
     gamma = discount * (-1.0 if two_player else 1.0)
@@ -92,6 +97,10 @@ def make_batch_targets(w: UnrollWindows, td_steps: int, discount: float, rng: np
     rewards = np.stack([w.rewards[:, kk : kk + n] for kk in range(K + 1)], 1)  # [B, K+1, n]
     summed = (np.where(i < steps[..., None], gamma**i * rewards, 0.0)).sum(-1)
     value = np.where(inside, summed + gamma**steps * np.take_along_axis(w.root_values, offsets, 1), 0.0)
+    if root_value_mix > 0:
+        # v_{t+k} as stored at play time (or the value reanalysis's, where a bootstrap offset fell inside
+        # the window). At k = T it is v_T, which the n-step return there equals, so nothing changes.
+        value = np.where(inside, (1 - root_value_mix) * value + root_value_mix * w.root_values[:, : K + 1], 0.0)
     # After a real end the model learns an absorbing state worth 0; after a time limit nothing is known.
     value_mask = (inside | w.terminated[:, None]).astype(np.float64)
     reward = np.zeros((B, K + 1))
@@ -117,6 +126,7 @@ def make_targets(
     discount: float,
     rng: np.random.Generator,
     two_player: bool = False,
+    root_value_mix: float = 0.0,
 ) -> UnrollTargets:
     """Targets for unrolling from position `start` of a game of T moves (make_batch_targets for one).
 
@@ -125,7 +135,7 @@ def make_targets(
     """
     game = _GameArrays(rewards, root_values, policies, actions, terminated)
     batch = make_batch_targets(unroll_windows([game], [start], unroll_steps, td_steps), td_steps, discount, rng,
-                               two_player)  # fmt: skip
+                               two_player, root_value_mix)  # fmt: skip
     return UnrollTargets(*(getattr(batch, f.name)[0] for f in fields(UnrollTargets)))
 
 

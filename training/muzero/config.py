@@ -100,6 +100,8 @@ class MuZeroConfig(RunConfig):
     """value and reward targets as HL-Gauss histograms of this width in bins (Farebrother et al. 2024 advise 0.75) instead of two-hot; 0 = two-hot (the paper's)"""
     consistency_coef: float = 0.0
     """weight of EfficientZero's temporal consistency loss (the dynamics' hidden state vs the representation of the observation reached); 0 = MuZero's loss alone"""
+    root_value_mix: float = 0.0
+    """share of each value target taken from the search's root value at that position instead of the n-step return: (1 - x) z + x v (Oracle's AlphaZero on Connect Four trained on the average, 0.5, of the outcome and the root value); 0 = the n-step return alone (the paper's)"""
     reanalyse_fraction: float = 1.0
     """share of sampled unrolls whose bootstrap values are recomputed by the latest model (the value half of MuZero Reanalyse); 0 = the values stored at play time"""
     target_update_every: int = 0
@@ -220,7 +222,7 @@ def validate_muzero(cfg: MuZeroConfig) -> None:
                   "support_bin_width", "root_dirichlet_alpha"),
         non_negative=("weight_decay", "warmup_steps", "priority_alpha", "consistency_coef", "res_blocks",
                       "target_update_every", "hl_gauss_sigma"),
-        unit=("priority_beta", "final_lr_fraction", "root_exploration_fraction"), positive_unit=("discount",),
+        unit=("priority_beta", "final_lr_fraction", "root_exploration_fraction", "root_value_mix"), positive_unit=("discount",),
     )  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))

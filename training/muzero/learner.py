@@ -109,7 +109,7 @@ def update(model: MuZeroNet, optimizer: torch.optim.Optimizer, replay: Prioritiz
             windows.root_values = reanalysed_values(value_model, samples, windows, cfg, rng)
     if cfg.reanalyse_policy_fraction > 0:
         windows.policies = reanalysed_policies(actor_model, samples, windows, cfg, rng)
-    targets = make_batch_targets(windows, cfg.td_steps, cfg.discount, rng, two_player)
+    targets = make_batch_targets(windows, cfg.td_steps, cfg.discount, rng, two_player, cfg.root_value_mix)
     arrays = {name: getattr(targets, name)
               for name in ("actions", "value", "reward", "policy", "value_mask", "reward_mask", "policy_mask")}  # fmt: skip
     obs = np.stack([g.observations[pos] for g, pos in samples])
