@@ -42,5 +42,3 @@ def lookahead_value(mine: int, occupied: int, plies: int) -> int:
             if best == 1:
                 break
     return best
-
-

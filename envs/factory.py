@@ -34,6 +34,7 @@ SOLVED_RETURN: dict[str, float] = {
     "MountainCarContinuous-v0": 90.0,
 }
 
+
 def solved_return(env_id: str, stop_return: float | None = None) -> float | None:
     """The score at which a run on env_id counts as solved: `stop_return` when one is given (--stop-return),
     else the env's own: SOLVED_RETURN, or for a board game whose fixed opponent is perfect a mean result
