@@ -27,33 +27,31 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Each range range_problems checks: whether a value lies in it, and how its message names it.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "positive": (lambda v: _number(v) and v > 0, "must be a finite number > 0"),
+    "non_negative": (lambda v: _number(v) and v >= 0, "must be a finite number >= 0"),
+    "unit": (lambda v: _number(v) and 0 <= v <= 1, "must lie in [0, 1]"),
+    "positive_unit": (lambda v: _number(v) and 0 < v <= 1, "must lie in (0, 1]"),
+    "optional_positive": (lambda v: v is None or (_number(v) and v > 0), "must be a finite number > 0, or left out"),
+}
+
+
 def range_problems(cfg: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
                    unit: Iterable[str] = (), positive_unit: Iterable[str] = (),
                    optional_positive: Iterable[str] = ()) -> list[str]:  # fmt: skip
     """The fields of cfg outside their range: positive (finite, > 0), non_negative (finite, >= 0), unit
     (in [0, 1]), positive_unit (in (0, 1]: a fraction or a discount that 0 would make meaningless),
     optional_positive (None, or finite and > 0)."""
+    fields = {"positive": positive, "non_negative": non_negative, "unit": unit, "positive_unit": positive_unit,
+              "optional_positive": optional_positive}  # fmt: skip
     problems = []
-    for name in positive:
-        value = getattr(cfg, name)
-        if not (_number(value) and value > 0):
-            problems.append(f"{flag(name)} must be a finite number > 0 (got {value})")
-    for name in non_negative:
-        value = getattr(cfg, name)
-        if not (_number(value) and value >= 0):
-            problems.append(f"{flag(name)} must be a finite number >= 0 (got {value})")
-    for name in unit:
-        value = getattr(cfg, name)
-        if not (_number(value) and 0 <= value <= 1):
-            problems.append(f"{flag(name)} must lie in [0, 1] (got {value})")
-    for name in positive_unit:
-        value = getattr(cfg, name)
-        if not (_number(value) and 0 < value <= 1):
-            problems.append(f"{flag(name)} must lie in (0, 1] (got {value})")
-    for name in optional_positive:
-        value = getattr(cfg, name)
-        if value is not None and not (_number(value) and value > 0):
-            problems.append(f"{flag(name)} must be a finite number > 0, or left out (got {value})")
+    for kind, names in fields.items():
+        inside, requirement = _RANGES[kind]
+        for name in names:
+            value = getattr(cfg, name)
+            if not inside(value):
+                problems.append(f"{flag(name)} {requirement} (got {value})")
     return problems
 
 
