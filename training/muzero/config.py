@@ -166,6 +166,9 @@ MUZERO_PRESETS["rlgames/TicTacToe-v0"] = dict(total_timesteps=100_000, eval_ever
 # against the 4-ply lookahead player, where the defaults' MLPs won 21 (docs/benchmark/muzero-connect-four-1205.md).
 # Those runs had --total-timesteps 1M, so their opening moves' temperature did not halve within the hour;
 # the preset's 200k halves it at 100k and 150k steps.
+# Alone on the machine (the updates on both cores), the preset's hour makes ~161k env steps, and its final
+# models won 185 and 182 of those 200 games at 400 simulations a move (`evaluate.py RUN --num-simulations 400`;
+# seeds 1 and 2, 2026-12-06): issue 22's 80%, where side by side on one core each they won 130 and 144.
 MUZERO_PRESETS["rlgames/ConnectFour-v0"] = dict(
     td_steps=42, discount=1.0, value_loss_coef=1.0, board_net="cnn", res_channels=16, res_blocks=2,
     learner_precision="auto", updates_per_step=0.25, total_timesteps=200_000, eval_every=20_000, eval_episodes=50,
