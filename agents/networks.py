@@ -128,13 +128,13 @@ class Acted(NamedTuple):
 
 
 class GridCNN(nn.Sequential):
-    """Young & Tian 2019's MinAtar network for small grids of binary channels (10x10): 16 3x3 filters at
-    stride 1, then 128 units. Observations are 0/1 already, so nothing is scaled."""
+    """Young & Tian 2019's MinAtar network for small grids of binary channels (10x10): `filters` 3x3 filters
+    (the paper's 16) at stride 1, then 128 units. Observations are 0/1 already, so nothing is scaled."""
 
-    def __init__(self, in_channels: int, height: int, width: int, out_features: int = 128):
+    def __init__(self, in_channels: int, height: int, width: int, out_features: int = 128, filters: int = 16):
         super().__init__(
-            layer_init(nn.Conv2d(in_channels, 16, 3, stride=1)), nn.ReLU(), nn.Flatten(),
-            layer_init(nn.Linear(16 * (height - 2) * (width - 2), out_features)), nn.ReLU(),
+            layer_init(nn.Conv2d(in_channels, filters, 3, stride=1)), nn.ReLU(), nn.Flatten(),
+            layer_init(nn.Linear(filters * (height - 2) * (width - 2), out_features)), nn.ReLU(),
         )  # fmt: skip
         self.out_features = out_features
 
@@ -243,10 +243,12 @@ class ActorCritic(PolicyValueNet):
         lstm_size: int = 0,
         board_grid: tuple[int, int] | None = None,
         conv_body_sizes: Sequence[int] = (),
+        grid_filters: int = 16,
     ):
         """board_grid: the (rows, columns) of a board game's flat observation, to read it with BoardCNN.
         conv_body_sizes: after a shared CNN, separate actor and critic MLP bodies of these widths (with
-        `activation`; pgx's MinAtar PPO uses 64, 64 with tanh); empty: the heads read the CNN's features."""
+        `activation`; pgx's MinAtar PPO uses 64, 64 with tanh); empty: the heads read the CNN's features.
+        grid_filters: the convolution's filters where small grids (MinAtar) get GridCNN."""
         super().__init__()
         spaces = obs_spaces(observation_space)
         if MASK_KEY in spaces and not isinstance(action_space, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
@@ -279,7 +281,7 @@ class ActorCritic(PolicyValueNet):
                 self.trunk, features = NatureCNN(channels), 512
                 self.multithreaded = True
             else:
-                self.trunk = GridCNN(channels, height, width)
+                self.trunk = GridCNN(channels, height, width, filters=grid_filters)
                 features = self.trunk.out_features
         # The core: one after the shared CNN (actor_core, read by both heads), or one per MLP body.
         self.actor_core = LSTMCore(features, lstm_size) if lstm_size else None

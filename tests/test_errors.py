@@ -99,6 +99,7 @@ def test_validate_collects_every_problem():
         (["--worker-timeout", "nan"], "--worker-timeout must be a finite number > 0 (got nan)"),
         (["--stop-return", "nan"], "--stop-return must be a finite number (got nan)"),
         (["--lstm-size", "0", "--policy-memory", "lstm"], "--lstm-size must be >= 1 (got 0)"),
+        (["--grid-filters", "0"], "--grid-filters must be > 0 (got 0)"),
         (["--policy-memory", "lstm", "--num-envs", "6", "--num-minibatches", "4"],
          "each learner's 6 envs must split into --num-minibatches 4; choose one of [1, 2, 3, 6]"),
         (["--env-id", "rlgames/TicTacToe-v0", "--solved-by", "training"], "use --solved-by evaluation"),

@@ -116,6 +116,8 @@ def test_small_grids_get_the_minatar_cnn_and_one_thread():
     assert isinstance(agent.trunk, GridCNN) and agent.is_image and not agent.multithreaded
     # 16 3x3 filters over 10x10 -> 8x8, then 128 units (Young & Tian 2019).
     assert agent.trunk[0].out_channels == 16 and agent.trunk[3].in_features == 16 * 8 * 8
+    wider = ActorCritic(obs_space, act_space, grid_filters=32)  # --grid-filters 32
+    assert wider.trunk[0].out_channels == 32 and wider.trunk[3].in_features == 32 * 8 * 8
     with_memory = ActorCritic(obs_space, act_space, lstm_size=32)
     acted = with_memory.act({"obs": torch.ones(3, *obs_space.shape, dtype=torch.uint8)})
     assert acted.memory.shape == (3, 64)

@@ -109,6 +109,8 @@ class PPOConfig(RunConfig):
     """activation of the MLPs"""
     conv_body_sizes: tuple[int, ...] = ()
     """frames, MinAtar grids and board CNNs: separate actor and critic MLP bodies of these widths after the shared CNN (with --activation); empty: linear heads on the CNN's features (CleanRL's Atari agent)"""
+    grid_filters: int = 16
+    """MinAtar grids: 3x3 filters of the GridCNN's one convolution (the MinAtar paper's 16; pgx's MinAtar PPO uses 32); other observations ignore it"""
     policy_memory: Literal["none", "lstm"] = "none"
     """'lstm': an LSTM core in the policy (vectors: reading the observation, before the MLPs; frames and grids: after the CNN; StarCraft II: after FullyConv's fully connected layer), reset at every episode start, trained on whole env sequences (truncated BPTT over the rollout; needs --num-envs divisible by --num-minibatches); for partially observed games"""
     lstm_size: int = 128
@@ -399,7 +401,7 @@ def resolve_torch_threads(cfg: PPOConfig, multithreaded: bool, backend: str, num
 def validate(cfg: PPOConfig) -> None:
     """Raise ConfigError naming the offending settings and what would work."""
     problems = run_config_problems(cfg)
-    positive = ["num_steps", "num_minibatches", "update_epochs"]
+    positive = ["num_steps", "num_minibatches", "update_epochs", "grid_filters"]
     problems += [f"--{n.replace('_', '-')} must be > 0 (got {getattr(cfg, n)})" for n in positive if getattr(cfg, n) <= 0]
     if cfg.num_learners < 0:
         problems.append(f"--num-learners must be >= 0 (got {cfg.num_learners})")

@@ -64,7 +64,7 @@ def build_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.
         )  # fmt: skip
     grid = board_grid(cfg.env_id) if cfg.board_net == "cnn" else None
     agent = ActorCritic(observation_space, action_space, cfg.hidden_sizes, cfg.activation, cfg.normalize_obs,
-                        cfg.memory_lstm_size, grid, cfg.conv_body_sizes)  # fmt: skip
+                        cfg.memory_lstm_size, grid, cfg.conv_body_sizes, cfg.grid_filters)  # fmt: skip
     agent.kernels = cfg.mlp_kernel == "auto" and agent.kernel_compatible
     return agent
 
