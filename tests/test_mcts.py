@@ -163,6 +163,29 @@ def test_gumbel_with_few_simulations_improves_on_the_prior(simulations):
     assert (ARMS[result.action]).mean() > 0.425 + 0.1
 
 
+def test_gumbels_sigma_scales_q_by_the_childrens_or_the_trees_extremes():
+    """A root whose two children were visited once each, Q 10 and 10.5 (rewards 0, discount 1), in a tree
+    whose Q values span 0..20. sigma = (c_visit + max N) * c_scale * normalised Q = (50 + 1) * 0.1 * q.
+    By the children's extremes (mctx) q is 0 and 1 however close the two are: sigma 0 and 5.1, a target
+    of softmax(0, 5.1) = 0.994 on the better action. By the tree's, q is 10/20 and 10.5/20: sigma 2.55
+    and 2.6775, a target of 0.532: the 0.5 gap is small against what the tree has seen."""
+    from agents.muzero.policies import _root_sigma
+    from agents.muzero.search import Tree
+
+    tree = Tree.allocate(1, 3, 2, torch.zeros(1, 1))
+    tree.prior[0, 0] = 0.5
+    tree.visits[0] = [3, 1, 1]
+    tree.value_sum[0] = [20.5, 10.0, 10.5]
+    tree.children[0, 0] = [1, 2]
+    tree.parent[0, 1:] = 0
+    tree.min_q[0], tree.max_q[0] = 0.0, 20.0
+    args = (tree.visits, tree.value_sum, tree.reward, tree.prior, tree.children, tree.raw_value, tree.min_q, tree.max_q)
+    children = _root_sigma(*args, False, 1.0, 50.0, 0.1)
+    whole_tree = _root_sigma(*args, True, 1.0, 50.0, 0.1)
+    np.testing.assert_allclose(children, [[0.0, 5.1]])
+    np.testing.assert_allclose(whole_tree, [[2.55, 2.6775]])
+
+
 def test_gumbel_never_considers_invalid_actions():
     legal = np.array([[True, False, True, True]] * 8)
     cfg = SearchConfig(num_simulations=12, gumbel=True, max_considered_actions=2)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numba
 import numpy as np
@@ -73,6 +73,8 @@ class SearchConfig:
     c_visit: float = 50.0
     """sigma(q) = (c_visit + max_b N(b)) * c_scale * q"""
     c_scale: float = 0.1
+    gumbel_q_range: Literal["children", "tree"] = "children"
+    """what Gumbel's sigma scales Q to [0, 1] by: the extremes among a node's children (mctx) or over the whole tree"""
 
 
 @dataclass

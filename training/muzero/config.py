@@ -64,6 +64,8 @@ class MuZeroConfig(RunConfig):
     """pUCT: an unvisited child's Q is its parent's mean Q (EfficientZero, LightZero) instead of 0 after normalisation, the tree's minimum"""
     gumbel: bool | None = None
     """Gumbel MuZero's search (works with very few simulations) instead of pUCT with Dirichlet noise; default: on for single-player envs (CartPole, 10 seeds: 8 of 10 solved within 5,000 env steps in two runs, against pUCT-25's 6 and 3; docs/benchmark/muzero_issue22.md), off for board games (their results were measured with pUCT)"""
+    gumbel_q_range: Literal["children", "tree"] = "children"
+    """Gumbel's search: what sigma(completed Q) scales Q by before its (c_visit + N) * c_scale weight: the extremes among the node's children (mctx, the paper) or over the whole search tree (MuZero's min-max; a small gap between two actions then gives a soft improved policy instead of a near-certain one)"""
     discount: float = 0.997
     """discount factor"""
     unroll_steps: int = 5
@@ -345,4 +347,4 @@ def search_symmetries(cfg: MuZeroConfig, self_play: bool) -> Symmetries | None:
 def search_config(cfg: MuZeroConfig) -> SearchConfig:
     return SearchConfig(num_simulations=num_simulations(cfg), discount=cfg.discount, two_player=is_two_player(cfg.env_id),
                         gumbel=uses_gumbel(cfg), parent_mean_q=cfg.parent_mean_q, dirichlet_alpha=cfg.root_dirichlet_alpha,
-                        root_exploration_fraction=cfg.root_exploration_fraction)  # fmt: skip
+                        root_exploration_fraction=cfg.root_exploration_fraction, gumbel_q_range=cfg.gumbel_q_range)  # fmt: skip
