@@ -363,10 +363,11 @@ def sc2_table(args: BenchmarkArgs) -> list[str]:
 def muzero_report(args: BenchmarkArgs) -> list[str]:
     """Search throughput table, then one line per seed of the CartPole solve runs and their summary."""
     from training.muzero.benchmark import search_throughput, time_to_solve
-    from training.muzero.config import MuZeroConfig
+    from training.muzero.config import MuZeroConfig, apply_muzero_preset
 
-    # Evaluations as the issue's target measures them: 20 greedy episodes every 1,000 env steps.
-    base = MuZeroConfig(eval_every=1_000, eval_episodes=20)
+    # Evaluations as the issue's target measures them: 20 greedy episodes every 1,000 env steps; the
+    # env's preset as train_muzero.py would take it, then --muzero-set.
+    base = apply_muzero_preset(MuZeroConfig(eval_every=1_000, eval_episodes=20))
     cfg = dataclasses.replace(base, **_parse_overrides(args.muzero_set, MuZeroConfig))
     # The model's inference on the GPU too where there is one (the tree stays in numpy on the CPU).
     runs = [("real", "cpu"), *([("real", "cuda")] if torch.cuda.is_available() else []), ("constant", "cpu")]

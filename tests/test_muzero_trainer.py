@@ -18,7 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from training.errors import ConfigError
-from training.muzero.config import MuZeroConfig, validate_muzero
+from training.muzero.config import MuZeroConfig, apply_muzero_preset, validate_muzero
 from training.muzero.train import train_muzero
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ def _launch(script, *args):
 
 
 def _learn_cartpole(seed: int, runs_dir: str):
-    cfg = MuZeroConfig(runs_dir=runs_dir, seed=seed, total_timesteps=3000, eval_every=1000, eval_episodes=10,
-                       stop_return=LEARNED, progress=False)  # fmt: skip
+    cfg = apply_muzero_preset(MuZeroConfig(runs_dir=runs_dir, seed=seed, total_timesteps=3000, eval_every=1000,
+                                           eval_episodes=10, stop_return=LEARNED, progress=False))  # fmt: skip
     return train_muzero(cfg)
 
 
@@ -42,12 +42,13 @@ LEARNED = 150.0
 # ~110 s on this machine (2026-12-01), the suite's longest test: with it the suite passed 10 minutes.
 @pytest.mark.slow
 def test_muzero_learns_cartpole_on_most_seeds(tmp_path):
-    """Seeds 1-3 with the default settings, two at a time, each stopping at its first greedy evaluation
+    """Seeds 1-3 with CartPole's preset, two at a time, each stopping at its first greedy evaluation
     >= 150 (every 1,000 env steps, up to 3,000): at least 2 of 3 get there. Not one seed's trajectory:
     float rounding differs between CPUs, and so do the runs. Measured with the defaults (Gumbel, 16
     simulations) on an AMD EPYC (2026-12-03): seeds 1-3 reached 153 (2k), 478 (2k) and not seed 3 (116 at
     3k); with CartPole's mirror (2026-12-05, same CPU) 418 (1k), 500 (1k) and 218 (3k); with the evaluation
     searches also averaged over the mirror (the default since, same CPU) 472 (1k), 500 (1k) and 181 (3k);
+    with CartPole's preset weighting the value loss 1 (2026-12-07, same CPU) 500 (1k), 334 (1k) and 242 (2k);
     with the earlier pUCT-25 default, on an Intel Xeon seeds 1-5 reached 387, 120, 437, 490 and 151."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
@@ -472,8 +473,12 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     assert (cfg.res_channels, cfg.updates_per_step, cfg.learner_precision, cfg.total_timesteps) == (16, 0.125, "auto", 200_000)
     assert (cfg.action_planes, cfg.consistency_coef) == ("one-hot", 2.0)
     assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--res-channels", "8"]).res_channels == 8
-    default = parse_muzero_config([])  # CartPole has none: the field defaults
-    assert default.preset == "defaults" and default.res_channels == 32 and default.updates_per_step == 1.0
+    cartpole = parse_muzero_config([])  # the field defaults with the value loss weighted 1
+    assert cartpole.preset == "CartPole-v1" and cartpole.value_loss_coef == 1.0 and cartpole.res_channels == 32
+    assert parse_muzero_config(["--value-loss-coef", "0.25"]).value_loss_coef == 0.25  # a flag still wins
+    default = parse_muzero_config(["--env-id", "Acrobot-v1"])  # no preset: the field defaults
+    assert default.preset == "defaults" and default.value_loss_coef == 0.25 and default.updates_per_step == 1.0
+    assert parse_muzero_config(["--preset", "defaults"]).value_loss_coef == 0.25
     assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--preset", "defaults"]).res_channels == 32
     ttt = parse_muzero_config(["--env-id", "rlgames/TicTacToe-v0"])  # judged every 2,500 steps by 100 games
     assert (ttt.preset, ttt.total_timesteps, ttt.eval_every, ttt.eval_episodes) == ("rlgames/TicTacToe-v0", 100_000,
@@ -482,7 +487,7 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     assert (c4.td_steps, c4.discount, c4.value_loss_coef, c4.board_net, c4.res_channels, c4.updates_per_step) == (
         42, 1.0, 1.0, "cnn", 16, 0.25)
     assert parse_muzero_config(["--env-id", "rlgames/ConnectFour-v0", "--board-net", "mlp"]).board_net == "mlp"
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: auto, defaults, MinAtar/"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; choose one of: auto, defaults, CartPole-v1, MinAtar/"):
         parse_muzero_config(["--preset", "nope"])
 
 
