@@ -102,7 +102,7 @@ class PPOConfig(RunConfig):
     normalize_obs: bool = False
     """normalise observations with running statistics (kept in the model and the checkpoint)"""
     normalize_reward: bool = False
-    """scale rewards by the running std of the discounted return (statistics kept in the checkpoint)"""
+    """scale rewards by the running std of the discounted return (statistics kept in the checkpoint; MinAtar Seaquest's preset turns it on)"""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and critic MLPs (vector observations)"""
     activation: Literal["tanh", "relu"] = "tanh"
@@ -257,7 +257,10 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # surface with a diver 1.4-5.2 times a game) at 0.58x the preset's frames a second. Since 2026-12-06 the bonus
 # starts at 2.0 and decays linearly to 0 (--anneal-rnd; docs/benchmark/minatar5m-seaquest-1206.md): seeds 1-5
 # reached 11.9, 8.9, 38.0, 22.6 and 5.2 (median 11.9, 2/5 above ~20) and all five agents surface with a diver,
-# where the constant 0.5 left seeds 3 and 4 never surfacing (a constant 1.0 surfaced but scored 5-12). Breakout keeps its learning rate
+# where the constant 0.5 left seeds 3 and 4 never surfacing (a constant 1.0 surfaced but scored 5-12). Since
+# 2026-12-07 Seaquest also scales its rewards by the running std of the discounted return (--normalize-reward;
+# docs/benchmark/minatar5m-seaquest-1207.md): seeds 1-10 reached a median of 19.7 at 5M (4/10 above ~20; the
+# lowest 10.6) against 12.5 (2/10; the lowest 4.3) without, higher on 8 seeds of 10. Breakout keeps its learning rate
 # constant: seeds 1 and 2 were still rising at 5M as the annealed rate reached 0; constant, seeds 1-5
 # reached 16.05, 20.91, 21.43, 22.07 and 22.05 (4/5 above ~17.5, median 21.4; annealed 3/5, median 19.3).
 _MINATAR_PPO = dict(
@@ -267,7 +270,7 @@ _MINATAR_PPO = dict(
 )  # fmt: skip
 _MINATAR_GAME_PPO = {game: dict(num_steps=128, num_minibatches=8) for game in ("Freeway", "Seaquest")}
 _MINATAR_GAME_PPO["Breakout"] = dict(anneal_lr=False)
-_MINATAR_GAME_PPO["Seaquest"].update(rnd_coef=2.0, anneal_rnd=True)
+_MINATAR_GAME_PPO["Seaquest"].update(rnd_coef=2.0, anneal_rnd=True, normalize_reward=True)
 PRESETS.update({f"MinAtar/{game}-{v}": dict(_MINATAR_PPO, **_MINATAR_GAME_PPO.get(game, {}))
                 for game in MINATAR_GAMES for v in ("v0", "v1")})  # fmt: skip
 
