@@ -259,7 +259,7 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # reached 11.9, 8.9, 38.0, 22.6 and 5.2 (median 11.9, 2/5 above ~20) and all five agents surface with a diver,
 # where the constant 0.5 left seeds 3 and 4 never surfacing (a constant 1.0 surfaced but scored 5-12). Since
 # 2026-12-07 Seaquest also scales its rewards by the running std of the discounted return (--normalize-reward;
-# docs/benchmark/minatar5m-seaquest-1207.md): seeds 1-10 reached a median of 19.7 at 5M (4/10 above ~20; the
+# docs/benchmark/minatar5m-seaquest-1207.md): seeds 1-10 reached a median of 19.75 at 5M (4/10 above ~20; the
 # lowest 10.6) against 12.5 (2/10; the lowest 4.3) without, higher on 8 seeds of 10. Breakout keeps its learning rate
 # constant: seeds 1 and 2 were still rising at 5M as the annealed rate reached 0; constant, seeds 1-5
 # reached 16.05, 20.91, 21.43, 22.07 and 22.05 (4/5 above ~17.5, median 21.4; annealed 3/5, median 19.3).
