@@ -170,10 +170,12 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
 
-def test_seaquests_preset_turns_the_bonus_and_reward_scaling_on_and_flags_turn_them_off():
+def test_minatar_presets_turn_the_bonus_and_reward_scaling_on_where_measured_and_flags_turn_them_off():
     seaquest = parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0"])
     assert (seaquest.rnd_coef, seaquest.anneal_rnd, seaquest.normalize_reward) == (2.0, True, True)
     assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--rnd-coef", "0", "--no-anneal-rnd"]).rnd_coef == 0.0
     assert not parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--no-normalize-reward"]).normalize_reward
     breakout = parse_ppo_config(["--env-id", "MinAtar/Breakout-v0"])
-    assert (breakout.rnd_coef, breakout.normalize_reward) == (0.0, False)
+    assert (breakout.rnd_coef, breakout.normalize_reward, breakout.anneal_lr) == (0.0, True, False)
+    asterix = parse_ppo_config(["--env-id", "MinAtar/Asterix-v0"])
+    assert (asterix.rnd_coef, asterix.normalize_reward) == (0.0, False)
