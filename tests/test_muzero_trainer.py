@@ -49,6 +49,7 @@ def test_muzero_learns_cartpole_on_most_seeds(tmp_path):
     3k); with CartPole's mirror (2026-12-05, same CPU) 418 (1k), 500 (1k) and 218 (3k); with the evaluation
     searches also averaged over the mirror (the default since, same CPU) 472 (1k), 500 (1k) and 181 (3k);
     with CartPole's preset weighting the value loss 1 (2026-12-07, same CPU) 500 (1k), 334 (1k) and 242 (2k);
+    with the preset's 4 self-play games (2026-12-07, same CPU) 332 (2k), 500 (1k) and 204 (1k);
     with the earlier pUCT-25 default, on an Intel Xeon seeds 1-5 reached 387, 120, 437, 490 and 151."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
@@ -473,8 +474,9 @@ def test_minatar_gets_its_preset_and_flags_still_win():
     assert (cfg.res_channels, cfg.updates_per_step, cfg.learner_precision, cfg.total_timesteps) == (16, 0.125, "auto", 200_000)
     assert (cfg.action_planes, cfg.consistency_coef) == ("one-hot", 2.0)
     assert parse_muzero_config(["--env-id", "MinAtar/Breakout-v0", "--res-channels", "8"]).res_channels == 8
-    cartpole = parse_muzero_config([])  # the field defaults with the value loss weighted 1
+    cartpole = parse_muzero_config([])  # the field defaults with the value loss weighted 1 and 4 self-play games
     assert cartpole.preset == "CartPole-v1" and cartpole.value_loss_coef == 1.0 and cartpole.res_channels == 32
+    assert cartpole.num_envs == 4 and parse_muzero_config(["--num-envs", "8"]).num_envs == 8
     assert parse_muzero_config(["--value-loss-coef", "0.25"]).value_loss_coef == 0.25  # a flag still wins
     default = parse_muzero_config(["--env-id", "Acrobot-v1"])  # no preset: the field defaults
     assert default.preset == "defaults" and default.value_loss_coef == 0.25 and default.updates_per_step == 1.0
