@@ -134,8 +134,7 @@ def test_ppo_learns_breakout_and_watch_and_evaluate_play_it(tmp_path):
     """Random play scores 0.57 a game on MinAtar Breakout (30 games); these 98k frames of the preset
     reached last-100 means of 4.7-5.4 in seeds 1-5 with the reward scaling (AMD EPYC, 2026-12-07; 4.2-5.0
     without it, 2.56-3.03 with the 128-step rollouts before, 1.8-2.4 before the actor and critic bodies); it
-    must clear 2.5. Then the run is
-    watched into a video and evaluated."""
+    must clear 2.5. Then the run is watched into a video and evaluated."""
     launch = functools.partial(_launch, tmp_path)
     train = launch("train_ppo.py", "--env-id", "MinAtar/Breakout-v0", "--total-timesteps", "98304",
                    "--eval-episodes", "0", "--no-progress", "--runs-dir", str(tmp_path / "runs"))  # fmt: skip

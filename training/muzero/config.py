@@ -150,7 +150,8 @@ MUZERO_PRESETS: dict[str, dict] = {"defaults": {}}
 # late (a 500-move game ends ~4,000 env steps after it starts). With 4 games each game moves twice as fast
 # and the first drifts reach the replay ~2,000 steps sooner. Seeds 1-50, 5,000 env steps: 47 solved and 45
 # held (by decade solved 9, 10, 10, 9, 9 and held 8, 9, 10, 9, 9: the 9 and 8 in every decade), where
-# 8 games gave 48 and 40 (held 10, 8, 7, 7, 8); 45-57 env steps/s two runs at a time (8 games: 47-61).
+# 8 games gave 48 and 40 (held 10, 8, 7, 7, 8). Side by side with 8 games (seeds 1 and 2, whole runs with
+# their evaluations) it ran at 0.98x the env steps/s.
 MUZERO_PRESETS["CartPole-v1"] = dict(value_loss_coef=1.0, num_envs=4)
 
 # MinAtar (10x10 grids, v0: sticky actions, the full action set): the residual net with 16 channels
