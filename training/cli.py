@@ -54,6 +54,8 @@ def run_cli(main: Callable[[], int], script: str | None = None) -> int:
 
 # How long the interpreter's own shutdown may take after a command's work ended and was saved.
 EXIT_TIMEOUT_SECONDS = 60.0
+# How much longer the kernel's timer waits before it ends a shutdown that faulthandler's watchdog did not.
+EXIT_BACKSTOP_SECONDS = 5.0
 
 
 def exit_process(code: int, timeout: float = EXIT_TIMEOUT_SECONDS) -> NoReturn:
@@ -61,9 +63,18 @@ def exit_process(code: int, timeout: float = EXIT_TIMEOUT_SECONDS) -> NoReturn:
     running exit handlers takes longer than `timeout`, every thread's stack is printed (header "Timeout")
     and the process ends with code 1 instead of hanging. Seen once: a run interrupted by SIGINT printed its
     line, its checkpoint written, and did not exit for minutes. faulthandler's watchdog is a C thread, so it
-    fires even where the shutdown no longer runs Python threads."""
+    fires even where the shutdown no longer runs Python threads.
+
+    Should that thread not fire either, the kernel ends the process EXIT_BACKSTOP_SECONDS later: SIGALRM
+    from a real-time timer, with its default action (the process is killed by SIGALRM: 142 in a shell).
+    Seen once in CI (2026-12-07): a stopped run stuck in the interpreter's last garbage collection (one
+    thread left, no Python frame) for over two minutes, with no "Timeout" printed at 60 s. A timer needs
+    no thread of the process to run."""
     if sys.__stderr__ is not None:
         faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)
+    if hasattr(signal, "setitimer"):
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, timeout + EXIT_BACKSTOP_SECONDS)
     sys.exit(code)
 
 
