@@ -172,7 +172,7 @@ def test_train_ppo_with_rnd_logs_the_bonus_and_evaluates_without_it(tmp_path):
 
 def test_minatar_presets_turn_the_bonus_and_reward_scaling_on_where_measured_and_flags_turn_them_off():
     seaquest = parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0"])
-    assert (seaquest.rnd_coef, seaquest.anneal_rnd, seaquest.normalize_reward) == (2.0, True, True)
+    assert (seaquest.rnd_coef, seaquest.anneal_rnd, seaquest.normalize_reward, seaquest.learning_rate) == (2.0, True, True, 1e-3)
     assert parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--rnd-coef", "0", "--no-anneal-rnd"]).rnd_coef == 0.0
     assert not parse_ppo_config(["--env-id", "MinAtar/Seaquest-v0", "--no-normalize-reward"]).normalize_reward
     breakout = parse_ppo_config(["--env-id", "MinAtar/Breakout-v0"])
