@@ -267,8 +267,9 @@ PRESETS.update({f"ALE/{game}-v5": dict(_ATARI_PPO) for game in ATARI_GAMES})
 # (5/5 above ~17.5, median 21.1, the lowest 18.55 instead of 16.05; same document as Seaquest's scaling).
 # Since 2026-12-07 Seaquest learns at 1e-3 (annealed; the bonus's predictor and critic too): seeds 1-10
 # reached 49.06, 39.45, 32.82, 53.60, 24.31, 29.30, 16.42, 34.99, 28.79 and 37.48 (median 33.9, 9/10 above
-# ~20; seeds 1-5 5/5) where 5e-4 reached a median of 19.75 (4/10), at the same cost per frame (same
-# document). Half the rate had stalled seed 1 (0.9 at 3M): the learning was limited by its step size.
+# ~20; seeds 1-5 5/5; AMD EPYC) where 5e-4 reached a median of 19.75 (4/10), at 3,598-4,071 SPS two at a
+# time against 5e-4's 3,575-4,051 on another day (not a side-by-side pair; same document). Half the rate
+# had stalled seed 1 (0.9 at 3M): the learning was limited by its step size.
 _MINATAR_PPO = dict(
     num_envs=64, num_steps=32, learning_rate=5e-4, num_minibatches=4, update_epochs=4, gamma=0.99,
     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.01, conv_body_sizes=(64, 64), total_timesteps=5_000_000,
